@@ -1,0 +1,33 @@
+# One entry point for people and CI. `make help` lists the targets.
+.DEFAULT_GOAL := help
+.PHONY: help run test down setup unit agents integration lint format
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+run: ## the main job: Kafka + Redis up, topics created, sample events published and tailed back
+	infra/run.sh
+
+test: ## the whole suite: lint, types, schema check, unit, agent and integration tests (real Kafka and Redis)
+	infra/test.sh
+
+down: ## stop the stack that `make run` started (keeps its volumes; `make down ARGS=-v` drops them)
+	infra/compose.sh down $(ARGS)
+
+setup: ## install everything the pipeline needs: Docker engine, images, kcat, the Python environment
+	infra/setup.sh all
+
+unit: ## unit tests only
+	.venv/bin/python -m pytest -m unit
+
+agents: ## Faust agent tests only
+	.venv/bin/python -m pytest -m agents
+
+integration: ## integration tests only (testcontainers)
+	infra/test.sh -m integration
+
+lint: ## ruff and mypy
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+format: ## format the code with ruff
+	.venv/bin/ruff format . && .venv/bin/ruff check --fix .

@@ -1,0 +1,153 @@
+"""The one consumer loop the pipeline uses: poll, check errors, hand over, store the offset after handling.
+
+Projectors, the notification sender, DLQ tools and ``pipeline tail`` all read through :class:`EventConsumer`,
+so error checks, at-least-once offset handling and closing are done one way.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+
+from pipeline.envelope import Envelope, headers_dict
+from pipeline.settings import Settings
+
+
+class ConsumeError(Exception):
+    """The consumer hit an error it cannot go on from (unknown topic, fatal client error)."""
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """One message as read from Kafka, before decoding."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str | None
+    value: bytes | None
+    raw_headers: tuple[tuple[str, bytes | None], ...] = field(repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return headers_dict(self.raw_headers)
+
+    @property
+    def envelope(self) -> Envelope | None:
+        return Envelope.from_headers(self.raw_headers)
+
+
+def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """At-least-once defaults: offsets are stored only once a message is handled (:meth:`EventConsumer.done`)."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "client.id": settings.client_id,
+        "group.id": group_id,
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+        "isolation.level": "read_committed",
+    }
+    config.update(overrides)
+    return config
+
+
+class EventConsumer:
+    """A confluent-kafka consumer with the pipeline's error handling; closes on exit."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+
+    @classmethod
+    def from_settings(cls, settings: Settings, group_id: str, **overrides: Any) -> EventConsumer:
+        return cls(Consumer(consumer_config(settings, group_id, **overrides)))
+
+    @classmethod
+    def reader(cls, settings: Settings) -> EventConsumer:
+        """A consumer that reads without a group: nothing committed, nothing shared (``tail``)."""
+        return cls.from_settings(
+            settings, f"pipeline-reader-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False}
+        )
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        self._consumer.subscribe(list(topics))
+
+    def assign_all(self, topic: str, *, from_beginning: bool, timeout: float = 10.0) -> int:
+        """Read every partition of ``topic`` from its start or its end; returns the partition count."""
+        metadata = self._consumer.list_topics(topic, timeout=timeout)
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None or not info.partitions:
+            reason = info.error.str() if info is not None and info.error is not None else "no partitions"
+            raise ConsumeError(f"cannot read {topic}: {reason} (run `pipeline topics apply`?)")
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        self._consumer.assign([TopicPartition(topic, p, start) for p in sorted(info.partitions)])
+        return len(info.partitions)
+
+    def messages(
+        self,
+        *,
+        poll_timeout: float = 0.5,
+        idle_timeout: float | None = None,
+        max_messages: int | None = None,
+    ) -> Iterator[Consumed]:
+        """Messages as they come; stops after ``max_messages`` or ``idle_timeout`` seconds without one."""
+        count = 0
+        last = time.monotonic()
+        while max_messages is None or count < max_messages:
+            msg = self._consumer.poll(poll_timeout)
+            if msg is None:
+                if idle_timeout is not None and time.monotonic() - last >= idle_timeout:
+                    return
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal() or err.code() in (
+                    KafkaError.UNKNOWN_TOPIC_OR_PART,
+                    KafkaError._UNKNOWN_TOPIC,
+                    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                ):
+                    raise ConsumeError(err.str())
+                continue  # transient: librdkafka retries by itself
+            last = time.monotonic()
+            count += 1
+            key = msg.key()
+            yield Consumed(
+                topic=msg.topic(),
+                partition=msg.partition(),
+                offset=msg.offset(),
+                timestamp_ms=msg.timestamp()[1],
+                key=None if key is None else key.decode("utf-8", errors="backslashreplace"),
+                value=msg.value(),
+                raw_headers=tuple(msg.headers() or ()),
+            )
+
+    def done(self, message: Consumed) -> None:
+        """Mark ``message`` handled: its offset may now be committed."""
+        try:
+            self._consumer.store_offsets(
+                offsets=[TopicPartition(message.topic, message.partition, message.offset + 1)]
+            )
+        except KafkaException as exc:  # partition revoked meanwhile: the next owner handles it again
+            if exc.args[0].code() != KafkaError._STATE:
+                raise
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Brings a machine to the point where the pipeline runs: a Docker engine, the Kafka and Redis images,
+# host tools (kcat) and the Python environment. Every step is idempotent and cached; a second run is fast.
+#
+#   infra/setup.sh [all|docker|images|tools|python]
+#
+# Where no Docker engine answers and the machine is Debian with root, Debian's docker.io is installed and
+# dockerd started with published ports bound to 127.0.0.1. Where images cannot be pulled, they are built
+# here: a Debian root filesystem (mmdebstrap) with a JRE and redis-server, plus Kafka's jars from Maven Central.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=$root/.cache
+mkdir -p "$cache"
+
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$root/infra/kafka/pom.xml")
+KAFKA_IMAGE=${PIPELINE_KAFKA_IMAGE:-order-pipeline/kafka:$KAFKA_VERSION}
+REDIS_IMAGE=${PIPELINE_REDIS_IMAGE:-order-pipeline/redis:7}
+OFFICIAL_KAFKA=apache/kafka:$KAFKA_VERSION
+OFFICIAL_REDIS=redis:7.4
+DEBIAN_MIRROR=${PIPELINE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+is_debian_root() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
+
+apt_updated=
+apt_install() {
+  is_debian_root || { log "cannot install $* here (not Debian as root): install it by hand"; return 1; }
+  if [ -z "$apt_updated" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  log "installing Debian packages: $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_docker() {
+  if docker info >/dev/null 2>&1; then return; fi
+  if ! command -v dockerd >/dev/null 2>&1; then
+    apt_install docker.io iptables ca-certificates
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    log "starting dockerd (published ports on 127.0.0.1; log: $cache/dockerd.log)"
+    # setsid: the engine outlives this script and the make run that called it.
+    setsid nohup dockerd --ip 127.0.0.1 >"$cache/dockerd.log" 2>&1 < /dev/null &
+    for _ in $(seq 1 60); do
+      docker info >/dev/null 2>&1 && break
+      sleep 1
+    done
+    docker info >/dev/null 2>&1 || { log "dockerd did not come up; see $cache/dockerd.log"; tail -20 "$cache/dockerd.log" >&2; exit 1; }
+  fi
+}
+
+recipe_hash() {
+  { declare -f build_images; cat "$root"/infra/kafka/*; } | sha256sum | cut -c1-16
+}
+
+# An image is current when it exists and, if we built it, was built from this recipe.
+image_current() {
+  local image=$1 want=$2 label
+  label=$(docker image inspect -f '{{ index .Config.Labels "org.order-pipeline.recipe" }}' "$image" 2>/dev/null) || return 1
+  [ -z "$label" ] || [ "$label" = "<no value>" ] || [ "$label" = "$want" ]
+}
+
+try_pull() {
+  local official=$1 image=$2
+  if timeout 120 docker pull -q "$official" >/dev/null 2>&1; then
+    docker tag "$official" "$image"
+    log "using the official image $official as $image"
+    return 0
+  fi
+  return 1
+}
+
+build_kafka_libs() {
+  local libs=$cache/kafka-libs-$KAFKA_VERSION
+  if [ ! -f "$libs/.done" ]; then
+    command -v mvn >/dev/null 2>&1 || apt_install maven
+    log "fetching Kafka $KAFKA_VERSION jars from Maven Central"
+    rm -rf "$libs"
+    mvn -q -B -f "$root/infra/kafka/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$libs" -DincludeScope=runtime >&2
+    touch "$libs/.done"
+  fi
+  printf '%s' "$libs"
+}
+
+build_images() {
+  local hash=$1 libs base
+  libs=$(build_kafka_libs)
+  command -v mmdebstrap >/dev/null 2>&1 || apt_install mmdebstrap
+  base=order-pipeline/base:$hash
+  log "building a Debian root filesystem with a JRE and redis-server (mmdebstrap; about a minute)"
+  mmdebstrap --quiet --variant=apt --mode=root \
+    --include=openjdk-17-jre-headless,redis-server,ca-certificates,procps \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --customize-hook="mkdir -p \"\$1/opt/kafka/libs\" \"\$1/etc/kafka/docker\" \"\$1/var/lib/kafka/data\" \"\$1/data\"" \
+    --customize-hook="cp $libs/*.jar \"\$1/opt/kafka/libs/\"" \
+    --customize-hook="cp $root/infra/kafka/run \"\$1/etc/kafka/docker/run\"" \
+    --customize-hook="cp $root/infra/kafka/log4j.properties \"\$1/opt/kafka/log4j.properties\"" \
+    --customize-hook="rm -rf \"\$1/var/cache/apt\"/*.bin \"\$1/var/lib/apt/lists\"/*" \
+    bookworm "$cache/rootfs.tar" "deb $DEBIAN_MIRROR bookworm main"
+  docker import --change 'ENV LANG=C.UTF-8' "$cache/rootfs.tar" "$base" >/dev/null
+  rm -f "$cache/rootfs.tar"
+
+  local tmp
+  tmp=$(docker create "$base" true)
+  docker commit \
+    --change 'CMD ["/etc/kafka/docker/run"]' --change 'EXPOSE 9092' \
+    --change "ENV KAFKA_VERSION=$KAFKA_VERSION" \
+    --change "LABEL org.order-pipeline.recipe=$hash" "$tmp" "$KAFKA_IMAGE" >/dev/null
+  docker commit \
+    --change 'CMD ["redis-server", "--protected-mode", "no"]' --change 'EXPOSE 6379' \
+    --change "LABEL org.order-pipeline.recipe=$hash" "$tmp" "$REDIS_IMAGE" >/dev/null
+  docker rm "$tmp" >/dev/null
+  docker images order-pipeline/base --format '{{.Tag}}' | grep -vx "$hash" \
+    | xargs -r -I{} docker rmi order-pipeline/base:{} >/dev/null 2>&1 || true
+  log "built $KAFKA_IMAGE and $REDIS_IMAGE (recipe $hash)"
+}
+
+ensure_images() {
+  ensure_docker
+  local hash
+  hash=$(recipe_hash)
+  if image_current "$KAFKA_IMAGE" "$hash" && image_current "$REDIS_IMAGE" "$hash"; then return; fi
+  if try_pull "$OFFICIAL_KAFKA" "$KAFKA_IMAGE" && try_pull "$OFFICIAL_REDIS" "$REDIS_IMAGE"; then return; fi
+  build_images "$hash"
+}
+
+ensure_tools() {
+  command -v kcat >/dev/null 2>&1 || apt_install kcat || log "kcat is missing: the kcat recipes and its test need it"
+}
+
+ensure_python() {
+  local venv=$root/.venv stamp
+  stamp=$(sha256sum "$root/pyproject.toml" | cut -c1-16)
+  if [ -f "$venv/.stamp" ] && [ "$(cat "$venv/.stamp")" = "$stamp" ]; then return; fi
+  log "installing the Python environment in .venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade 'pip>=25.1'
+  "$venv/bin/pip" install -q -e "$root" --group "$root/pyproject.toml:dev"
+  echo "$stamp" > "$venv/.stamp"
+}
+
+case "${1:-all}" in
+  docker) ensure_docker ;;
+  images) ensure_images ;;
+  tools) ensure_tools ;;
+  python) ensure_python ;;
+  all) ensure_python; ensure_tools; ensure_images ;;
+  env)
+    printf 'PIPELINE_KAFKA_IMAGE=%s\nPIPELINE_REDIS_IMAGE=%s\n' "$KAFKA_IMAGE" "$REDIS_IMAGE" ;;
+  *) echo "usage: $0 [all|docker|images|tools|python|env]" >&2; exit 2 ;;
+esac

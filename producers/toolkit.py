@@ -1,0 +1,162 @@
+"""The one producer the pipeline uses: encode, stamp the envelope, key, send, check the delivery report.
+
+Every process that writes to Kafka (the CLI, load generators, the gateway's command side) goes through
+:class:`EventPublisher`, so encoding, headers and delivery checks are done one way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from pipeline.envelope import Envelope
+from pipeline.settings import Settings
+from schemas.catalog import SchemaCatalog
+from schemas.codec import AvroCodec
+from streams.topics import TopicSpec
+
+
+class PublishError(Exception):
+    """A message could not be published; nothing about it reached the broker."""
+
+
+class RecordNotAllowed(PublishError):
+    """The record is not one the topic may carry."""
+
+
+class DeliveryFailed(PublishError):
+    """The broker did not acknowledge one or more messages in time."""
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """Where an acknowledged message landed."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    envelope: Envelope
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Durable defaults: every in-sync replica acknowledges, idempotent retries keep per-key order."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "client.id": settings.client_id,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "delivery.timeout.ms": int(settings.delivery_timeout_s * 1000),
+    }
+    config.update(overrides)
+    return config
+
+
+class EventPublisher:
+    """Publishes pipeline records with their envelope; a context manager that flushes on exit."""
+
+    def __init__(self, producer: Producer, codec: AvroCodec, catalog: SchemaCatalog, source: str) -> None:
+        self._producer = producer
+        self._codec = codec
+        self._catalog = catalog
+        self._source = source
+        self._lock = threading.Lock()
+        self._failures: list[str] = []
+        self._delivered: list[Delivered] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings, catalog: SchemaCatalog, **overrides: Any) -> EventPublisher:
+        return cls(
+            Producer(producer_config(settings, **overrides)),
+            AvroCodec(catalog),
+            catalog,
+            source=f"/order-pipeline/{settings.service_name}",
+        )
+
+    def publish(
+        self,
+        topic: TopicSpec,
+        record: str,
+        key: str,
+        value: Mapping[str, Any],
+        *,
+        version: int | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> Envelope:
+        """Validate, encode and enqueue one message; delivery is confirmed by :meth:`flush`.
+
+        Raises before anything is sent when the record is not allowed on the topic or the value does not
+        match its schema.
+        """
+        schema = self._catalog.get(record, version) if version else self._catalog.latest(record)
+        if schema.name not in topic.records:
+            allowed = ", ".join(topic.records) or "no Avro records"
+            raise RecordNotAllowed(f"{topic.name} does not carry {schema.name}; it carries {allowed}")
+        payload = self._codec.encode(schema.full_name, value, version=schema.version)
+        envelope = Envelope(
+            event_type=schema.full_name,
+            schema_version=schema.version,
+            source=self._source,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            traceparent=traceparent,
+        )
+        self._send(topic.name, key, payload, envelope)
+        return envelope
+
+    def _send(self, topic: str, key: str, payload: bytes, envelope: Envelope) -> None:
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            with self._lock:
+                if err is not None:
+                    self._failures.append(f"{topic} key={key!r} event {envelope.event_id}: {err.str()}")
+                else:
+                    self._delivered.append(
+                        Delivered(msg.topic(), msg.partition(), msg.offset(), key, envelope)
+                    )
+
+        while True:
+            try:
+                self._producer.produce(
+                    topic,
+                    value=payload,
+                    key=key.encode(),
+                    headers=envelope.to_headers(),
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:
+                # the local queue is full: serve delivery reports to make room, then try again
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 30.0) -> list[Delivered]:
+        """Wait for every enqueued message's delivery report; raise :class:`DeliveryFailed` on any failure."""
+        remaining = self._producer.flush(timeout)
+        with self._lock:
+            failures, self._failures = self._failures, []
+            delivered, self._delivered = self._delivered, []
+        if remaining:
+            failures.append(f"{remaining} message(s) not acknowledged within {timeout:.0f}s")
+        if failures:
+            raise DeliveryFailed("; ".join(failures))
+        return delivered
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.flush()
+        else:
+            self._producer.flush(5)

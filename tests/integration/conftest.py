@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline.settings import Settings
+from tests.stack import KafkaNode, RedisNode, kafka_node, redis_node, remove_stale_containers
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaNode]:
+    remove_stale_containers()
+    with kafka_node() as node:
+        yield node
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisNode]:
+    with redis_node() as node:
+        yield node
+
+
+@pytest.fixture(scope="session")
+def settings(kafka: KafkaNode, redis_server: RedisNode) -> Settings:
+    return Settings(kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url)
+
+
+@pytest.fixture(scope="session")
+def cli_env(settings: Settings) -> dict[str, str]:
+    """The environment a person would set to point the CLI at the test stack."""
+    env = dict(os.environ)
+    env["PIPELINE_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    env["PIPELINE_REDIS_URL"] = settings.redis_url
+    return env
