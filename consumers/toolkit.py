@@ -13,9 +13,17 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
-from pipeline.envelope import Envelope, headers_dict
+from pipeline.envelope import Envelope, RawHeaders, headers_dict
 from pipeline.settings import Settings
 
 
@@ -33,7 +41,7 @@ class Consumed:
     timestamp_ms: int
     key: str | None
     value: bytes | None
-    raw_headers: tuple[tuple[str, bytes | None], ...] = field(repr=False)
+    raw_headers: RawHeaders = field(repr=False)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -60,6 +68,22 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
     return config
 
 
+def _consumed(msg: Message) -> Consumed:
+    topic, partition, offset, key = msg.topic(), msg.partition(), msg.offset(), msg.key()
+    if topic is None or partition is None or offset is None:
+        raise ConsumeError(f"fetched a message without a position: {msg!r}")
+    headers = msg.headers() or ()
+    return Consumed(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp_ms=msg.timestamp()[1],
+        key=None if key is None else key.decode("utf-8", errors="backslashreplace"),
+        value=msg.value(),
+        raw_headers=tuple(headers.items() if isinstance(headers, dict) else headers),
+    )
+
+
 class EventConsumer:
     """A confluent-kafka consumer with the pipeline's error handling; closes on exit."""
 
@@ -73,9 +97,7 @@ class EventConsumer:
     @classmethod
     def reader(cls, settings: Settings) -> EventConsumer:
         """A consumer that reads without a group: nothing committed, nothing shared (``tail``)."""
-        return cls.from_settings(
-            settings, f"pipeline-reader-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False}
-        )
+        return cls.from_settings(settings, f"pipeline-reader-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False})
 
     def subscribe(self, topics: Sequence[str]) -> None:
         self._consumer.subscribe(list(topics))
@@ -120,23 +142,12 @@ class EventConsumer:
                 continue  # transient: librdkafka retries by itself
             last = time.monotonic()
             count += 1
-            key = msg.key()
-            yield Consumed(
-                topic=msg.topic(),
-                partition=msg.partition(),
-                offset=msg.offset(),
-                timestamp_ms=msg.timestamp()[1],
-                key=None if key is None else key.decode("utf-8", errors="backslashreplace"),
-                value=msg.value(),
-                raw_headers=tuple(msg.headers() or ()),
-            )
+            yield _consumed(msg)
 
     def done(self, message: Consumed) -> None:
         """Mark ``message`` handled: its offset may now be committed."""
         try:
-            self._consumer.store_offsets(
-                offsets=[TopicPartition(message.topic, message.partition, message.offset + 1)]
-            )
+            self._consumer.store_offsets(offsets=[TopicPartition(message.topic, message.partition, message.offset + 1)])
         except KafkaException as exc:  # partition revoked meanwhile: the next owner handles it again
             if exc.args[0].code() != KafkaError._STATE:
                 raise

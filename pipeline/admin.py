@@ -40,16 +40,12 @@ def all_topics() -> tuple[TopicSpec, ...]:
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient(
-        {"bootstrap.servers": settings.kafka_bootstrap, "client.id": f"{settings.client_id}-admin"}
-    )
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "client.id": f"{settings.client_id}-admin"})
 
 
 def desired_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
     config = spec.config()
-    config["min.insync.replicas"] = str(
-        min(settings.topic_min_insync_replicas, settings.topic_replication_factor)
-    )
+    config["min.insync.replicas"] = str(min(settings.topic_min_insync_replicas, settings.topic_replication_factor))
     return config
 
 
@@ -118,9 +114,7 @@ def apply_topics(
         want = desired_config(spec, settings)
         diff = {k: v for k, v in want.items() if current.get(spec.name, {}).get(k) != v}
         if diff:
-            entries = [
-                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in diff.items()
-            ]
+            entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in diff.items()]
             to_alter.append(ConfigResource(ConfigResource.Type.TOPIC, spec.name, incremental_configs=entries))
             altered[spec.name] = [f"{k}={v}" for k, v in sorted(diff.items())]
     if to_alter:
@@ -148,9 +142,7 @@ def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float) -> 
         pending = {
             t
             for t in pending
-            if t not in meta
-            or not meta[t].partitions
-            or any(p.leader < 0 for p in meta[t].partitions.values())
+            if t not in meta or not meta[t].partitions or any(p.leader < 0 for p in meta[t].partitions.values())
         }
         if pending:
             time.sleep(0.1)

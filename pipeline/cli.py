@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -72,14 +73,21 @@ def schemas() -> None:
 
 
 @schemas.command("check")
-def schemas_check() -> None:
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="schema tree to check (default: the installed schemas/)",
+)
+def schemas_check(root: Path | None) -> None:
     """Fail when any schema version is not compatible both ways with every other of its topic's major version."""
-    from schemas.catalog import SchemaCatalog, SchemaError
+    from schemas.catalog import SCHEMA_ROOT, SchemaCatalog
     from schemas.compat import check_compatibility
+    from schemas.errors import SchemaError
     from streams.topics import records_by_topic
 
     try:
-        catalog = SchemaCatalog.load()
+        catalog = SchemaCatalog.load(root or SCHEMA_ROOT)
     except SchemaError as exc:
         raise CliError(str(exc)) from exc
     problems = check_compatibility(catalog, records_by_topic())
@@ -87,10 +95,7 @@ def schemas_check() -> None:
         for problem in problems:
             click.echo(f"incompatible: {problem}", err=True)
         raise CliError(f"{len(problems)} compatibility problem(s)")
-    count = sum(1 for _ in catalog)
-    click.echo(
-        f"ok: {count} schema versions of {len(catalog.names())} records, full transitive compatibility"
-    )
+    click.echo(f"ok: {len(catalog)} schema versions of {len(catalog.names())} records, full transitive compatibility")
 
 
 @schemas.command("list")
@@ -99,9 +104,7 @@ def schemas_list() -> None:
     from schemas.catalog import SchemaCatalog
 
     for schema in SchemaCatalog.load():
-        click.echo(
-            f"{schema.full_name:<44} v{schema.version}  {schema.fingerprint.hex()}  {schema.path.name}"
-        )
+        click.echo(f"{schema.full_name:<44} v{schema.version}  {schema.fingerprint.hex()}  {schema.path.name}")
 
 
 # --- publish / tail -----------------------------------------------------------------------------------------
@@ -136,7 +139,8 @@ def publish(
 ) -> None:
     """Validate RECORD against its schema, publish it to TOPIC and wait for the broker's ack."""
     from producers.toolkit import EventPublisher, PublishError
-    from schemas.catalog import SchemaCatalog, SchemaError
+    from schemas.catalog import SchemaCatalog
+    from schemas.errors import SchemaError
     from streams.topics import UnknownTopic
     from streams.topics import topic as find_topic
 
@@ -192,7 +196,8 @@ def tail(
     """Print TOPIC's messages, one JSON line each: key, headers, partition, offset and the decoded value."""
     from consumers.toolkit import ConsumeError, EventConsumer
     from schemas.catalog import SchemaCatalog
-    from schemas.codec import AvroCodec, DecodeError, to_json_compatible
+    from schemas.codec import AvroCodec, to_json_compatible
+    from schemas.errors import DecodeError
     from streams.topics import UnknownTopic, dead_letter_topics
     from streams.topics import topic as find_topic
 
@@ -229,9 +234,7 @@ def tail(
                             value=to_json_compatible(decoded.value),
                         )
                     except DecodeError as exc:
-                        line.update(
-                            error=f"{type(exc).__name__}: {exc}", value_hex=(message.value or b"").hex()
-                        )
+                        line.update(error=f"{type(exc).__name__}: {exc}", value_hex=(message.value or b"").hex())
                 click.echo(json.dumps(line, ensure_ascii=False))
     except ConsumeError as exc:
         raise CliError(str(exc)) from exc

@@ -26,6 +26,9 @@ from datetime import UTC, datetime
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/avro"
 
+RawHeaders = Iterable[tuple[str, str | bytes | None]]
+"""Headers as confluent-kafka hands them over."""
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -54,7 +57,7 @@ class Envelope:
         context = parts[-2] if len(parts) >= 2 else ""
         return f"schemas/{context}/{self.short_type}.v{self.schema_version}.avsc"
 
-    def to_headers(self) -> list[tuple[str, bytes]]:
+    def to_headers(self) -> list[tuple[str, str | bytes | None]]:
         """The envelope as Kafka headers; optional fields are left out when unset."""
         headers = {
             "ce_specversion": SPEC_VERSION,
@@ -75,7 +78,7 @@ class Envelope:
         return [(k, v.encode()) for k, v in headers.items()]
 
     @classmethod
-    def from_headers(cls, headers: Iterable[tuple[str, bytes | None]] | None) -> Envelope | None:
+    def from_headers(cls, headers: RawHeaders | None) -> Envelope | None:
         """The envelope read back from headers, or None when the message carries none (e.g. kcat input)."""
         h = headers_dict(headers)
         if "ce_id" not in h or "ce_type" not in h:
@@ -97,9 +100,14 @@ class Envelope:
         )
 
 
-def headers_dict(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, str]:
+def headers_dict(headers: RawHeaders | None) -> dict[str, str]:
     """Kafka headers as a str → str dict (last one wins; undecodable bytes shown with escapes)."""
     out: dict[str, str] = {}
     for key, value in headers or ():
-        out[key] = "" if value is None else value.decode("utf-8", errors="backslashreplace")
+        if value is None:
+            out[key] = ""
+        elif isinstance(value, bytes):
+            out[key] = value.decode("utf-8", errors="backslashreplace")
+        else:
+            out[key] = value
     return out

@@ -119,8 +119,15 @@ class EventPublisher:
                 if err is not None:
                     self._failures.append(f"{topic} key={key!r} event {envelope.event_id}: {err.str()}")
                 else:
+                    partition, offset = msg.partition(), msg.offset()
                     self._delivered.append(
-                        Delivered(msg.topic(), msg.partition(), msg.offset(), key, envelope)
+                        Delivered(
+                            topic,
+                            -1 if partition is None else partition,
+                            -1 if offset is None else offset,
+                            key,
+                            envelope,
+                        )
                     )
 
         while True:

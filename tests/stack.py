@@ -99,9 +99,7 @@ def wait_kafka(bootstrap: str, timeout: float = 120) -> None:
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-    wait_until(
-        lambda: bool(admin.list_topics(timeout=2).brokers), timeout=timeout, what=f"Kafka at {bootstrap}"
-    )
+    wait_until(lambda: bool(admin.list_topics(timeout=2).brokers), timeout=timeout, what=f"Kafka at {bootstrap}")
 
 
 def _container(service: dict[str, Any]) -> DockerContainer:

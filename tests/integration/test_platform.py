@@ -56,10 +56,7 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "offsets-probe"})
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in meta.partitions
-        }
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
     finally:
         consumer.close()
 
@@ -76,9 +73,7 @@ def tail_lines(env: dict[str, str], topic: str, *extra: str) -> list[dict[str, A
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def test_topics_apply_creates_everything_then_changes_nothing(
-    settings: Settings, topics_applied: list[str]
-) -> None:
+def test_topics_apply_creates_everything_then_changes_nothing(settings: Settings, topics_applied: list[str]) -> None:
     declared = {t.name for t in all_topics()}
     assert all(line.startswith("created") for line in topics_applied), topics_applied
     admin: AdminClient = admin_client(settings)
@@ -174,15 +169,11 @@ def test_schema_evolution_on_the_wire(cli_env: dict[str, str], topics_applied: l
 
 BAD_CALLS = [
     pytest.param(["OrderPlaced", "--key", "k", "--data", "{not json"], "not valid JSON", id="bad-json"),
-    pytest.param(
-        ["OrderPlaced", "--key", "k", "--data", "[1, 2]"], "must be a JSON object", id="not-an-object"
-    ),
+    pytest.param(["OrderPlaced", "--key", "k", "--data", "[1, 2]"], "must be a JSON object", id="not-an-object"),
     pytest.param(["OrderPlaced", "--key", "k", "--data", '{"order_id": "k"}'], "user_id", id="missing-field"),
     pytest.param(["OrderPlaced", "--key", "k", "--data", "BAD_TYPE"], "total_cents", id="wrong-type"),
     pytest.param(["OrderShipped", "--key", "k", "--data", "{}"], "OrderShipped", id="unknown-record"),
-    pytest.param(
-        ["PaymentFailed", "--key", "k", "--data", "{}"], "does not carry PaymentFailed", id="wrong-topic"
-    ),
+    pytest.param(["PaymentFailed", "--key", "k", "--data", "{}"], "does not carry PaymentFailed", id="wrong-topic"),
     pytest.param(["OrderPlaced", "--data", "{}"], "--key", id="no-key"),
 ]
 
@@ -224,9 +215,7 @@ def test_garbage_from_kcat_is_reported_not_fatal(
     assert lines[ok_id]["record"] == "OrderPlaced"
 
 
-def test_consumer_toolkit_reads_what_the_publisher_wrote(
-    settings: Settings, topics_applied: list[str]
-) -> None:
+def test_consumer_toolkit_reads_what_the_publisher_wrote(settings: Settings, topics_applied: list[str]) -> None:
     from producers.toolkit import EventPublisher
 
     catalog = SchemaCatalog.load()

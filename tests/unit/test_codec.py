@@ -1,0 +1,412 @@
+"""The single-object codec: round trips, evolution, encode validation, and decoding hostile bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from fastavro import schemaless_writer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas import (
+    AvroCodec,
+    CorruptPayload,
+    DecodeError,
+    IncompatibleReader,
+    InvalidRecord,
+    NotSingleObjectEncoded,
+    SchemaCatalog,
+    SchemaError,
+    SchemaVersion,
+    UnexpectedRecord,
+    UnknownFingerprint,
+    UnknownRecord,
+    UnknownVersion,
+    to_json_compatible,
+)
+from schemas.codec import HEADER_SIZE, MAGIC
+
+pytestmark = pytest.mark.unit
+
+CATALOG = SchemaCatalog.load()
+CODEC = AvroCodec(CATALOG)
+WHEN = datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=UTC)
+
+
+def sample(schema: Any, named: dict[str, Any], *, nulls: bool = False) -> Any:
+    """A valid value of a parsed schema: every optional filled (or null with ``nulls``), one item per list."""
+    if isinstance(schema, list):
+        branches = [b for b in schema if b != "null"]
+        return None if nulls or not branches else sample(branches[0], named, nulls=nulls)
+    if isinstance(schema, str) and schema in named:
+        schema = named[schema]
+    if isinstance(schema, dict):
+        if schema.get("logicalType") == "timestamp-millis":
+            return WHEN
+        kind = schema["type"]
+        if kind == "record":
+            return {f["name"]: sample(f["type"], named, nulls=nulls) for f in schema["fields"]}
+        if kind == "array":
+            return [sample(schema["items"], named, nulls=nulls)]
+        if kind == "map":
+            return {"key": sample(schema["values"], named, nulls=nulls)}
+        if kind == "enum":
+            return schema["symbols"][0]
+        schema = kind
+    return {"null": None, "boolean": True, "int": 7, "long": 2**40, "float": 1.5, "double": 2.5,
+            "string": "text-é", "bytes": b"\x00\xff"}[schema]  # fmt: skip
+
+
+def sample_of(sv: SchemaVersion, *, nulls: bool = False) -> dict[str, Any]:
+    value: dict[str, Any] = sample(sv.parsed, sv.parsed["__named_schemas"], nulls=nulls)
+    return value
+
+
+ALL = list(CATALOG)
+ORDER_PLACED_V1 = sample_of(CATALOG.get("OrderPlaced", 1))
+
+
+def decode_error(data: bytes, **kwargs: Any) -> DecodeError:
+    with pytest.raises(DecodeError) as info:
+        CODEC.decode(data, **kwargs)
+    return info.value
+
+
+# --- round trips --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sv", ALL, ids=lambda sv: sv.label)
+@pytest.mark.parametrize("nulls", [False, True], ids=["filled", "nulls"])
+def test_round_trip_every_record(sv: SchemaVersion, nulls: bool) -> None:
+    value = sample_of(sv, nulls=nulls)
+    data = CODEC.encode(sv.name, value, version=sv.version)
+    decoded = CODEC.decode(data, reader_version=sv.version, expected={sv.name})
+    assert decoded.value == value
+    assert (decoded.name, decoded.full_name, decoded.writer_version, decoded.reader_version) == (
+        sv.name,
+        sv.full_name,
+        sv.version,
+        sv.version,
+    )
+
+
+def test_wire_format_is_magic_fingerprint_body() -> None:
+    sv = CATALOG.latest("PlaceOrder")
+    value = sample_of(sv)
+    data = CODEC.encode("PlaceOrder", value)
+    body = io.BytesIO()
+    schemaless_writer(body, sv.parsed, value)
+    assert data[:2] == MAGIC == bytes.fromhex("c301")
+    assert data[2:HEADER_SIZE] == sv.fingerprint
+    assert data[HEADER_SIZE:] == body.getvalue()
+
+
+def test_encode_uses_latest_version_unless_told() -> None:
+    v2 = {**ORDER_PLACED_V1, "channel": "web", "note": None}
+    assert CODEC.decode(CODEC.encode("pipeline.orders.OrderPlaced", v2)).writer_version == 2
+    assert CODEC.decode(CODEC.encode("OrderPlaced", ORDER_PLACED_V1, version=1)).writer_version == 1
+
+
+def test_defaulted_fields_may_be_omitted() -> None:
+    value = {k: v for k, v in sample_of(CATALOG.latest("UserCommandRejected")).items() if "version" not in k}
+    decoded = CODEC.decode(CODEC.encode("UserCommandRejected", value))
+    assert decoded.value["expected_version"] is None and decoded.value["actual_version"] is None
+
+
+def test_epoch_integers_are_accepted_for_timestamps() -> None:
+    data = CODEC.encode("RecordLogin", {"user_id": "u1", "logged_in_at": 1_714_566_615_123})
+    assert CODEC.decode(data).value["logged_in_at"] == WHEN
+
+
+# --- evolution ----------------------------------------------------------------------------------------------
+
+
+def test_v1_data_read_as_v2_gets_defaults() -> None:
+    decoded = CODEC.decode(CODEC.encode("OrderPlaced", ORDER_PLACED_V1, version=1))
+    assert (decoded.writer_version, decoded.reader_version) == (1, 2)
+    assert decoded.value == {**ORDER_PLACED_V1, "channel": "api", "note": None}
+
+
+def test_v2_data_read_as_v1_drops_new_fields() -> None:
+    data = CODEC.encode("OrderPlaced", {**ORDER_PLACED_V1, "channel": "web", "note": "ring twice"})
+    decoded = CODEC.decode(data, reader_version=1)
+    assert (decoded.writer_version, decoded.reader_version) == (2, 1)
+    assert decoded.value == ORDER_PLACED_V1
+
+
+def test_v1_data_read_as_v1() -> None:
+    decoded = CODEC.decode(CODEC.encode("OrderPlaced", ORDER_PLACED_V1, version=1), reader_version=1)
+    assert decoded.value == ORDER_PLACED_V1
+
+
+def test_missing_reader_version_is_incompatible_reader() -> None:
+    error = decode_error(CODEC.encode("OrderPlaced", ORDER_PLACED_V1, version=1), reader_version=3)
+    assert isinstance(error, IncompatibleReader)
+    assert "OrderPlaced v1" in str(error) and "no version 3" in str(error)
+
+
+def test_unresolvable_pair_is_incompatible_reader(tmp_path: Path) -> None:
+    """The catalog does not judge compatibility (CI does); the codec still fails cleanly on a bad pair."""
+    base = {
+        "type": "record",
+        "name": "Cart",
+        "namespace": "pipeline.shop",
+        "fields": [{"name": "id", "type": "string"}],
+    }
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop/Cart.v1.avsc").write_text(json.dumps(base))
+    v2 = {**base, "fields": [*base["fields"], {"name": "qty", "type": "int"}]}
+    (tmp_path / "shop/Cart.v2.avsc").write_text(json.dumps(v2))
+    codec = AvroCodec(SchemaCatalog.load(tmp_path))
+    data = codec.encode("Cart", {"id": "c1"}, version=1)
+    with pytest.raises(IncompatibleReader, match="Cart v1 data cannot be read as Cart v2"):
+        codec.decode(data)
+    assert codec.decode(data, reader_version=1).value == {"id": "c1"}
+
+
+# --- encode validation --------------------------------------------------------------------------------------
+
+
+def place_order(**changes: Any) -> dict[str, Any]:
+    return {**sample_of(CATALOG.latest("PlaceOrder")), **changes}
+
+
+def invalid(name: str, value: Any, version: int | None = None) -> str:
+    with pytest.raises(InvalidRecord) as info:
+        CODEC.encode(name, value, version)
+    assert isinstance(info.value, SchemaError) and isinstance(info.value, ValueError)
+    return str(info.value)
+
+
+def test_wrong_type_names_the_field_path() -> None:
+    lines = [{"sku": "A", "quantity": 1, "unit_price_cents": 5}, {"sku": "B", "quantity": "x", "unit_price_cents": 5}]
+    assert invalid("PlaceOrder", place_order(lines=lines)) == (
+        "PlaceOrder v1: field 'lines[1].quantity' expected int, got 'x'"
+    )
+
+
+def test_missing_field() -> None:
+    value = place_order()
+    del value["user_id"]
+    assert invalid("PlaceOrder", value) == "PlaceOrder v1: missing required field 'user_id'"
+
+
+def test_missing_nested_field() -> None:
+    message = invalid("PlaceOrder", place_order(payment={"method": "card"}))
+    assert message == "PlaceOrder v1: missing required field 'payment.token'"
+
+
+def test_extra_keys_are_refused_not_dropped() -> None:
+    message = invalid("PlaceOrder", place_order(coupon="X", payment={"method": "card", "token": "t", "cvv": "1"}))
+    assert message.startswith("PlaceOrder v1: ")
+    assert "unknown field 'coupon'" in message and "unknown field 'payment.cvv'" in message
+
+
+def test_extra_key_in_array_item() -> None:
+    lines = [{"sku": "A", "quantity": 1, "unit_price_cents": 5, "colour": "red"}]
+    assert "unknown field 'lines[0].colour'" in invalid("PlaceOrder", place_order(lines=lines))
+
+
+def test_several_problems_are_all_reported() -> None:
+    value = place_order(idempotency_key=5, lines="A")
+    del value["order_id"]
+    message = invalid("PlaceOrder", value)
+    assert "missing required field 'order_id'" in message
+    assert "field 'lines' expected array, got 'A'" in message
+    assert "field 'idempotency_key' expected string, got 5" in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"requested_at": datetime(2024, 5, 1)}, "field 'requested_at' is a naive datetime"),
+        ({"requested_at": "2024-05-01"}, "field 'requested_at' expected timestamp-millis"),
+        ({"requested_at": 10**20}, "field 'requested_at' expected timestamp-millis"),
+        ({"lines": [{"sku": "A", "quantity": 2**31, "unit_price_cents": 1}]}, "'lines[0].quantity' expected int"),
+        ({"lines": [{"sku": "A", "quantity": True, "unit_price_cents": 1}]}, "'lines[0].quantity' expected int"),
+        ({"lines": [{"sku": "A", "quantity": 1, "unit_price_cents": 2**63}]}, "'lines[0].unit_price_cents'"),
+        ({"payment": None}, "field 'payment' expected record pipeline.orders.PaymentDetails, got None"),
+    ],
+)
+def test_bad_values(changes: dict[str, Any], expected: str) -> None:
+    assert expected in invalid("PlaceOrder", place_order(**changes))
+
+
+def test_optional_and_map_values() -> None:
+    notification = sample_of(CATALOG.latest("NotificationSent"))
+    assert "field 'order_id' expected null or string, got 5" in invalid(
+        "NotificationSent", {**notification, "order_id": 5}
+    )
+    user = sample_of(CATALOG.latest("RegisterUser"))
+    assert "field \"profile['age']\" expected string, got 42" in invalid(
+        "RegisterUser", {**user, "profile": {"age": 42}}
+    )
+    assert "expected map with string keys" in invalid("RegisterUser", {**user, "profile": {1: "x"}})
+
+
+def test_not_a_mapping() -> None:
+    assert invalid("PlaceOrder", None) == "PlaceOrder v1: expected record pipeline.orders.PlaceOrder, got None"
+
+
+def test_encoding_an_older_version_checks_that_version() -> None:
+    message = invalid("OrderPlaced", {**ORDER_PLACED_V1, "channel": "web"}, version=1)
+    assert message == "OrderPlaced v1: unknown field 'channel' (not in the schema; it would be dropped)"
+
+
+def test_unknown_record_or_version_on_encode() -> None:
+    with pytest.raises(UnknownRecord):
+        CODEC.encode("OrderPlacd", ORDER_PLACED_V1)
+    with pytest.raises(UnknownVersion):
+        CODEC.encode("OrderPlaced", ORDER_PLACED_V1, version=9)
+
+
+# --- decoding bad bytes -------------------------------------------------------------------------------------
+
+GOOD = CODEC.encode("PlaceOrder", place_order())
+
+
+@pytest.mark.parametrize("data", [b"", b"\xc3", b"\xc3\x01", GOOD[: HEADER_SIZE - 1]], ids=["0", "1", "2", "9"])
+def test_too_short(data: bytes) -> None:
+    error = decode_error(data)
+    assert isinstance(error, NotSingleObjectEncoded)
+    assert f"too short ({len(data)} bytes)" in str(error)
+
+
+def test_wrong_magic_shows_the_bytes() -> None:
+    error = decode_error(b'{"order_id": "o1"}')
+    assert isinstance(error, NotSingleObjectEncoded)
+    assert "wrong marker" in str(error) and "7b 22 6f 72" in str(error)
+    assert isinstance(decode_error(b"\x00"), NotSingleObjectEncoded)
+    assert isinstance(decode_error(b"\xc3\x02" + GOOD[2:]), NotSingleObjectEncoded)
+
+
+def test_unknown_fingerprint() -> None:
+    error = decode_error(MAGIC + bytes.fromhex("00112233445566ff") + GOOD[HEADER_SIZE:])
+    assert isinstance(error, UnknownFingerprint)
+    assert "00112233445566ff" in str(error)
+
+
+def test_every_truncation_is_a_decode_error() -> None:
+    for size in range(len(GOOD)):
+        error = decode_error(GOOD[:size])
+        assert isinstance(error, CorruptPayload if size >= HEADER_SIZE else NotSingleObjectEncoded), size
+    assert "PlaceOrder v1: body does not decode (corrupt or truncated): " in str(decode_error(GOOD[:-1]))
+
+
+def test_trailing_bytes() -> None:
+    error = decode_error(GOOD + b"\x00\x01")
+    assert isinstance(error, CorruptPayload)
+    assert str(error) == "PlaceOrder v1: 2 trailing byte(s) after the record"
+
+
+def test_invalid_utf8() -> None:
+    data = CODEC.encode("RecordLogin", {"user_id": "ab", "logged_in_at": WHEN})
+    error = decode_error(data[:HEADER_SIZE] + b"\x04\xff\xfe" + data[HEADER_SIZE + 3 :])
+    assert isinstance(error, CorruptPayload) and "UnicodeDecodeError" in str(error)
+
+
+def zigzag(n: int) -> bytes:
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    return bytes([*out, n])
+
+
+@pytest.mark.parametrize("length", [2**62, 2**63 - 1, -(2**63), -5, 2**31])
+def test_huge_declared_lengths_fail_fast(length: int) -> None:
+    """A string length or array block count from garbage must neither allocate nor loop."""
+    fp = CATALOG.latest("RecordLogin").fingerprint
+    assert isinstance(decode_error(MAGIC + fp + zigzag(length) + b"abc"), CorruptPayload)
+    fp = CATALOG.latest("InventoryReserved").fingerprint
+    assert isinstance(decode_error(MAGIC + fp + b"\x02o" + zigzag(length) + b"\x02s\x02" * 3), CorruptPayload)
+
+
+def test_unexpected_record_is_checked_before_the_body() -> None:
+    error = decode_error(GOOD, expected=("OrderPlaced", "OrderCancelled"))
+    assert isinstance(error, UnexpectedRecord)
+    assert str(error) == "unexpected record PlaceOrder v1; expected one of: OrderCancelled, OrderPlaced"
+    assert isinstance(decode_error(GOOD[:HEADER_SIZE] + b"\xff", expected=()), UnexpectedRecord)
+
+
+def test_bytearray_and_memoryview_input() -> None:
+    assert CODEC.decode(bytearray(GOOD)).value == CODEC.decode(memoryview(GOOD)).value == place_order()
+
+
+FINGERPRINTS = [sv.fingerprint for sv in ALL]
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def decode_or_decode_error(data: bytes, **kwargs: Any) -> None:
+    try:
+        CODEC.decode(data, **kwargs)
+    except DecodeError:
+        pass
+
+
+@FUZZ
+@given(st.binary(max_size=80))
+def test_fuzz_arbitrary_bytes(data: bytes) -> None:
+    decode_or_decode_error(data)
+    decode_or_decode_error(MAGIC + data)
+
+
+@FUZZ
+@given(st.sampled_from(FINGERPRINTS), st.binary(max_size=120), st.sampled_from([None, 1, 2]))
+def test_fuzz_body_after_valid_header(fp: bytes, body: bytes, reader_version: int | None) -> None:
+    decode_or_decode_error(MAGIC + fp + body, reader_version=reader_version)
+
+
+@FUZZ
+@given(st.sampled_from(ALL), st.data())
+def test_fuzz_mutated_valid_messages(sv: SchemaVersion, data: st.DataObject) -> None:
+    encoded = bytearray(CODEC.encode(sv.name, sample_of(sv), version=sv.version))
+    for _ in range(data.draw(st.integers(1, 4))):
+        index = data.draw(st.integers(HEADER_SIZE, len(encoded) - 1))
+        encoded[index] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(HEADER_SIZE, len(encoded)))
+    decode_or_decode_error(bytes(encoded[:cut]) + data.draw(st.binary(max_size=8)))
+
+
+# --- the rest -----------------------------------------------------------------------------------------------
+
+
+def test_no_json_parsing_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Schemas are parsed once by the catalog; encode and decode never touch JSON."""
+    codec = AvroCodec(CATALOG)
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("JSON parsed per call")
+
+    monkeypatch.setattr(json, "loads", forbidden)
+    monkeypatch.setattr(json, "load", forbidden)
+    for _ in range(3):
+        assert codec.decode(codec.encode("OrderPlaced", ORDER_PLACED_V1, version=1)).reader_version == 2
+
+
+def test_to_json_compatible() -> None:
+    decoded = CODEC.decode(CODEC.encode("PlaceOrder", place_order()))
+    printable = to_json_compatible(decoded.value)
+    assert printable["requested_at"] == "2024-05-01T12:30:15.123000+00:00"
+    assert json.loads(json.dumps(printable)) == printable
+    odd = {"b": b"\x01\xff", "d": Decimal("1.50"), "u": UUID(int=1), "t": (1, 2), "f": float("nan")}
+    assert to_json_compatible(odd) == {
+        "b": "01ff",
+        "d": "1.50",
+        "u": "00000000-0000-0000-0000-000000000001",
+        "t": [1, 2],
+        "f": "nan",
+    }
+
+
+def test_error_hierarchy() -> None:
+    for error in (NotSingleObjectEncoded, UnknownFingerprint, CorruptPayload, UnexpectedRecord, IncompatibleReader):
+        assert issubclass(error, DecodeError) and issubclass(error, SchemaError)
