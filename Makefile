@@ -5,13 +5,14 @@
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-run: ## the main job: Kafka + Redis up, topics created, sample events published and tailed back
-	infra/run.sh
+run: ## the main job: stack and workers up, sample orders streamed through the saga, summary printed
+	infra/run.sh $(ARGS)
 
 test: ## the whole suite: lint, types, schema check, unit, agent and integration tests (real Kafka and Redis)
 	infra/test.sh
 
-down: ## stop the stack that `make run` started (keeps its volumes; `make down ARGS=-v` drops them)
+down: ## stop the workers and the stack `make run` started (`make down ARGS=-v` also drops the volumes)
+	infra/workers.sh stop
 	infra/compose.sh down $(ARGS)
 
 setup: ## install everything the pipeline needs: Docker engine, images, kcat, the Python environment

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -42,6 +42,8 @@ class Consumed:
     key: str | None
     value: bytes | None
     raw_headers: RawHeaders = field(repr=False)
+    raw_key: bytes | None = field(default=None, repr=False)
+    """The key's bytes as they came (``key`` is their UTF-8 reading), for copying a message on unchanged."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -81,6 +83,7 @@ def _consumed(msg: Message) -> Consumed:
         key=None if key is None else key.decode("utf-8", errors="backslashreplace"),
         value=msg.value(),
         raw_headers=tuple(headers.items() if isinstance(headers, dict) else headers),
+        raw_key=key,
     )
 
 
@@ -113,17 +116,46 @@ class EventConsumer:
         self._consumer.assign([TopicPartition(topic, p, start) for p in sorted(info.partitions)])
         return len(info.partitions)
 
+    def assign_from_beginning(
+        self, topics: Sequence[str], *, timeout: float = 10.0
+    ) -> dict[tuple[str, int], tuple[int, int]]:
+        """Read every partition of ``topics`` from its start; returns each partition's (low, high) watermarks now.
+
+        With :meth:`positions`, a reader can stop exactly at the log's end as it was when it began (a rebuild):
+        a partition is read up to its snapshot once its position reaches ``high`` (or at once when low == high).
+        """
+        ends: dict[tuple[str, int], tuple[int, int]] = {}
+        for name in topics:
+            info = self._consumer.list_topics(name, timeout=timeout).topics.get(name)
+            if info is None or info.error is not None or not info.partitions:
+                reason = info.error.str() if info is not None and info.error is not None else "no partitions"
+                raise ConsumeError(f"cannot read {name}: {reason} (run `pipeline topics apply`?)")
+            for p in sorted(info.partitions):
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout)
+                ends[(name, p)] = (low, max(low, high))
+        self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in ends])
+        return ends
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """The next offset to be read of each assigned partition (negative until it has read one)."""
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return {}
+        return {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(assigned)}
+
     def messages(
         self,
         *,
         poll_timeout: float = 0.5,
         idle_timeout: float | None = None,
         max_messages: int | None = None,
+        until: Callable[[], bool] | None = None,
     ) -> Iterator[Consumed]:
-        """Messages as they come; stops after ``max_messages`` or ``idle_timeout`` seconds without one."""
+        """Messages as they come; stops after ``max_messages`` or ``idle_timeout`` seconds without one, or once
+        ``until()`` holds (checked before every poll: a stop flag, or a reader that reached its end offsets)."""
         count = 0
         last = time.monotonic()
-        while max_messages is None or count < max_messages:
+        while (max_messages is None or count < max_messages) and not (until is not None and until()):
             msg = self._consumer.poll(poll_timeout)
             if msg is None:
                 if idle_timeout is not None and time.monotonic() - last >= idle_timeout:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: bring up Kafka (KRaft) and Redis, create the topics, publish sample events through the CLI and
-# tail them back decoded. The stack stays up afterwards for kcat and the CLI; `make down` stops it.
+# The main job: Kafka (KRaft) and Redis up, topics created, the workers and the projector started, then a
+# stream of sample orders through the saga with a closing summary. Everything stays up afterwards for kcat,
+# the CLI and orders published by hand; `make down` stops it. Arguments go to `pipeline demo`.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -19,31 +20,19 @@ $pipeline schemas check
 step "applying topics"
 $pipeline topics apply
 
-run=$(date +%s)
-user="u-$run" order="o-$run"
-now=$(($(date +%s) * 1000))
-step "publishing sample events (run $run)"
-$pipeline publish users.commands.v1 RegisterUser --key "$user" \
-  --data "{\"user_id\": \"$user\", \"username\": \"ada\", \"email\": \"ada-$run@example.com\", \"profile\": {\"city\": \"London\"}}"
-$pipeline publish inventory.commands.v1 AddStock --key SKU-1 \
-  --data '{"sku": "SKU-1", "quantity": 10, "reason": "initial stock"}'
-$pipeline publish orders.commands.v1 PlaceOrder --key "$order" --data "{\"order_id\": \"$order\", \"user_id\": \"$user\",
-  \"lines\": [{\"sku\": \"SKU-1\", \"quantity\": 2, \"unit_price_cents\": 1250}],
-  \"payment\": {\"method\": \"card\", \"token\": \"tok_visa\"}, \"idempotency_key\": \"$order\", \"requested_at\": $now}"
-placed="{\"order_id\": \"$order\", \"user_id\": \"$user\", \"lines\": [{\"sku\": \"SKU-1\", \"quantity\": 2, \"unit_price_cents\": 1250}],
-  \"total_cents\": 2500, \"currency\": \"EUR\", \"placed_at\": $now, \"deadline_at\": $((now + 60000))}"
-$pipeline publish orders.events.v1 OrderPlaced --version 1 --key "$order" --data "$placed"
-$pipeline publish orders.events.v1 OrderConfirmed --key "$order" \
-  --data "{\"order_id\": \"$order\", \"payment_id\": \"pay-$run\", \"confirmed_at\": $now}"
+step "starting the workers (orders, inventory, payments, notifications) and the Redis projector"
+infra/workers.sh start
+$pipeline wait-workers --timeout 180
 
-step "tailing orders.events.v1 back, decoded (v1 OrderPlaced read as v2)"
-$pipeline tail orders.events.v1 --from-beginning --idle-timeout 3 | grep -F "\"$order\"" || true
+step "streaming sample orders through the saga"
+$pipeline demo "$@"
 
 cat <<MSG
 
-The stack is up: Kafka at $PIPELINE_KAFKA_BOOTSTRAP, Redis at $PIPELINE_REDIS_URL.
-  kcat -b $PIPELINE_KAFKA_BOOTSTRAP -L                       # brokers, topics, partitions
-  kcat -b $PIPELINE_KAFKA_BOOTSTRAP -C -t orders.events.v1 -o beginning -e -f '%k %h\n'
-  .venv/bin/pipeline tail orders.events.v1 --from-beginning
-Stop it with: make down
+The pipeline is up: Kafka at $PIPELINE_KAFKA_BOOTSTRAP, Redis at $PIPELINE_REDIS_URL, workers logging to .cache/run/.
+  .venv/bin/pipeline order <order id>                        # an order's view and saga timeline
+  kcat -b $PIPELINE_KAFKA_BOOTSTRAP -L                          # brokers, topics, partitions
+  kcat -b $PIPELINE_KAFKA_BOOTSTRAP -C -t orders.events.v1 -o beginning -e -q -f '%k %h\n'
+  .venv/bin/pipeline tail orders.events.v1 --from-beginning --max 10
+Stop it all with: make down
 MSG

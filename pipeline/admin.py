@@ -17,7 +17,7 @@ from confluent_kafka.admin import (
 )
 
 from pipeline.settings import Settings
-from streams.topics import TOPICS, TopicSpec, dead_letter_topics
+from streams.topics import TOPICS, TopicSpec, dead_letter_topics, internal_topics
 
 
 class TopicDrift(Exception):
@@ -35,8 +35,8 @@ class TopicChange:
 
 
 def all_topics() -> tuple[TopicSpec, ...]:
-    """Declared topics and their dead-letter topics."""
-    return TOPICS + dead_letter_topics()
+    """Declared topics, their dead-letter topics and the Faust apps' changelog and leader topics."""
+    return TOPICS + dead_letter_topics() + internal_topics()
 
 
 def admin_client(settings: Settings) -> AdminClient:
@@ -148,3 +148,22 @@ def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float) -> 
             time.sleep(0.1)
     if pending:
         raise TimeoutError(f"topics without a leader after {timeout:.0f}s: {', '.join(sorted(pending))}")
+
+
+def worker_groups() -> list[str]:
+    """The consumer groups of the pipeline's own processes: one per service, plus the projector."""
+    from streams.topics import APP_PREFIX, SERVICES
+
+    return [f"{APP_PREFIX}-{s}" for s in SERVICES] + ["order-pipeline-projector"]
+
+
+def groups_not_ready(admin: AdminClient, groups: Sequence[str], *, timeout: float = 5.0) -> list[str]:
+    """The groups that are not yet stable with every member holding partitions (empty: all ready)."""
+    pending = []
+    for name, future in admin.describe_consumer_groups(list(groups), request_timeout=timeout).items():
+        group = future.result()
+        members = group.members or []
+        state = str(group.state).rsplit(".", 1)[-1]
+        if state != "STABLE" or not members or any(not m.assignment.topic_partitions for m in members):
+            pending.append(f"{name} ({state.lower()}, {len(members)} members)")
+    return pending

@@ -242,6 +242,51 @@ def tail(
         pass
 
 
+# --- workers ------------------------------------------------------------------------------------------------
+
+SERVICES = ("orders", "inventory", "payments", "notifications")
+
+
+@main.command()
+@click.argument("service", type=click.Choice(SERVICES))
+def worker(service: str) -> None:
+    """Run the Faust worker of SERVICE (its agents, tables and timers) until interrupted."""
+    import faust
+
+    from streams.app import create_app
+
+    settings = get_settings()
+    built = create_app(service, settings)
+    faust.Worker(built.app, loglevel=settings.worker_log_level, quiet=True).execute_from_commandline()
+
+
+@main.command()
+@click.option("--orders", type=click.IntRange(min=1), default=200, show_default=True, help="orders to place")
+@click.option("--rate", type=click.FloatRange(min=0.1), default=40.0, show_default=True, help="orders per second")
+@click.option("--customers", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--skus", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--stock", "stock_per_sku", type=click.IntRange(min=0), default=60, show_default=True)
+@click.option("--decline-share", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--timeout", "settle_timeout_s", type=float, default=180.0, show_default=True)
+def demo(**options: Any) -> None:
+    """Place a stream of sample orders through the running workers and summarise the outcome."""
+    import redis
+    from rich.console import Console
+
+    from producers.demo import DemoPlan, run_demo, summarise
+    from producers.toolkit import EventPublisher
+    from schemas.catalog import SchemaCatalog
+
+    settings = get_settings()
+    console = Console()
+    store = redis.Redis.from_url(settings.redis_url)
+    with EventPublisher.from_settings(settings, SchemaCatalog.load()) as publisher:
+        result = run_demo(publisher, store, DemoPlan(**options), console)
+    if not summarise(store, result, console):
+        raise CliError("some orders did not settle or a promise was broken")
+
+
 # --- readiness ----------------------------------------------------------------------------------------------
 
 
@@ -284,6 +329,178 @@ def wait_ready(timeout: float) -> None:
         if time.monotonic() >= deadline:
             raise CliError("not ready: " + "; ".join(f"{k}: {v}" for k, v in problems.items()))
         time.sleep(0.5)
+
+
+# --- query side: projector and views ------------------------------------------------------------------------
+
+
+def _ms_iso(ms: Any) -> str:
+    """Epoch milliseconds as RFC 3339 UTC text; '-' when absent."""
+    from datetime import UTC, datetime
+
+    if not isinstance(ms, int):
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _query_redis(settings: Settings) -> Any:
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise CliError(f"Redis at {settings.redis_url}: {exc}") from exc
+    return client
+
+
+@main.command()
+@click.option("--idle-exit", type=click.FloatRange(min=0), default=None, help="stop after S seconds without a message")
+def project(idle_exit: float | None) -> None:
+    """Run the Redis projector (group order-pipeline-projector) until interrupted; prints its counts on exit."""
+    import signal
+
+    from confluent_kafka import KafkaException
+
+    from consumers.deadletter import DeadLetterFailed
+    from consumers.projector import GROUP_ID, PROJECTED_TOPICS, ProjectorWorker
+    from consumers.toolkit import ConsumeError
+    from schemas.errors import SchemaError
+
+    settings = get_settings()
+    _query_redis(settings)
+    try:
+        worker = ProjectorWorker(settings)
+    except SchemaError as exc:
+        raise CliError(str(exc)) from exc
+    handlers = {sig: signal.signal(sig, lambda *_: worker.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    topics = ", ".join(t.name for t in PROJECTED_TOPICS)
+    click.echo(f"projecting {topics} into {settings.redis_url} (group {GROUP_ID})", err=True)
+    try:
+        stats = worker.run(idle_exit=idle_exit)
+    except (ConsumeError, DeadLetterFailed, KafkaException) as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)
+    click.echo(json.dumps(stats.as_dict()))
+
+
+@main.group()
+def views() -> None:
+    """The query side's Redis views (view:*), kept by `pipeline project`."""
+
+
+@views.command("rebuild")
+@click.option("--idle-timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
+              help="give up on a partition that yields nothing for S seconds before its snapshot end")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="print the counts as one JSON object")
+def views_rebuild(idle_timeout: float, as_json: bool) -> None:
+    """Drop every view:* key and re-project the topics from their start to their end offsets as of now.
+
+    Stop `pipeline project` first; start it again afterwards (its replays are no-ops).
+    """
+    from confluent_kafka import KafkaException
+
+    from consumers.projector import rebuild_views
+    from consumers.toolkit import ConsumeError
+    from schemas.errors import SchemaError
+
+    settings = get_settings()
+    client = _query_redis(settings)
+    try:
+        report = rebuild_views(settings, client, idle_timeout=idle_timeout)
+    except (ConsumeError, KafkaException, SchemaError) as exc:
+        raise CliError(str(exc)) from exc
+    counts = report.as_dict()
+    if as_json:
+        click.echo(json.dumps(counts))
+    else:
+        click.echo(f"dropped {report.dropped} view keys")
+        for name, per_topic in counts["topics"].items():
+            click.echo(f"{name:<28} " + " ".join(f"{k}={v}" for k, v in sorted(per_topic.items())))
+        click.echo(
+            f"rebuilt {report.keys} view keys from {counts['handled']} messages "
+            f"(applied {counts['applied']}, unchanged {counts['unchanged']}, skipped {counts['skipped']})"
+        )
+    if report.incomplete:
+        raise CliError(f"stopped before the snapshot end of {', '.join(report.incomplete)}")
+
+
+@main.command("order")
+@click.argument("order_id")
+@click.option("--json", "as_json", is_flag=True, help="print the view as JSON")
+def order_view(order_id: str, as_json: bool) -> None:
+    """Print ORDER_ID's view and its saga timeline from Redis."""
+    from consumers.views import get_order
+
+    settings = get_settings()
+    view = get_order(_query_redis(settings), order_id)
+    if view is None:
+        raise CliError(f"no order {order_id!r} in the views at {settings.redis_url} (is `pipeline project` running?)")
+    if as_json:
+        click.echo(json.dumps(view, indent=2, sort_keys=True))
+        return
+    lines = view.get("lines") or []
+    click.echo(f"order {view['order_id']}  {view.get('status') or '(no status yet)'}")
+    click.echo(f"  user        {view.get('user_id') or '-'}")
+    click.echo(f"  total       {view.get('total_cents')} cents {view.get('currency') or ''}")
+    for line in lines:
+        click.echo(f"  line        {line['sku']} x{line['quantity']} @ {line['unit_price_cents']}")
+    click.echo(f"  placed      {_ms_iso(view.get('placed_at'))}   deadline {_ms_iso(view.get('deadline_at'))}")
+    click.echo(
+        f"  payment     {view.get('payment_id') or '-'}   charged {view.get('charged_cents')}"
+        f"   refunded {view.get('refunded_cents')}"
+    )
+    if view.get("cancel_reason"):
+        click.echo(f"  reason      {view['cancel_reason']}")
+    if view.get("compensation"):
+        comp = view["compensation"]
+        state = "OPEN - needs attention" if view.get("needs_attention") else f"resolved {_ms_iso(comp['resolved_at'])}"
+        click.echo(f"  compensation failed at {comp.get('failed_step')}: {comp.get('reason')} ({state})")
+    click.echo("timeline:")
+    for entry in view.get("timeline", []):
+        detail = " ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(entry["detail"].items()))
+        click.echo(f"  {_ms_iso(entry['at'])}  {entry['event']:<26} {entry['service'] or '-':<14} {detail}")
+
+
+@main.command("stock")
+@click.argument("sku")
+def stock_view(sku: str) -> None:
+    """Print SKU's stock view (available, reserved, sold, stock_version) from Redis."""
+    from consumers.views import stock
+
+    settings = get_settings()
+    view = stock(_query_redis(settings), sku)
+    if view is None:
+        raise CliError(f"no stock view for SKU {sku!r} at {settings.redis_url}")
+    click.echo(
+        f"{view['sku']}  available={view['available']} reserved={view['reserved']} sold={view['sold']}"
+        f"  version={view['stock_version']}  last={view.get('last_event', '-')} at {_ms_iso(view.get('updated_at'))}"
+    )
+
+
+@main.command("wait-workers")
+@click.option("--timeout", type=float, default=180.0, show_default=True, help="seconds to wait at most")
+def wait_workers(timeout: float) -> None:
+    """Wait until every worker and the projector hold their partitions; exit 1 if not within the timeout."""
+    from confluent_kafka import KafkaException
+
+    from pipeline.admin import admin_client, groups_not_ready, worker_groups
+
+    admin = admin_client(get_settings())
+    deadline = time.monotonic() + timeout
+    pending: list[str] = ["(not asked yet)"]
+    while time.monotonic() < deadline:
+        try:
+            pending = groups_not_ready(admin, worker_groups())
+        except KafkaException as exc:
+            pending = [str(exc)]
+        if not pending:
+            click.echo("ready: " + ", ".join(worker_groups()))
+            return
+        time.sleep(0.5)
+    raise CliError("not ready: " + "; ".join(pending))
 
 
 if __name__ == "__main__":

@@ -111,3 +111,33 @@ def headers_dict(headers: RawHeaders | None) -> dict[str, str]:
         else:
             out[key] = value
     return out
+
+
+def dead_letter_headers(
+    original: RawHeaders,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    error: str,
+    agent: str,
+    attempts: int,
+    now: datetime | None = None,
+) -> list[tuple[str, str | bytes | None]]:
+    """A dead letter's headers: the original ones, then why and where it was parked.
+
+    ``dlq_error`` (the reason), ``dlq_agent`` (who parked it), ``dlq_attempts``, ``dlq_source_topic``,
+    ``dlq_source_partition``, ``dlq_source_offset`` and ``dlq_time`` (RFC 3339, UTC). Every process that
+    dead-letters (Faust agents, the projector) writes exactly these, so ``pipeline dlq`` reads them one way.
+    """
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    extra = {
+        "dlq_error": error,
+        "dlq_agent": agent,
+        "dlq_attempts": str(attempts),
+        "dlq_source_topic": topic,
+        "dlq_source_partition": str(partition),
+        "dlq_source_offset": str(offset),
+        "dlq_time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+    return [*original, *((k, v.encode()) for k, v in extra.items())]

@@ -24,6 +24,23 @@ class Settings(BaseSettings):
     delivery_timeout_s: float = Field(default=30.0, gt=0, description="how long a publish waits for its ack")
     service_name: str = Field(default="cli", description="ce_source of the events this process publishes")
 
+    # workers (streams/)
+    table_store: str = Field(default="memory://", description="Faust table store: memory:// or rocksdb://")
+    data_dir: str = Field(default=".cache/faust", description="where Faust workers keep local table state")
+    worker_log_level: str = Field(default="warning", description="log level of Faust workers")
+    saga_timeout_s: float = Field(default=30.0, gt=0, description="a saga not terminal after this is cancelled")
+    deadline_sweep_s: float = Field(default=1.0, gt=0, description="how often workers look for passed deadlines")
+    max_refund_attempts: int = Field(default=5, ge=1, description="refund tries before a saga needs attention")
+    refund_backoff_base_s: float = Field(default=0.05, gt=0, description="first refund retry delay")
+    refund_backoff_cap_s: float = Field(default=1.0, gt=0, description="longest refund retry delay")
+
+    # the simulated payment provider (an external system: its ledger lives in Redis under provider:*)
+    payment_latency_ms: float = Field(default=5.0, ge=0, description="latency of each provider call")
+    payment_failure_rate: float = Field(default=0.0, ge=0, le=1, description="share of charges declined")
+    refund_failure_rate: float = Field(default=0.0, ge=0, le=1, description="share of refund calls that fail")
+    payment_seed: int = Field(default=7, description="seed that makes provider outcomes deterministic")
+    payment_slow_s: float = Field(default=5.0, ge=0, description="latency of a charge with the tok_slow token")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -53,6 +53,8 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "enable.idempotence": True,
         "linger.ms": 5,
         "compression.type": "lz4",
+        # the Java clients' (and Faust's) partitioner: the same key lands on the same partition whoever writes it
+        "partitioner": "murmur2_random",
         "delivery.timeout.ms": int(settings.delivery_timeout_s * 1000),
     }
     config.update(overrides)

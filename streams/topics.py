@@ -24,6 +24,8 @@ class TopicSpec:
     name: str
     records: tuple[str, ...]
     description: str
+    key_field: str = ""
+    """The value field whose content is the message key (``order_id``); empty for raw topics."""
     partitions: int = PARTITIONS
     compacted: bool = False
     retention_ms: int = 7 * DAY_MS
@@ -49,41 +51,65 @@ class TopicSpec:
 ORDER_COMMANDS = TopicSpec(
     "orders.commands.v1",
     records=("PlaceOrder",),
-    description="Commands to the order service, keyed by order id.",
+    description="Commands to the order service, keyed by user id: orders are admitted per customer, against the "
+    "order service's own view of that customer.",
+    key_field="user_id",
 )
 ORDER_EVENTS = TopicSpec(
     "orders.events.v1",
-    records=("OrderPlaced", "OrderRejected", "OrderConfirmed", "OrderCancelled"),
+    records=("OrderPlaced", "OrderRejected", "OrderConfirmed", "OrderCancelled", "OrderCompensationFailed"),
     description="The order aggregate's facts, keyed by order id.",
     retention_ms=-1,
+    key_field="order_id",
+)
+ORDER_DEADLINES = TopicSpec(
+    "orders.deadlines.v1",
+    records=("OrderDeadlineReached",),
+    description="Saga deadlines that passed, found by the order service's timer, keyed by order id.",
+    retention_ms=1 * DAY_MS,
+    key_field="order_id",
 )
 INVENTORY_COMMANDS = TopicSpec(
     "inventory.commands.v1",
-    records=("AddStock",),
-    description="Stock-keeping commands, keyed by SKU.",
+    records=("AddStock", "ReserveStock", "ReleaseStock", "CommitStock"),
+    description="Commands to the stock of one SKU, keyed by SKU.",
+    key_field="sku",
+)
+INVENTORY_STOCK = TopicSpec(
+    "inventory.stock.v1",
+    records=("StockAdded",),
+    description="Stock arriving for a SKU, keyed by SKU.",
+    retention_ms=-1,
+    key_field="sku",
 )
 INVENTORY_EVENTS = TopicSpec(
     "inventory.events.v1",
     records=(
-        "StockAdded",
+        "StockLineReserved",
+        "StockLineRejected",
+        "StockLineReleased",
+        "StockLineCommitted",
         "InventoryReserved",
         "InventoryReservationFailed",
         "InventoryReleased",
         "InventoryCommitted",
     ),
-    description="Reservations, releases and sales of stock, keyed by order id (StockAdded by SKU).",
+    description="Per-line and per-order reservations, releases and sales of stock, keyed by order id.",
     retention_ms=-1,
+    key_field="order_id",
 )
 PAYMENT_EVENTS = TopicSpec(
     "payments.events.v1",
-    records=("PaymentSucceeded", "PaymentFailed", "PaymentRefunded"),
+    records=("PaymentSucceeded", "PaymentFailed", "PaymentRefunded", "PaymentRefundFailed"),
     description="Charges and refunds at the payment provider, keyed by order id.",
     retention_ms=-1,
+    key_field="order_id",
 )
 NOTIFICATION_EVENTS = TopicSpec(
     "notifications.events.v1",
     records=("NotificationSent",),
     description="Notices recorded for users, keyed by user id.",
+    key_field="user_id",
 )
 USER_COMMANDS = TopicSpec(
     "users.commands.v1",
@@ -96,6 +122,7 @@ USER_COMMANDS = TopicSpec(
         "RecordLogin",
     ),
     description="Commands to the user aggregate, keyed by user id.",
+    key_field="user_id",
 )
 USER_EVENTS = TopicSpec(
     "users.events.v1",
@@ -111,6 +138,7 @@ USER_EVENTS = TopicSpec(
     ),
     description="The user aggregate's event-sourced history, keyed by user id; kept forever.",
     retention_ms=-1,
+    key_field="user_id",
 )
 USER_SNAPSHOTS = TopicSpec(
     "users.snapshots.v1",
@@ -119,12 +147,15 @@ USER_SNAPSHOTS = TopicSpec(
     compacted=True,
     retention_ms=-1,
     dead_letter=False,
+    key_field="user_id",
 )
 
 TOPICS: tuple[TopicSpec, ...] = (
     ORDER_COMMANDS,
     ORDER_EVENTS,
+    ORDER_DEADLINES,
     INVENTORY_COMMANDS,
+    INVENTORY_STOCK,
     INVENTORY_EVENTS,
     PAYMENT_EVENTS,
     NOTIFICATION_EVENTS,
@@ -170,3 +201,78 @@ def dead_letter_topics() -> tuple[TopicSpec, ...]:
 def records_by_topic() -> dict[str, tuple[str, ...]]:
     """Topic name → the record short names it may carry (the catalog's topic map)."""
     return {t.name: t.records for t in TOPICS}
+
+
+_BY_RECORD = {record: t for t in TOPICS for record in t.records}
+
+
+def topic_for_record(record: str) -> TopicSpec:
+    """The one topic a record is published to: every record belongs to exactly one topic."""
+    try:
+        return _BY_RECORD[record]
+    except KeyError:
+        raise UnknownTopic(f"(no topic carries {record})") from None
+
+
+APP_PREFIX = "order-pipeline"
+"""Faust app ids are ``order-pipeline-<service>``; their internal topics start with it."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A service's table: Faust keeps it in a compacted changelog topic, pre-created like every other topic."""
+
+    service: str
+    name: str
+    description: str
+
+    @property
+    def changelog(self) -> str:
+        return f"{APP_PREFIX}-{self.service}-{self.name}-changelog"
+
+
+TABLES: tuple[TableSpec, ...] = (
+    TableSpec("orders", "orders_customers", "each customer as the order service sees them (user id)"),
+    TableSpec("orders", "orders_sagas", "each order's saga state and timeline (order id)"),
+    TableSpec("orders", "orders_deadlines", "deadlines of sagas not yet terminal (order id)"),
+    TableSpec("inventory", "inventory_reservations", "each order's line reservations (order id)"),
+    TableSpec("inventory", "inventory_stock", "each SKU's stock levels and reservations (SKU)"),
+    TableSpec("payments", "payments_payments", "each order's charge and refunds (order id)"),
+    TableSpec("notifications", "notifications_notices", "which notices each order has had (order id)"),
+)
+
+SERVICES: tuple[str, ...] = ("orders", "inventory", "payments", "notifications")
+
+
+def table(service: str, name: str) -> TableSpec:
+    """The declaration of ``service``'s table ``name``."""
+    for spec in TABLES:
+        if spec.service == service and spec.name == name:
+            return spec
+    raise KeyError(f"{service} declares no table {name!r}")
+
+
+def internal_topics() -> tuple[TopicSpec, ...]:
+    """The Faust apps' own topics: one compacted changelog per table, one leader topic per app."""
+    changelogs = tuple(
+        TopicSpec(
+            t.changelog,
+            records=(),
+            description=f"changelog of {t.name}: {t.description}",
+            compacted=True,
+            retention_ms=-1,
+            dead_letter=False,
+        )
+        for t in TABLES
+    )
+    leaders = tuple(
+        TopicSpec(
+            f"{APP_PREFIX}-{s}-__assignor-__leader",
+            records=(),
+            description=f"leader election of {s}",
+            partitions=1,
+            dead_letter=False,
+        )
+        for s in SERVICES
+    )
+    return changelogs + leaders

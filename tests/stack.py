@@ -61,6 +61,8 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval
         try:
             if check():
                 return
+        except AssertionError:
+            raise  # a broken invariant (a dead process, say) is not "not yet"
         except Exception as exc:  # noqa: BLE001 - the condition is not there yet
             last_error = exc
         time.sleep(interval)

@@ -52,7 +52,7 @@ def test_conventions(sv: SchemaVersion) -> None:
         if name.endswith("_at"):
             assert ftype == TIMESTAMP, f"{path}: times are timestamp-millis longs"
         if name.endswith("_cents"):
-            assert ftype == "long", f"{path}: money is long cents"
+            assert ftype in ("long", ["null", "long"]), f"{path}: money is long cents"
         if name.endswith("_id") or name in ("sku", "idempotency_key"):
             assert ftype in ("string", ["null", "string"]), f"{path}: ids are strings"
         if isinstance(ftype, list):
@@ -74,6 +74,31 @@ def test_order_placed_v2_is_v1_plus_channel_and_note() -> None:
         ("channel", "string", "api"),
         ("note", ["null", "string"], None),
     ]
+
+
+def test_order_placed_v3_is_v2_plus_payment_details() -> None:
+    """The payment service needs PlaceOrder's payment instrument; v3 carries it, '' for older data."""
+    v2, v3 = (CATALOG.get("OrderPlaced", n).definition["fields"] for n in (2, 3))
+    assert v3[: len(v2)] == v2
+    assert [(f["name"], f["type"], f["default"]) for f in v3[len(v2) :]] == [
+        ("payment_method", "string", ""),
+        ("payment_token", "string", ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    "record",
+    ["StockAdded", "StockLineReserved", "StockLineRejected", "StockLineReleased", "StockLineCommitted"],
+)
+def test_stock_events_carry_the_levels_after_the_change(record: str) -> None:
+    """A read view of a SKU applies an event only if its stock_version is newer than what it holds."""
+    types = {f["name"]: f["type"] for f in CATALOG.latest(record).definition["fields"]}
+    assert {k: types.get(k) for k in ("available", "reserved", "sold", "stock_version")} == {
+        "available": "int",
+        "reserved": "int",
+        "sold": "int",
+        "stock_version": "long",
+    }
 
 
 def test_shared_nested_types_keep_one_full_name() -> None:

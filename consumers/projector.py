@@ -1,0 +1,377 @@
+"""The projector: keeps the query side's Redis views from the event topics, and rebuilds them from the log.
+
+It reads ``orders.events.v1``, ``inventory.events.v1``, ``inventory.stock.v1``, ``payments.events.v1`` and
+``notifications.events.v1`` through :class:`~consumers.toolkit.EventConsumer` (group
+``order-pipeline-projector``), decides with the pure functions of :mod:`consumers.projection` and writes each
+event's changes in **one MULTI/EXEC** under WATCH of the keys it read (:class:`ViewStore`). Offsets are stored
+only after that write (at-least-once; replays are no-ops). A message that does not decode, or an event the
+projector cannot apply, is parked in ``<topic>.dlq`` (:mod:`consumers.deadletter`) and the partition flows on.
+``orders.deadlines.v1`` is not projected: it is kept one day, so views built from it could not be rebuilt.
+
+Redis key space — ``view:*`` is the projector's alone (``pipeline views rebuild`` drops all of it). Times are
+event times in epoch milliseconds, JSON is canonical (sorted keys, no spaces), nothing records processing time:
+
+==============================================  ======  =========================================================
+key                                             type    content
+==============================================  ======  =========================================================
+``view:order:{order_id}``                       string  JSON order view: ``order_id``, ``status`` (PLACED,
+                                                        STOCK_RESERVED, CONFIRMED, CANCELLED, REJECTED,
+                                                        COMPENSATION_FAILED; null until a status-bearing event),
+                                                        ``user_id``, ``lines``, ``total_cents``, ``currency``,
+                                                        ``placed_at``, ``deadline_at``, ``channel``, ``note``,
+                                                        ``payment_method``, ``cancel_reason``, ``payment_id``,
+                                                        ``charged_cents``, ``refunded_cents``, ``terminal_at``,
+                                                        ``updated_at``, ``compensation`` (the last
+                                                        OrderCompensationFailed's fields + ``resolved_at``/``_by``),
+                                                        ``needs_attention``, and ``timeline``: one entry per
+                                                        distinct event ``{at, event, service, id, detail}``
+                                                        sorted by event time
+``view:user-orders:{user_id}``                  zset    order ids scored by ``placed_at`` (newest = highest)
+``view:user-order-summaries:{user_id}``         hash    order id → JSON ``{order_id, status, total_cents,
+                                                        currency, placed_at, updated_at, cancel_reason}``
+``view:stock:{sku}``                            hash    ``sku``, ``available``, ``reserved``, ``sold``,
+                                                        ``stock_version``, ``updated_at``, ``last_event``,
+                                                        ``event_id`` (only newer ``stock_version`` applied)
+``view:skus``                                   set     every SKU with a stock view
+``view:attention``                              hash    order id → JSON: the OrderCompensationFailed fields
+                                                        (``failed_step``, ``reason``, ``attempts``,
+                                                        ``payment_id``, ``amount_cents``, ``failed_at``, …) and
+                                                        ``order`` (the order view); removed once a
+                                                        PaymentRefunded at or after the failure arrives
+``view:notifications:{user_id}``                list    JSON NotificationSent values, newest first (100 kept)
+``view:notification-ids:{user_id}``             set     notification ids already taken (deduplication)
+==============================================  ======  =========================================================
+
+Idempotency: an order event whose id (``ce_id``, else ``topic:partition:offset``) is in the order's timeline
+changes nothing; stock is version-gated; notices are deduplicated by ``notification_id``. Read the views with
+:mod:`consumers.views`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from consumers.deadletter import DeadLetters
+from consumers.projection import (
+    VIEW_PREFIX,
+    CannotProject,
+    Event,
+    Op,
+    Reads,
+    Snapshot,
+    make_event,
+    notification_ids_key,
+    order_key,
+    project,
+    reads,
+    stock_key,
+)
+from consumers.toolkit import Consumed, EventConsumer
+from pipeline.settings import Settings
+from schemas.catalog import SchemaCatalog
+from schemas.codec import AvroCodec
+from schemas.errors import DecodeError
+from streams.topics import INVENTORY_EVENTS, INVENTORY_STOCK, NOTIFICATION_EVENTS, ORDER_EVENTS, PAYMENT_EVENTS
+from streams.topics import topic as find_topic
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
+
+log = logging.getLogger(__name__)
+
+GROUP_ID = "order-pipeline-projector"
+AGENT = "projector"
+PROJECTED_TOPICS = (ORDER_EVENTS, INVENTORY_EVENTS, INVENTORY_STOCK, PAYMENT_EVENTS, NOTIFICATION_EVENTS)
+
+Outcome = Literal["applied", "unchanged", "dead-lettered", "skipped"]
+
+
+class Stopped(Exception):
+    """The projector was asked to stop while it waited for Redis; the message was not handled."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --- the store ----------------------------------------------------------------------------------------------
+
+
+class ViewStore:
+    """The only code that writes ``view:*``: reads what a decision needs, applies its ops in one transaction."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def apply(self, event: Event) -> list[Op]:
+        """Apply ``event`` atomically (WATCH the keys read, MULTI/EXEC the writes); returns the ops written."""
+        need = reads(event)
+        keys = need.keys()
+        with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(*keys)  # type: ignore[no-untyped-call]
+                    ops = project(event, self._snapshot(pipe, need))
+                    if not ops:
+                        pipe.unwatch()
+                        return []
+                    pipe.multi()
+                    queue: Any = pipe
+                    for op in ops:
+                        queue.execute_command(op.command, op.key, *op.args)
+                    pipe.execute()
+                    return ops
+                except WatchError:  # another writer changed a key we read: decide again on fresh data
+                    continue
+
+    @staticmethod
+    def _snapshot(watched: Pipeline, need: Reads) -> Snapshot:
+        pipe: Any = watched  # in WATCH mode commands run at once and return values, which the stubs miss
+        order = None
+        if need.order_id is not None:
+            raw = pipe.get(order_key(need.order_id))
+            order = json.loads(raw) if raw is not None else None
+        stock = None
+        if need.sku is not None:
+            stock = {_text(k): _text(v) for k, v in pipe.hgetall(stock_key(need.sku)).items()} or None
+        seen = False
+        if need.notification is not None:
+            user_id, notification_id = need.notification
+            seen = bool(pipe.sismember(notification_ids_key(user_id), notification_id))
+        return Snapshot(order=order, stock=stock, notification_seen=seen)
+
+    def drop_all(self) -> int:
+        """Delete every ``view:*`` key; returns how many there were."""
+        dropped = 0
+        batch: list[Any] = []
+        for key in self._redis.scan_iter(match=f"{VIEW_PREFIX}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                dropped += int(self._redis.unlink(*batch))
+                batch.clear()
+        if batch:
+            dropped += int(self._redis.unlink(*batch))
+        return dropped
+
+    def count(self) -> int:
+        return sum(1 for _ in self._redis.scan_iter(match=f"{VIEW_PREFIX}*", count=1000))
+
+
+# --- the projector ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProjectionStats:
+    """What a projector did, per outcome and per topic; ``positions`` is the next offset per partition."""
+
+    outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    by_topic: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    last_error: str | None = None
+
+    def count(self, message: Consumed, outcome: Outcome) -> None:
+        self.outcomes[outcome] += 1
+        self.by_topic[message.topic][outcome] += 1
+        self.positions[(message.topic, message.partition)] = message.offset + 1
+
+    @property
+    def handled(self) -> int:
+        return sum(self.outcomes.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "handled": self.handled,
+            **{k: self.outcomes.get(k, 0) for k in ("applied", "unchanged", "dead-lettered", "skipped")},
+            "topics": {t: dict(c) for t, c in sorted(self.by_topic.items())},
+        }
+
+
+class Projector:
+    """Handles one message at a time: decode, decide, write, or dead-letter; never raises for content."""
+
+    def __init__(
+        self,
+        store: ViewStore,
+        codec: AvroCodec,
+        *,
+        dead_letters: DeadLetters | None,
+        stop: threading.Event | None = None,
+        retry_cap_s: float = 5.0,
+        stats: ProjectionStats | None = None,
+    ) -> None:
+        """``dead_letters=None`` skips bad messages instead of parking them (a rebuild: they were parked live)."""
+        self._store = store
+        self._codec = codec
+        self._dead_letters = dead_letters
+        self._stop = stop or threading.Event()
+        self._retry_cap_s = retry_cap_s
+        self.stats = stats if stats is not None else ProjectionStats()
+
+    def handle(self, message: Consumed) -> Outcome:
+        """Project ``message``; when this returns, its offset may be stored."""
+        try:
+            event = self._event(message)
+        except (DecodeError, CannotProject) as exc:
+            return self._reject(message, f"{type(exc).__name__}: {exc}")
+        try:
+            ops = self._apply(event)
+        except Stopped:
+            raise
+        except (CannotProject, RedisError) as exc:  # not a connection problem: retrying would not help
+            return self._reject(message, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug must not lose the event, nor stop the partition: park it with the reason
+            log.exception("projecting %s failed", event.record)
+            return self._reject(message, f"{type(exc).__name__} in projector: {exc}")
+        outcome: Outcome = "applied" if ops else "unchanged"
+        self.stats.count(message, outcome)
+        return outcome
+
+    def _event(self, message: Consumed) -> Event:
+        spec = find_topic(message.topic)
+        decoded = self._codec.decode(message.value or b"", expected=spec.records)
+        headers = message.headers
+        envelope = message.envelope
+        return make_event(
+            decoded.name,
+            decoded.value,
+            event_id=headers.get("ce_id") or None,
+            position=f"{message.topic}:{message.partition}:{message.offset}",
+            source=headers.get("ce_source"),
+            fallback_time_ms=(
+                int(envelope.time.timestamp() * 1000) if envelope is not None else max(message.timestamp_ms, 0)
+            ),
+        )
+
+    def _apply(self, event: Event) -> list[Op]:
+        """Write through the store; wait out Redis being away (with backoff) rather than skip the event."""
+        delay = 0.1
+        while True:
+            try:
+                return self._store.apply(event)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self.stats.last_error = f"redis: {exc}"
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+                if self._stop.wait(delay):
+                    raise Stopped(str(exc)) from exc
+                delay = min(delay * 2, self._retry_cap_s)
+
+    def _reject(self, message: Consumed, error: str) -> Outcome:
+        self.stats.last_error = error
+        if self._dead_letters is None:
+            log.info("skipped %s[%s]@%s: %s", message.topic, message.partition, message.offset, error)
+            self.stats.count(message, "skipped")
+            return "skipped"
+        self._dead_letters.send(message, error)
+        self.stats.count(message, "dead-lettered")
+        return "dead-lettered"
+
+
+def _redis(settings: Settings, client: redis.Redis | None) -> redis.Redis:
+    return client if client is not None else redis.Redis.from_url(settings.redis_url)
+
+
+class ProjectorWorker:
+    """The live projector: a consumer group over the projected topics, until stopped or idle."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis | None = None,
+        *,
+        group_id: str = GROUP_ID,
+        catalog: SchemaCatalog | None = None,
+    ) -> None:
+        self._settings = settings
+        self._redis = _redis(settings, client)
+        self._group_id = group_id
+        self._codec = AvroCodec(catalog or SchemaCatalog.load())
+        self._stop = threading.Event()
+        self.stats = ProjectionStats()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the message in hand (thread-safe)."""
+        self._stop.set()
+
+    def run(self, *, idle_exit: float | None = None) -> ProjectionStats:
+        """Project until :meth:`stop` is called or ``idle_exit`` seconds pass without a message."""
+        settings = self._settings
+        with (
+            EventConsumer.from_settings(settings, self._group_id) as consumer,
+            DeadLetters.from_settings(settings, agent=AGENT) as dead_letters,
+        ):
+            projector = Projector(
+                ViewStore(self._redis), self._codec, dead_letters=dead_letters, stop=self._stop, stats=self.stats
+            )
+            consumer.subscribe([t.name for t in PROJECTED_TOPICS])
+            try:
+                for message in consumer.messages(idle_timeout=idle_exit, until=self._stop.is_set):
+                    projector.handle(message)
+                    consumer.done(message)
+            except Stopped:
+                pass  # the message in hand was not handled; its offset is not stored
+        return self.stats
+
+
+# --- rebuild ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RebuildReport:
+    """What ``pipeline views rebuild`` did."""
+
+    dropped: int
+    keys: int
+    stats: ProjectionStats
+    ends: dict[tuple[str, int], tuple[int, int]]
+    incomplete: list[str]
+    """Partitions not read up to their snapshot end (the reader went idle first); empty when complete."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dropped_keys": self.dropped,
+            "view_keys": self.keys,
+            "messages_in_snapshot": sum(high - low for low, high in self.ends.values()),
+            **self.stats.as_dict(),
+            "incomplete": self.incomplete,
+        }
+
+
+def rebuild_views(
+    settings: Settings,
+    client: redis.Redis | None = None,
+    *,
+    catalog: SchemaCatalog | None = None,
+    idle_timeout: float = 30.0,
+) -> RebuildReport:
+    """Drop every ``view:*`` key and re-project every projected topic from its start up to the end offsets
+    taken when the rebuild begins (assigned partitions, no group, nothing committed).
+
+    Messages that do not decode are skipped, not dead-lettered again (the live projector parked them).
+    Stop the live projector first: the two would otherwise write the same keys while the views are dropped.
+    """
+    store = ViewStore(_redis(settings, client))
+    projector = Projector(store, AvroCodec(catalog or SchemaCatalog.load()), dead_letters=None)
+    with EventConsumer.reader(settings) as consumer:
+        ends = consumer.assign_from_beginning([t.name for t in PROJECTED_TOPICS])
+        dropped = store.drop_all()
+
+        def unfinished() -> list[tuple[str, int]]:
+            positions = consumer.positions()
+            return [tp for tp, (low, high) in ends.items() if high > low and positions.get(tp, -1) < high]
+
+        for message in consumer.messages(until=lambda: not unfinished(), idle_timeout=idle_timeout):
+            if message.offset >= ends[(message.topic, message.partition)][1]:
+                continue  # written after the rebuild began: the live projector's business
+            projector.handle(message)
+        missing = [f"{t}[{p}]" for t, p in unfinished()]
+    return RebuildReport(dropped=dropped, keys=store.count(), stats=projector.stats, ends=ends, incomplete=missing)

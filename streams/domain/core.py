@@ -1,0 +1,124 @@
+"""What every saga step takes and returns: the context of a step, its decision, and the payment effects.
+
+A step is ``decide(state, message, ctx) -> Decision``: pure, deterministic given its arguments, and the only
+clock it reads is ``ctx.now``. Effects are requests for I/O the edge performs (a charge, a refund); their
+outcomes come back through ``payments.on_charge_result`` / ``payments.on_refund_result``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Generic, TypeVar
+
+from streams.domain.messages import Message, utc_millis
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class SagaConfig:
+    """Tunables of the saga; the defaults suit a laptop run."""
+
+    saga_timeout: timedelta = timedelta(minutes=5)
+    """How long an order may stay unfinished before its deadline cancels it."""
+    default_currency: str = "EUR"
+    """Currency of an order whose command names none (PlaceOrder v1 names none)."""
+    default_channel: str = "api"
+    """``OrderPlaced.channel`` of orders admitted from ``orders.commands.v1``."""
+    max_refund_attempts: int = 5
+    """Refund tries before ``PaymentRefundFailed``; at least 1."""
+    refund_backoff_base: timedelta = timedelta(seconds=1)
+    """Delay before the second refund attempt; doubles per further attempt."""
+    refund_backoff_cap: timedelta = timedelta(minutes=5)
+    """Longest delay between two refund attempts."""
+
+    def __post_init__(self) -> None:
+        if self.max_refund_attempts < 1:
+            raise ValueError("max_refund_attempts must be at least 1")
+
+    def refund_delay(self, attempt: int) -> timedelta:
+        """Wait before refund ``attempt`` (2, 3…): base, 2×base, 4×base… capped; attempt 1 runs at once."""
+        if attempt <= 1:
+            return timedelta(0)
+        delay: timedelta = self.refund_backoff_base * 2 ** (attempt - 2)
+        return min(self.refund_backoff_cap, delay)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step may know besides its state and message: the time, the config, the input's id.
+
+    ``now`` is kept in UTC and cut to milliseconds (what Avro timestamps hold), so an event and its copy
+    stored in a state are equal after a round trip through Kafka.
+    """
+
+    now: datetime
+    config: SagaConfig = field(default_factory=SagaConfig)
+    message_id: str = ""
+    """The input's event id (``ce_id``), or "" if unknown; only AddStock, which has no id of its own, uses it
+    to recognise a redelivery."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "now", utc_millis(self.now))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChargePayment:
+    """Effect: charge the order's total once; the provider deduplicates by ``idempotency_key`` (the order id)."""
+
+    order_id: str
+    amount_cents: int
+    currency: str
+    method: str
+    token: str
+    idempotency_key: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefundPayment:
+    """Effect: refund a charge, try number ``attempt``; run it no earlier than ``retry_at`` (None: now).
+
+    ``idempotency_key`` is the charge's own key (the order id): a provider refunds one charge at most once, so
+    a repeated or retried refund never pays back twice.
+    """
+
+    order_id: str
+    payment_id: str
+    amount_cents: int
+    currency: str
+    reason: str
+    attempt: int = 1
+    retry_at: datetime | None = None
+    idempotency_key: str
+
+
+Effect = ChargePayment | RefundPayment
+
+
+@dataclass(frozen=True)
+class ChargeOutcome:
+    """What the provider answered to a :class:`ChargePayment`."""
+
+    ok: bool
+    payment_id: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RefundOutcome:
+    """What the provider answered to a :class:`RefundPayment`; ``attempt`` (if given) says which try it answers,
+    so a late answer to an old try is recognised as a duplicate."""
+
+    ok: bool
+    reason: str = ""
+    attempt: int | None = None
+
+
+@dataclass(frozen=True)
+class Decision(Generic[S]):
+    """A step's result: the new state (None: nothing to keep), events to send in order, effects to run."""
+
+    state: S | None
+    events: tuple[Message, ...] = ()
+    effects: tuple[Effect, ...] = ()

@@ -1,0 +1,64 @@
+"""The choreography as data: every service of the order saga, what it consumes, how its state is keyed.
+
+The edge (one Faust agent per service) and the in-memory simulation in the tests read this list, so both
+wire the same thing. Each service keys its state by the Kafka key of what it consumes (``message.key``) and
+reacts to the records in ``handles``; anything else goes past it unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from streams.domain import admission, notifications, orders, payments, reservations, stock
+from streams.domain.core import Decision, StepContext
+from streams.domain.messages import JsonState, Message
+
+St = TypeVar("St", bound=JsonState)
+
+
+@dataclass(frozen=True)
+class Service(Generic[St]):
+    """One saga participant: its name, table, state type, the records it handles and its step."""
+
+    name: str
+    table: str
+    """Suggested Faust table name, ``<context>_<state>``."""
+    key: str
+    """What its state is keyed by (for people: the key is always ``message.key``)."""
+    state_type: type[St]
+    handles: frozenset[str]
+    decide: Callable[[St | None, Message, StepContext], Decision[St]]
+
+    def load(self, data: Mapping[str, Any]) -> St:
+        """A state from its ``to_json`` form."""
+        return self.state_type.from_json(data)
+
+
+ADMISSION = Service(
+    "admission", "orders_customers", "user id", admission.CustomerState, admission.HANDLES, admission.decide
+)
+ORDER_SAGA = Service("order-saga", "orders_sagas", "order id", orders.OrderSaga, orders.HANDLES, orders.decide)
+RESERVATIONS = Service(
+    "inventory-reservations",
+    "inventory_reservations",
+    "order id",
+    reservations.OrderReservation,
+    reservations.HANDLES,
+    reservations.decide,
+)
+STOCK = Service("inventory-stock", "inventory_stock", "sku", stock.Stock, stock.HANDLES, stock.decide)
+PAYMENTS = Service(
+    "payments", "payments_payments", "order id", payments.PaymentState, payments.HANDLES, payments.decide
+)
+NOTIFICATIONS = Service(
+    "notifications",
+    "notifications_notices",
+    "order id",
+    notifications.NoticeState,
+    notifications.HANDLES,
+    notifications.decide,
+)
+
+SERVICES: tuple[Service[Any], ...] = (ADMISSION, ORDER_SAGA, RESERVATIONS, STOCK, PAYMENTS, NOTIFICATIONS)

@@ -1,0 +1,115 @@
+"""A simulated payment provider: the external system the payment service charges through.
+
+It behaves like a real one in the ways that matter to the saga: calls take time, some charges are declined,
+refunds can fail, and every call is idempotent by key, so a retried charge never charges twice. Its ledger
+lives in Redis under ``provider:*`` (the provider's own database, not the pipeline's), which lets tests and
+the closing summary count what was really charged and refunded.
+
+Outcomes are deterministic: a seed and the order id decide them, and a few card tokens force one
+(``tok_decline`` is always declined, ``tok_refund_fails`` makes refunds fail, ``tok_slow`` takes
+``slow_s`` seconds to answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+LEDGER = "provider:charges"
+REFUNDS = "provider:refunds"
+
+
+@dataclass(frozen=True)
+class ProviderBehaviour:
+    latency_s: float = 0.005
+    failure_rate: float = 0.0
+    refund_failure_rate: float = 0.0
+    seed: int = 7
+    slow_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    ok: bool
+    payment_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    ok: bool
+    reason: str = ""
+
+
+def _draw(seed: int, *parts: str) -> float:
+    """A number in [0, 1) fixed by the seed and the parts: the same call always gets the same outcome."""
+    digest = hashlib.sha256(":".join((str(seed), *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class SimulatedPaymentProvider:
+    """Charges and refunds with latency, declines and failures, idempotent by key."""
+
+    def __init__(self, client: aioredis.Redis, behaviour: ProviderBehaviour) -> None:
+        self._redis = client
+        self._behaviour = behaviour
+
+    async def charge(self, *, idempotency_key: str, amount_cents: int, currency: str, token: str) -> ChargeResult:
+        """Charge once per idempotency key; a repeated call answers what the first one did."""
+        b = self._behaviour
+        await asyncio.sleep(b.slow_s if token == "tok_slow" else b.latency_s)
+        existing = await self._redis.hget(LEDGER, idempotency_key)
+        if existing is not None:
+            return _charge_from(json.loads(existing))
+        declined = token == "tok_decline" or (
+            token not in ("tok_ok", "tok_slow", "tok_refund_fails")
+            and _draw(b.seed, "charge", idempotency_key) < b.failure_rate
+        )
+        entry: dict[str, Any] = {
+            "payment_id": f"pay_{hashlib.sha1(idempotency_key.encode()).hexdigest()[:16]}",
+            "amount_cents": amount_cents,
+            "currency": currency,
+            "token": token,
+            "status": "declined" if declined else "charged",
+        }
+        # HSETNX: two racing calls with one key still record one outcome, and both read it back
+        await self._redis.hsetnx(LEDGER, idempotency_key, json.dumps(entry))
+        stored = await self._redis.hget(LEDGER, idempotency_key)
+        return _charge_from(json.loads(stored if stored is not None else json.dumps(entry)))
+
+    async def refund(self, *, idempotency_key: str, payment_id: str, attempt: int) -> RefundResult:
+        """Refund a charge once; refunding an already refunded charge succeeds again without money moving."""
+        b = self._behaviour
+        await asyncio.sleep(b.latency_s)
+        raw = await self._redis.hget(LEDGER, idempotency_key)
+        if raw is None or json.loads(raw)["payment_id"] != payment_id:
+            return RefundResult(False, f"no charge {payment_id} for {idempotency_key}")
+        entry = json.loads(raw)
+        if entry["status"] == "refunded":
+            return RefundResult(True)
+        if (
+            entry.get("token") == "tok_refund_fails"
+            or _draw(b.seed, "refund", idempotency_key, str(attempt)) < b.refund_failure_rate
+        ):
+            return RefundResult(False, "provider refused the refund")
+        entry["status"] = "refunded"
+        await self._redis.hset(LEDGER, idempotency_key, json.dumps(entry))
+        await self._redis.hincrby(REFUNDS, idempotency_key, 1)
+        return RefundResult(True)
+
+
+def _charge_from(entry: dict[str, Any]) -> ChargeResult:
+    if entry["status"] == "declined":
+        return ChargeResult(False, entry["payment_id"], "card declined")
+    return ChargeResult(True, entry["payment_id"])
+
+
+async def ledger(client: aioredis.Redis) -> dict[str, dict[str, Any]]:
+    """The provider's whole ledger: idempotency key → charge entry (for checks and summaries)."""
+    raw = await client.hgetall(LEDGER)
+    return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}

@@ -1,0 +1,217 @@
+"""The edge every saga agent runs: decode, look up state, decide, run effects, send, write back.
+
+Domain steps are pure (:mod:`streams.domain`); this module is the only place where an agent touches Kafka,
+its table or the payment provider. The rules it keeps:
+
+* Values are decoded here, not by Faust, so a malformed message is dead-lettered with its reason
+  (``<topic>.dlq``: original key, value and headers, plus ``dlq_*`` headers) and the partition flows on.
+  A step that raises (a bug) is dead-lettered the same way: Faust would otherwise ack and lose the event.
+* Events a step emits are sent before its new state is written, and Faust flushes the producer (outputs and
+  changelog alike) before it commits the input's offset. A crash before that replays the input: if the new
+  state reached the changelog but the events did not, the step sees a duplicate and re-emits the same events
+  (same ids), which downstream steps treat as duplicates; nothing is lost and nothing happens twice.
+* Every output carries the envelope: a deterministic ``ce_id`` (:func:`derived_event_id`), ``ce_causationid``
+  = the input's id,
+  ``ce_correlationid`` = the order id, and the input's ``traceparent``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pipeline.envelope import Envelope, dead_letter_headers
+from schemas.catalog import SchemaCatalog
+from schemas.codec import AvroCodec
+from schemas.errors import DecodeError
+from streams.topics import topic, topic_for_record
+
+log = logging.getLogger(__name__)
+
+EVENT_ID_NAMESPACE = uuid.UUID("6f1c1e4a-58a4-4a36-9a1e-8f0a4b1f5f21")
+
+
+class Sender(Protocol):
+    """Sends raw bytes to a topic and resolves when the broker acknowledged them."""
+
+    async def __call__(
+        self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, str | bytes | None]]
+    ) -> Awaitable[Any]: ...
+
+
+class StateTable(Protocol):
+    def get(self, key: str) -> Any: ...
+    def __setitem__(self, key: str, value: Any) -> None: ...
+    def __delitem__(self, key: str) -> None: ...
+    def __contains__(self, key: object) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One message as the agent received it, before decoding."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    @property
+    def envelope(self) -> Envelope | None:
+        return Envelope.from_headers(self.headers)
+
+    @property
+    def event_id(self) -> str:
+        """The envelope's id, or the message's position when it came without one (e.g. from kcat)."""
+        envelope = self.envelope
+        return envelope.event_id if envelope else f"{self.topic}:{self.partition}:{self.offset}"
+
+
+def derived_event_id(cause: str, index: int, record: str, value: Mapping[str, Any], key: str) -> str:
+    """The id of an emitted event: the same however often, and from whichever input, it is emitted.
+
+    A saga fact happens at most once per order (and per SKU line for line facts): ``OrderPlaced`` of order
+    o-1 is one event whether admission emits it for the command or again for a repeated command. So an
+    event that names an order gets its id from (record, order, SKU); any other (``StockAdded``) from its
+    cause and position, which a replay of that cause repeats.
+    """
+    order_id = value.get("order_id")
+    if order_id:
+        return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{record}/{order_id}/{value.get('sku') or ''}"))
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{cause}/{index}/{record}/{key}"))
+
+
+def normalise_headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    """Faust hands headers over as a mapping or a list of pairs; make them one shape."""
+    items: Iterable[tuple[str, Any]] = raw.items() if isinstance(raw, Mapping) else (raw or ())
+    return tuple((k, v if isinstance(v, bytes) else str(v or "").encode()) for k, v in items)
+
+
+class Outbox:
+    """Encodes domain messages, stamps their envelope and sends them to their topics."""
+
+    def __init__(self, codec: AvroCodec, catalog: SchemaCatalog, send: Sender, source: str) -> None:
+        self._codec = codec
+        self._catalog = catalog
+        self._send = send
+        self._source = source
+
+    async def send_all(
+        self,
+        records: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        cause: Incoming | None,
+        cause_id: str,
+        traceparent: str | None = None,
+    ) -> None:
+        """Send ``(record name, value)`` pairs in order (delivery is confirmed when Faust commits the input)."""
+        for index, (name, value) in enumerate(records):
+            spec = topic_for_record(name)
+            key = str(value[spec.key_field])
+            schema = self._catalog.latest(name)
+            correlation = value.get("order_id") or (cause.envelope.correlation_id if cause and cause.envelope else None)
+            envelope = Envelope(
+                event_type=schema.full_name,
+                schema_version=schema.version,
+                source=self._source,
+                event_id=derived_event_id(cause_id, index, name, value, key),
+                correlation_id=correlation or key,
+                causation_id=cause_id if cause is not None else None,
+                traceparent=traceparent,
+            )
+            payload = self._codec.encode(schema.full_name, value, version=schema.version)
+            headers = envelope.to_headers()
+            await self._send(spec.name, key.encode(), payload, headers)
+
+    async def dead_letter(self, incoming: Incoming, *, agent: str, error: str, attempts: int = 1) -> None:
+        """Park ``incoming`` in its topic's dead-letter topic with the reason; original bytes kept."""
+        spec = topic(incoming.topic)
+        headers = dead_letter_headers(
+            incoming.headers,
+            topic=incoming.topic,
+            partition=incoming.partition,
+            offset=incoming.offset,
+            error=error,
+            agent=agent,
+            attempts=attempts,
+        )
+        log.warning("dead-lettered %s[%s]@%s: %s", incoming.topic, incoming.partition, incoming.offset, error)
+        await self._send(spec.dead_letter_name, incoming.key or b"", incoming.value or b"", headers)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one agent does: which records it handles, how it decides, how its state is stored."""
+
+    agent: str
+    handles: frozenset[str]
+    decide: Callable[[Any, Any, Any], Any]
+    load_state: Callable[[Mapping[str, Any]], Any]
+    message_from_record: Callable[[str, Mapping[str, Any]], Any]
+    message_to_record: Callable[[Any], dict[str, Any]]
+    context: Callable[[Incoming], Any]
+    run_effects: Callable[[Any, Any, Any], Awaitable[Any]] | None = None
+    after_write: Callable[[str, Any], None] | None = None
+
+
+class StepRunner:
+    """Runs one :class:`Step` over a stream of :class:`Incoming` messages."""
+
+    def __init__(self, step: Step, table: StateTable, codec: AvroCodec, outbox: Outbox) -> None:
+        self.step = step
+        self._table = table
+        self._codec = codec
+        self._outbox = outbox
+        self.processed = 0
+        self.dead_lettered = 0
+        self.last_progress = time.monotonic()
+
+    async def handle(self, incoming: Incoming) -> None:
+        """Handle one message; never raises for a message's content (it dead-letters instead)."""
+        step = self.step
+        self.last_progress = time.monotonic()
+        try:
+            decoded = self._codec.decode(incoming.value or b"", expected=topic(incoming.topic).records)
+        except DecodeError as exc:
+            await self._park(incoming, f"{type(exc).__name__}: {exc}")
+            return
+        if decoded.name not in step.handles:
+            return
+        try:
+            message = step.message_from_record(decoded.name, decoded.value)
+            key = str(message.key)
+            stored = self._table.get(key)
+            state = step.load_state(stored) if stored is not None else None
+            ctx = step.context(incoming)
+            decision = step.decide(state, message, ctx)
+            if step.run_effects is not None and decision.effects:
+                decision = await step.run_effects(decision, ctx, message)
+            records = [(e.record_name, step.message_to_record(e)) for e in decision.events]
+        except Exception as exc:  # a bug in a step must not lose the event: park it with the reason
+            log.exception("%s failed on %s", step.agent, decoded.name)
+            await self._park(incoming, f"{type(exc).__name__} in {step.agent}: {exc}")
+            return
+        envelope = incoming.envelope
+        await self._outbox.send_all(
+            records,
+            cause=incoming,
+            cause_id=incoming.event_id,
+            traceparent=envelope.traceparent if envelope else None,
+        )
+        if decision.state is None:
+            if key in self._table:
+                del self._table[key]
+        elif decision.state != state:
+            self._table[key] = decision.state.to_json()
+        if step.after_write is not None:
+            step.after_write(key, decision.state)
+        self.processed += 1
+
+    async def _park(self, incoming: Incoming, error: str) -> None:
+        self.dead_lettered += 1
+        await self._outbox.dead_letter(incoming, agent=self.step.agent, error=error)

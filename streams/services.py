@@ -1,0 +1,199 @@
+"""Which agents each service runs, on which topics, with which table: the wiring of :mod:`streams.domain`.
+
+=============  ===================  ==============================================  =======================
+service        agent                consumes                                        table (key)
+=============  ===================  ==============================================  =======================
+orders         admit_orders         users.events.v1, orders.commands.v1             orders_customers (user)
+orders         run_order_sagas      orders.events.v1, inventory.events.v1,          orders_sagas (order)
+                                    payments.events.v1, orders.deadlines.v1         + orders_deadlines
+inventory      reserve_inventory    orders.events.v1, inventory.events.v1           inventory_reservations
+inventory      keep_stock           inventory.commands.v1                           inventory_stock (SKU)
+payments       settle_payments      orders.events.v1, inventory.events.v1           payments_payments
+notifications  notify_customers     orders.events.v1                                notifications_notices
+=============  ===================  ==============================================  =======================
+
+Every source topic has the same partition count and every key is the id the table is keyed by, so Faust's
+co-partitioned assignment gives each worker matching partitions of its inputs and its tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from pipeline.settings import Settings
+from schemas.codec import AvroCodec
+from streams.app import ServiceApp, new_table, register_step
+from streams.domain import orders, payments
+from streams.domain.core import ChargeOutcome, ChargePayment, Decision, RefundOutcome, SagaConfig, StepContext
+from streams.domain.messages import Message, OrderDeadlineReached, from_record, to_record
+from streams.domain.saga import ADMISSION, NOTIFICATIONS, ORDER_SAGA, PAYMENTS, RESERVATIONS, STOCK, Service
+from streams.payment_provider import ProviderBehaviour, SimulatedPaymentProvider
+from streams.runtime import Incoming, Step
+from streams.topics import (
+    INVENTORY_COMMANDS,
+    INVENTORY_EVENTS,
+    ORDER_COMMANDS,
+    ORDER_DEADLINES,
+    ORDER_EVENTS,
+    PAYMENT_EVENTS,
+    USER_EVENTS,
+    TopicSpec,
+    table,
+)
+
+DEADLINE_RESEND_S = 5.0
+"""A deadline already reported is reported again after this long if its saga is still open."""
+
+
+def saga_config(settings: Settings) -> SagaConfig:
+    return SagaConfig(
+        saga_timeout=timedelta(seconds=settings.saga_timeout_s),
+        max_refund_attempts=settings.max_refund_attempts,
+        refund_backoff_base=timedelta(seconds=settings.refund_backoff_base_s),
+        refund_backoff_cap=timedelta(seconds=settings.refund_backoff_cap_s),
+    )
+
+
+def _step(
+    agent: str,
+    service: Service[Any],
+    config: SagaConfig,
+    *,
+    run_effects: Callable[..., Any] | None = None,
+    after_write: Callable[[str, Any], None] | None = None,
+) -> Step:
+    def context(incoming: Incoming) -> StepContext:
+        return StepContext(now=datetime.now(UTC), config=config, message_id=incoming.event_id)
+
+    return Step(
+        agent=agent,
+        handles=service.handles,
+        decide=service.decide,
+        load_state=service.load,
+        message_from_record=from_record,
+        message_to_record=to_record,
+        context=context,
+        run_effects=run_effects,
+        after_write=after_write,
+    )
+
+
+def _add(built: ServiceApp, codec: AvroCodec, step: Step, sources: tuple[TopicSpec, ...], table_name: str) -> None:
+    t = new_table(built.app, table(built.name, table_name))
+    built.tables[table_name] = t
+    register_step(built, step, sources, t, codec)
+
+
+def wire(built: ServiceApp, settings: Settings, codec: AvroCodec) -> None:
+    """Register ``built.name``'s tables, agents and timers on its Faust app."""
+    config = saga_config(settings)
+    wiring = {
+        "orders": _wire_orders,
+        "inventory": _wire_inventory,
+        "payments": _wire_payments,
+        "notifications": _wire_notifications,
+    }
+    wiring[built.name](built, settings, codec, config)
+
+
+def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:
+    _add(built, codec, _step("admit_orders", ADMISSION, config), (USER_EVENTS, ORDER_COMMANDS), "orders_customers")
+
+    deadlines = new_table(built.app, table("orders", "orders_deadlines"))
+    built.tables["orders_deadlines"] = deadlines
+
+    def track_deadline(order_id: str, state: Any) -> None:
+        due = orders.pending_deadline(state)
+        if due is not None:
+            deadlines[order_id] = int(due.timestamp() * 1000)
+        elif order_id in deadlines:
+            del deadlines[order_id]
+
+    saga = _step("run_order_sagas", ORDER_SAGA, config, after_write=track_deadline)
+    _add(built, codec, saga, (ORDER_EVENTS, INVENTORY_EVENTS, PAYMENT_EVENTS, ORDER_DEADLINES), "orders_sagas")
+
+    reported: dict[str, float] = {}
+
+    @built.app.timer(interval=settings.deadline_sweep_s)  # type: ignore[untyped-decorator]
+    async def sweep_deadlines() -> None:
+        """Report every passed deadline; the saga agent decides (and ignores it if the order finished)."""
+        now = datetime.now(UTC)
+        now_ms = int(now.timestamp() * 1000)
+        clock = time.monotonic()
+        for order_id, deadline_ms in list(deadlines.items()):
+            if deadline_ms > now_ms or clock - reported.get(order_id, -DEADLINE_RESEND_S) < DEADLINE_RESEND_S:
+                continue
+            reported[order_id] = clock
+            event = OrderDeadlineReached(
+                order_id=order_id,
+                deadline_at=datetime.fromtimestamp(deadline_ms / 1000, UTC),
+                observed_at=now,
+            )
+            assert built.outbox is not None
+            await built.outbox.send_all(
+                [(event.record_name, to_record(event))], cause=None, cause_id=f"deadline/{order_id}/{deadline_ms}"
+            )
+        for order_id in [k for k in reported if k not in deadlines]:
+            del reported[order_id]
+
+
+def _wire_inventory(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:
+    reserve = _step("reserve_inventory", RESERVATIONS, config)
+    _add(built, codec, reserve, (ORDER_EVENTS, INVENTORY_EVENTS), "inventory_reservations")
+    _add(built, codec, _step("keep_stock", STOCK, config), (INVENTORY_COMMANDS,), "inventory_stock")
+
+
+def _wire_payments(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:
+    behaviour = ProviderBehaviour(
+        latency_s=settings.payment_latency_ms / 1000,
+        failure_rate=settings.payment_failure_rate,
+        refund_failure_rate=settings.refund_failure_rate,
+        seed=settings.payment_seed,
+        slow_s=settings.payment_slow_s,
+    )
+    provider = SimulatedPaymentProvider(aioredis.Redis.from_url(settings.redis_url), behaviour)
+
+    async def run_payment_effects(decision: Decision[Any], ctx: StepContext, message: Message) -> Decision[Any]:
+        """Carry out charges and refunds, folding each answer back through the pure step."""
+        state, events, effects = decision.state, list(decision.events), list(decision.effects)
+        while effects:
+            effect = effects.pop(0)
+            if isinstance(effect, ChargePayment):
+                charged = await provider.charge(
+                    idempotency_key=effect.idempotency_key,
+                    amount_cents=effect.amount_cents,
+                    currency=effect.currency,
+                    token=effect.token,
+                )
+                now = replace(ctx, now=datetime.now(UTC))
+                outcome = payments.on_charge_result(
+                    state, ChargeOutcome(charged.ok, charged.payment_id, charged.reason), now
+                )
+            else:
+                if effect.retry_at is not None:
+                    await asyncio.sleep(max(0.0, (effect.retry_at - datetime.now(UTC)).total_seconds()))
+                refunded = await provider.refund(
+                    idempotency_key=effect.order_id, payment_id=effect.payment_id, attempt=effect.attempt
+                )
+                now = replace(ctx, now=datetime.now(UTC))
+                outcome = payments.on_refund_result(
+                    state, RefundOutcome(refunded.ok, refunded.reason, effect.attempt), now
+                )
+            state = outcome.state
+            events.extend(outcome.events)
+            effects.extend(outcome.effects)
+        return Decision(state, tuple(events))
+
+    step = _step("settle_payments", PAYMENTS, config, run_effects=run_payment_effects)
+    _add(built, codec, step, (ORDER_EVENTS, INVENTORY_EVENTS), "payments_payments")
+
+
+def _wire_notifications(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:
+    _add(built, codec, _step("notify_customers", NOTIFICATIONS, config), (ORDER_EVENTS,), "notifications_notices")

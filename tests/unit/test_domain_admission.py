@@ -1,0 +1,189 @@
+"""Order admission: who may order, what a valid order is, and one order per idempotency key."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from streams.domain import admission
+from streams.domain.admission import CustomerState, decide
+from streams.domain.core import SagaConfig, StepContext
+from streams.domain.messages import (
+    OrderConfirmed,
+    OrderLine,
+    OrderPlaced,
+    OrderRejected,
+    PaymentDetails,
+    PlaceOrder,
+    UserDeactivated,
+    UserReactivated,
+    UserRegistered,
+)
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2025, 4, 1, 10, 0, tzinfo=UTC)
+CTX = StepContext(now=NOW)
+LATER = StepContext(now=NOW + timedelta(minutes=1))
+
+
+def registered(user_id: str = "u-1", version: int = 1) -> UserRegistered:
+    return UserRegistered(user_id=user_id, version=version, username="ann", email="a@x", registered_at=NOW)
+
+
+def customer(*, active: bool = True) -> CustomerState:
+    state = decide(None, registered(), CTX).state
+    if not active:
+        state = decide(state, UserDeactivated(user_id="u-1", version=2, reason="x", deactivated_at=NOW), CTX).state
+    assert state is not None
+    return state
+
+
+def place(order_id: str = "o-1", key: str = "k-1", lines: tuple[OrderLine, ...] | None = None) -> PlaceOrder:
+    return PlaceOrder(
+        order_id=order_id,
+        user_id="u-1",
+        lines=lines
+        if lines is not None
+        else (
+            OrderLine(sku="a", quantity=2, unit_price_cents=250),
+            OrderLine(sku="b", quantity=1, unit_price_cents=99),
+        ),
+        payment=PaymentDetails(method="card", token="tok-1"),
+        idempotency_key=key,
+        requested_at=NOW - timedelta(seconds=1),
+    )
+
+
+def test_an_active_customer_places_an_order() -> None:
+    decision = decide(customer(), place(), CTX)
+    assert decision.events == (
+        OrderPlaced(
+            order_id="o-1",
+            user_id="u-1",
+            lines=place().lines,
+            total_cents=2 * 250 + 99,
+            currency="EUR",
+            placed_at=NOW,
+            deadline_at=NOW + SagaConfig().saga_timeout,
+            channel="api",
+            note=None,
+            payment_method="card",
+            payment_token="tok-1",
+        ),
+    )
+    assert decision.effects == ()
+    assert decision.state is not None and decision.state.order_keys == {"o-1": "k-1"}
+
+
+def test_config_sets_currency_and_deadline() -> None:
+    ctx = StepContext(now=NOW, config=SagaConfig(saga_timeout=timedelta(seconds=30), default_currency="CHF"))
+    (placed,) = decide(customer(), place(), ctx).events
+    assert isinstance(placed, OrderPlaced)
+    assert (placed.currency, placed.deadline_at) == ("CHF", NOW + timedelta(seconds=30))
+
+
+@pytest.mark.parametrize(
+    ("state", "reason"),
+    [(None, "unknown_user"), (customer(active=False), "user_inactive")],
+    ids=["unknown", "inactive"],
+)
+def test_who_may_not_order_is_rejected(state: CustomerState | None, reason: str) -> None:
+    decision = decide(state, place(), CTX)
+    assert decision.events == (OrderRejected(order_id="o-1", user_id="u-1", reason=reason, rejected_at=NOW),)
+    assert decision.state is not None and decision.state.outcomes["k-1"] == decision.events[0]
+
+
+BAD_LINES = {
+    "no lines": (),
+    "zero quantity": (OrderLine(sku="a", quantity=0, unit_price_cents=1),),
+    "negative quantity": (OrderLine(sku="a", quantity=-1, unit_price_cents=1),),
+    "negative price": (OrderLine(sku="a", quantity=1, unit_price_cents=-5),),
+    "duplicate sku": (
+        OrderLine(sku="a", quantity=1, unit_price_cents=1),
+        OrderLine(sku="a", quantity=2, unit_price_cents=1),
+    ),
+    "empty sku": (OrderLine(sku="", quantity=1, unit_price_cents=1),),
+}
+
+
+@pytest.mark.parametrize("lines", BAD_LINES.values(), ids=BAD_LINES.keys())
+def test_invalid_orders_are_rejected(lines: tuple[OrderLine, ...]) -> None:
+    (event,) = decide(customer(), place(lines=lines), CTX).events
+    assert isinstance(event, OrderRejected) and event.reason == "invalid_order"
+
+
+def test_a_free_line_is_valid() -> None:
+    (event,) = decide(customer(), place(lines=(OrderLine(sku="gift", quantity=1, unit_price_cents=0),)), CTX).events
+    assert isinstance(event, OrderPlaced) and event.total_cents == 0
+
+
+def test_unknown_user_is_checked_before_the_lines() -> None:
+    (event,) = decide(None, place(lines=()), CTX).events
+    assert isinstance(event, OrderRejected) and event.reason == "unknown_user"
+
+
+def test_the_same_idempotency_key_gets_the_same_order_again() -> None:
+    first = decide(customer(), place(), CTX)
+    again = decide(first.state, place(order_id="o-other"), LATER)
+    assert again.state == first.state
+    assert again.events == first.events  # same order id, same times: one order
+
+
+def test_a_redelivered_rejection_stays_a_rejection_even_once_the_user_is_back() -> None:
+    rejected = decide(customer(active=False), place(), CTX)
+    back = decide(rejected.state, UserReactivated(user_id="u-1", version=3, reactivated_at=NOW), CTX).state
+    again = decide(back, place(), LATER)
+    assert again.events == rejected.events and again.state == back
+
+
+def test_a_reused_order_id_under_a_new_key_is_the_first_order_again() -> None:
+    first = decide(customer(), place(), CTX)
+    reused = decide(first.state, place(key="k-2", lines=(OrderLine(sku="z", quantity=9, unit_price_cents=1),)), LATER)
+    assert reused.events == first.events and reused.state == first.state
+
+
+def test_a_new_key_and_order_id_is_a_second_order() -> None:
+    first = decide(customer(), place(), CTX)
+    second = decide(first.state, place(order_id="o-2", key="k-2"), LATER)
+    (event,) = second.events
+    assert isinstance(event, OrderPlaced) and event.order_id == "o-2" and event.placed_at == LATER.now
+    assert second.state is not None and set(second.state.outcomes) == {"k-1", "k-2"}
+
+
+def test_user_events_switch_ordering_on_and_off() -> None:
+    state: CustomerState | None = customer(active=False)
+    assert state is not None and (state.known, state.active, state.user_version) == (True, False, 2)
+    state = decide(state, UserReactivated(user_id="u-1", version=3, reactivated_at=NOW), CTX).state
+    assert state is not None and state.active
+    (event,) = decide(state, place(), CTX).events
+    assert isinstance(event, OrderPlaced)
+
+
+def test_stale_or_repeated_user_events_change_nothing() -> None:
+    state = customer(active=False)
+    for stale in (registered(version=1), UserReactivated(user_id="u-1", version=2, reactivated_at=NOW)):
+        decision = decide(state, stale, CTX)
+        assert decision.state == state and decision.events == ()
+
+
+def test_any_user_event_proves_the_user_exists() -> None:
+    state = decide(None, UserDeactivated(user_id="u-1", version=4, reason="x", deactivated_at=NOW), CTX).state
+    assert state == CustomerState(user_id="u-1", known=True, active=False, user_version=4)
+
+
+def test_other_messages_leave_the_state_alone() -> None:
+    state = customer()
+    decision = decide(state, OrderConfirmed(order_id="o-1", payment_id="p", confirmed_at=NOW), CTX)
+    assert decision.state is state and decision.events == ()
+    assert "OrderConfirmed" not in admission.HANDLES
+
+
+def test_state_survives_json() -> None:
+    state = decide(decide(customer(), place(), CTX).state, place(order_id="o-2", key="k-2", lines=()), CTX).state
+    assert state is not None
+    assert CustomerState.from_json(json.loads(json.dumps(state.to_json()))) == state
+    assert replace(state, outcomes={}) != state

@@ -1,0 +1,210 @@
+"""Payments: one charge per order, after its stock is reserved; every charge of a cancelled order refunded."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from streams.domain import payments
+from streams.domain.core import (
+    ChargeOutcome,
+    ChargePayment,
+    Decision,
+    RefundOutcome,
+    RefundPayment,
+    SagaConfig,
+    StepContext,
+)
+from streams.domain.messages import (
+    InventoryReserved,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderLine,
+    OrderPlaced,
+    PaymentFailed,
+    PaymentRefunded,
+    PaymentRefundFailed,
+    PaymentSucceeded,
+    StockLine,
+)
+from streams.domain.payments import ChargeStatus, PaymentState, RefundStatus, decide, on_charge_result, on_refund_result
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2025, 4, 1, 10, 0, tzinfo=UTC)
+CONFIG = SagaConfig(
+    max_refund_attempts=3, refund_backoff_base=timedelta(seconds=2), refund_backoff_cap=timedelta(seconds=3)
+)
+
+PLACED = OrderPlaced(
+    order_id="o-1",
+    user_id="u-1",
+    lines=(OrderLine(sku="a", quantity=2, unit_price_cents=250),),
+    total_cents=500,
+    currency="EUR",
+    placed_at=T0,
+    deadline_at=T0 + timedelta(minutes=5),
+    payment_method="card",
+    payment_token="tok-1",
+)
+RESERVED = InventoryReserved(order_id="o-1", lines=(StockLine(sku="a", quantity=2),), reserved_at=T0)
+CANCELLED = OrderCancelled(order_id="o-1", reason="deadline_exceeded", cancelled_at=T0)
+CHARGE = ChargePayment(
+    order_id="o-1", amount_cents=500, currency="EUR", method="card", token="tok-1", idempotency_key="o-1"
+)
+OK = ChargeOutcome(ok=True, payment_id="p-1")
+
+
+def at(seconds: int) -> StepContext:
+    return StepContext(now=T0 + timedelta(seconds=seconds), config=CONFIG)
+
+
+def refund(attempt: int = 1, retry_at: datetime | None = None) -> RefundPayment:
+    return RefundPayment(
+        order_id="o-1",
+        payment_id="p-1",
+        amount_cents=500,
+        currency="EUR",
+        reason="order cancelled: deadline_exceeded",
+        attempt=attempt,
+        retry_at=retry_at,
+        idempotency_key="o-1",
+    )
+
+
+def charged(state: PaymentState | None = None) -> PaymentState:
+    """Placed, reserved and charged successfully."""
+    asked = decide(decide(state, PLACED, at(1)).state, RESERVED, at(2)).state
+    result = on_charge_result(asked, OK, at(3)).state
+    assert result is not None
+    return result
+
+
+def test_the_charge_is_asked_for_once_the_stock_is_reserved() -> None:
+    placed = decide(None, PLACED, at(1))
+    assert placed.effects == () and placed.events == ()
+    asked = decide(placed.state, RESERVED, at(2))
+    assert asked.effects == (CHARGE,) and asked.events == ()
+    assert asked.state is not None and asked.state.charge is ChargeStatus.REQUESTED
+    assert payments.pending_effects(asked.state) == (CHARGE,)
+
+
+def test_the_reservation_may_arrive_before_the_order() -> None:
+    early = decide(None, RESERVED, at(1))
+    assert early.effects == ()
+    asked = decide(early.state, PLACED, at(2))
+    assert asked.effects == (CHARGE,)
+
+
+def test_a_successful_charge_is_reported() -> None:
+    asked = decide(decide(None, PLACED, at(1)).state, RESERVED, at(2)).state
+    decision = on_charge_result(asked, OK, at(3))
+    assert decision.events == (
+        PaymentSucceeded(order_id="o-1", payment_id="p-1", amount_cents=500, charged_at=at(3).now),
+    )
+    assert decision.effects == () and payments.pending_effects(decision.state) == ()
+
+
+def test_a_declined_charge_is_reported() -> None:
+    asked = decide(decide(None, PLACED, at(1)).state, RESERVED, at(2)).state
+    decision = on_charge_result(asked, ChargeOutcome(ok=False, reason="card declined"), at(3))
+    assert decision.events == (PaymentFailed(order_id="o-1", reason="card declined", failed_at=at(3).now),)
+    assert decision.state is not None and decision.state.charge is ChargeStatus.FAILED
+
+
+def test_a_success_without_a_payment_id_is_a_bug() -> None:
+    asked = decide(decide(None, PLACED, at(1)).state, RESERVED, at(2)).state
+    with pytest.raises(ValueError, match="payment id"):
+        on_charge_result(asked, ChargeOutcome(ok=True), at(3))
+
+
+def test_redelivery_re_emits_the_charge_chain_and_never_asks_for_a_second_charge() -> None:
+    asked = decide(decide(None, PLACED, at(1)).state, RESERVED, at(2)).state
+    again = decide(asked, RESERVED, at(9))
+    assert again == Decision(asked, (), (CHARGE,)), "unanswered: the same charge, same idempotency key"
+    done = on_charge_result(asked, OK, at(3))
+    assert decide(done.state, RESERVED, at(9)) == Decision(done.state, done.events)
+    assert decide(done.state, PLACED, at(9)) == Decision(done.state), "OrderPlaced did not start the charge"
+    assert on_charge_result(done.state, OK, at(9)) == Decision(done.state, done.events)
+    assert on_charge_result(done.state, ChargeOutcome(ok=False), at(9)).events == done.events
+
+
+def test_a_cancelled_order_is_never_charged() -> None:
+    state = decide(decide(None, PLACED, at(1)).state, CANCELLED, at(2)).state
+    decision = decide(state, RESERVED, at(3))
+    assert decision.effects == () and decision.events == () and payments.pending_effects(decision.state) == ()
+
+
+def test_cancelling_a_charged_order_refunds_it() -> None:
+    cancelled = decide(charged(), CANCELLED, at(4))
+    assert cancelled.effects == (refund(),) and cancelled.events == ()
+    assert payments.pending_effects(cancelled.state) == (refund(),)
+    done = on_refund_result(cancelled.state, RefundOutcome(ok=True, attempt=1), at(5))
+    assert done.events == (
+        PaymentRefunded(
+            order_id="o-1",
+            payment_id="p-1",
+            amount_cents=500,
+            reason="order cancelled: deadline_exceeded",
+            refunded_at=at(5).now,
+        ),
+    )
+    assert done.state is not None and done.state.refund is RefundStatus.REFUNDED
+    assert decide(done.state, CANCELLED, at(9)) == Decision(done.state, done.events)
+    assert decide(cancelled.state, CANCELLED, at(9)) == Decision(cancelled.state, (), (refund(),))
+
+
+def test_a_charge_answered_after_the_cancellation_is_reported_and_refunded() -> None:
+    asked = decide(decide(None, PLACED, at(1)).state, RESERVED, at(2)).state
+    cancelled = decide(asked, CANCELLED, at(3))
+    assert cancelled.effects == () and cancelled.events == (), "the answer is not known yet"
+    late = on_charge_result(cancelled.state, OK, at(4))
+    assert [type(e) for e in late.events] == [PaymentSucceeded]
+    assert late.effects == (refund(),)
+    # the charge's trigger, redelivered, re-emits the whole chain
+    assert decide(late.state, RESERVED, at(9)) == Decision(late.state, late.events, late.effects)
+    assert decide(late.state, CANCELLED, at(9)) == Decision(late.state)
+
+
+def test_a_failing_refund_is_retried_with_backoff_then_given_up() -> None:
+    state = decide(charged(), CANCELLED, at(4)).state
+    second = on_refund_result(state, RefundOutcome(ok=False, reason="busy", attempt=1), at(5))
+    assert second.effects == (refund(2, at(5).now + timedelta(seconds=2)),) and second.events == ()
+    third = on_refund_result(second.state, RefundOutcome(ok=False, reason="busy"), at(8))
+    assert third.effects == (refund(3, at(8).now + timedelta(seconds=3)),), "capped"
+    assert payments.pending_effects(third.state) == third.effects
+    given_up = on_refund_result(third.state, RefundOutcome(ok=False, reason="provider down"), at(12))
+    assert given_up.events == (
+        PaymentRefundFailed(
+            order_id="o-1", payment_id="p-1", amount_cents=500, reason="provider down", attempts=3, failed_at=at(12).now
+        ),
+    )
+    assert given_up.effects == () and payments.pending_effects(given_up.state) == ()
+    assert decide(given_up.state, CANCELLED, at(20)).events == given_up.events
+
+
+def test_an_answer_to_an_old_refund_attempt_changes_nothing() -> None:
+    state = decide(charged(), CANCELLED, at(4)).state
+    second = on_refund_result(state, RefundOutcome(ok=False, attempt=1), at(5))
+    stale = on_refund_result(second.state, RefundOutcome(ok=True, attempt=1), at(6))
+    assert stale == Decision(second.state, (), second.effects)
+    assert on_refund_result(None, RefundOutcome(ok=True), at(6)) == Decision(None)
+    assert on_charge_result(None, OK, at(6)) == Decision(None)
+
+
+def test_a_refund_answer_without_a_refund_pending_changes_nothing() -> None:
+    state = charged()
+    assert on_refund_result(state, RefundOutcome(ok=True), at(9)) == Decision(state)
+
+
+def test_other_messages_leave_the_state_alone() -> None:
+    state = charged()
+    assert decide(state, OrderConfirmed(order_id="o-1", payment_id="p-1", confirmed_at=T0), at(9)) == Decision(state)
+
+
+def test_state_survives_json() -> None:
+    state = on_refund_result(decide(charged(), CANCELLED, at(4)).state, RefundOutcome(ok=False), at(5)).state
+    assert state is not None and state.refund_retry_at is not None
+    assert PaymentState.from_json(json.loads(json.dumps(state.to_json()))) == state

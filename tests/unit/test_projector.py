@@ -1,0 +1,479 @@
+"""The projector's pure decisions: order views as a fold of their events, stock by version, attention, notices."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumers.projection import (
+    ATTENTION_KEY,
+    NOTIFICATIONS_KEPT,
+    CannotProject,
+    Event,
+    Op,
+    Reads,
+    Snapshot,
+    apply_to_order,
+    apply_to_stock,
+    attention_entry,
+    make_event,
+    notification_ids_key,
+    notifications_key,
+    order_key,
+    project,
+    reads,
+    stock_key,
+    user_order_summaries_key,
+    user_orders_key,
+)
+from consumers.projector import Projector
+from consumers.toolkit import Consumed
+from schemas.catalog import SchemaCatalog
+from schemas.codec import AvroCodec
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def ev(record: str, at: int, event_id: str | None = None, service: str = "orders", **value: Any) -> Event:
+    value.setdefault("order_id", "o-1")
+    return Event(record=record, value=value, event_id=event_id or f"{record}-{at}", at=at, service=service)
+
+
+def placed(at: int = T0, event_id: str | None = None, **extra: Any) -> Event:
+    value = {
+        "user_id": "u-1",
+        "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1250}],
+        "total_cents": 2500,
+        "currency": "EUR",
+        "deadline_at": at + 30_000,
+        "channel": "api",
+        "note": None,
+        "payment_method": "card",
+        "payment_token": "tok-secret",
+        **extra,
+    }
+    return ev("OrderPlaced", at, event_id, **value)
+
+
+def stock_line(record: str, at: int, version: int, *, available: int, reserved: int, sold: int = 0) -> Event:
+    return ev(
+        record,
+        at,
+        service="inventory",
+        sku="SKU-1",
+        quantity=2,
+        available=available,
+        reserved=reserved,
+        sold=sold,
+        stock_version=version,
+    )
+
+
+def fold(*events: Event, order_id: str = "o-1") -> dict[str, Any]:
+    doc: dict[str, Any] | None = None
+    for event in events:
+        doc = apply_to_order(doc, order_id, event) or doc
+    assert doc is not None
+    return doc
+
+
+class FakeViews:
+    """The ops' Redis semantics in a dict, so whole sequences can be checked without Redis."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def snapshot(self, need: Reads) -> Snapshot:
+        order = self.data.get(order_key(need.order_id)) if need.order_id else None
+        stock = self.data.get(stock_key(need.sku)) if need.sku else None
+        seen = False
+        if need.notification is not None:
+            user_id, notification_id = need.notification
+            seen = notification_id in self.data.get(notification_ids_key(user_id), set())
+        return Snapshot(
+            order=json.loads(order) if order else None, stock=dict(stock) if stock else None, notification_seen=seen
+        )
+
+    def apply(self, event: Event) -> list[Op]:
+        ops = project(event, self.snapshot(reads(event)))
+        for op in ops:
+            self._run(op)
+        return ops
+
+    def _run(self, op: Op) -> None:
+        args = [str(a) if not isinstance(a, int) else a for a in op.args]
+        match op.command:
+            case "SET":
+                self.data[op.key] = args[0]
+            case "HSET":
+                h = self.data.setdefault(op.key, {})
+                h.update({str(args[i]): str(args[i + 1]) for i in range(0, len(args), 2)})
+            case "HDEL":
+                self.data.get(op.key, {}).pop(args[0], None)
+            case "ZADD":
+                self.data.setdefault(op.key, {})[args[1]] = float(args[0])
+            case "ZREM":
+                self.data.get(op.key, {}).pop(args[0], None)
+            case "SADD":
+                self.data.setdefault(op.key, set()).add(args[0])
+            case "LPUSH":
+                self.data.setdefault(op.key, []).insert(0, args[0])
+            case "LTRIM":
+                self.data[op.key] = self.data[op.key][int(args[0]) : int(args[1]) + 1]
+            case _:
+                raise AssertionError(op.command)
+        self.data = {k: v for k, v in self.data.items() if v or isinstance(v, str)}
+
+
+# --- status -------------------------------------------------------------------------------------------------
+
+
+def test_status_moves_forward_through_the_saga() -> None:
+    doc = fold(placed())
+    assert doc["status"] == "PLACED"
+    doc = fold(placed(), ev("InventoryReserved", T0 + 10, service="inventory", lines=[]))
+    assert doc["status"] == "STOCK_RESERVED"
+    doc = fold(
+        placed(),
+        ev("InventoryReserved", T0 + 10, lines=[]),
+        ev("PaymentSucceeded", T0 + 20, payment_id="p-1", amount_cents=2500),
+        ev("OrderConfirmed", T0 + 30, payment_id="p-1"),
+    )
+    assert doc["status"] == "CONFIRMED"
+    assert doc["terminal_at"] == T0 + 30
+    assert doc["payment_id"] == "p-1"
+    assert doc["charged_cents"] == 2500
+
+
+def test_a_late_order_placed_does_not_reset_a_confirmed_order() -> None:
+    confirmed = fold(placed(), ev("OrderConfirmed", T0 + 30, payment_id="p-1"))
+    late = apply_to_order(confirmed, "o-1", placed(at=T0 + 40, event_id="replayed-with-new-id"))
+    assert late is not None
+    assert late["status"] == "CONFIRMED"
+    assert late["placed_at"] == T0  # the first placement stays the placement
+    stock_after = apply_to_order(late, "o-1", stock_line("StockLineReserved", T0 + 50, 9, available=1, reserved=2))
+    assert stock_after is not None and stock_after["status"] == "CONFIRMED"
+
+
+def test_terminal_states_never_revert() -> None:
+    confirmed = fold(placed(), ev("OrderConfirmed", T0 + 30, payment_id="p-1"))
+    after = apply_to_order(confirmed, "o-1", ev("OrderCancelled", T0 + 60, reason="deadline"))
+    assert after is not None
+    assert after["status"] == "CONFIRMED"
+    assert after["cancel_reason"] is None
+    assert [e["event"] for e in after["timeline"]][-1] == "OrderCancelled"  # still in the timeline
+
+    cancelled = fold(placed(), ev("OrderCancelled", T0 + 30, reason="out of stock"))
+    after = apply_to_order(cancelled, "o-1", ev("OrderConfirmed", T0 + 60, payment_id="p-1"))
+    assert after is not None and after["status"] == "CANCELLED"
+    assert after["cancel_reason"] == "out of stock"
+
+
+def test_compensation_failed_outranks_cancelled_and_keeps_the_cancel_reason() -> None:
+    doc = fold(
+        placed(),
+        ev("PaymentSucceeded", T0 + 10, payment_id="p-1", amount_cents=2500),
+        ev("OrderCancelled", T0 + 20, reason="deadline passed"),
+        ev("OrderCompensationFailed", T0 + 30, failed_step="refund", reason="provider down", attempts=5,
+           payment_id="p-1", amount_cents=2500),
+    )  # fmt: skip
+    assert doc["status"] == "COMPENSATION_FAILED"
+    assert doc["cancel_reason"] == "deadline passed"
+    assert doc["needs_attention"] is True
+
+
+def test_rejected_order_has_its_user_and_reason() -> None:
+    doc = fold(ev("OrderRejected", T0, user_id="u-9", reason="too many open orders"))
+    assert (doc["status"], doc["user_id"], doc["cancel_reason"]) == ("REJECTED", "u-9", "too many open orders")
+
+
+# --- idempotency --------------------------------------------------------------------------------------------
+
+
+def test_the_same_event_twice_changes_nothing() -> None:
+    doc = fold(placed(), ev("OrderConfirmed", T0 + 30, payment_id="p-1"))
+    assert apply_to_order(doc, "o-1", ev("OrderConfirmed", T0 + 30, payment_id="p-1")) is None
+    views = FakeViews()
+    event = ev("PaymentSucceeded", T0 + 10, payment_id="p-1", amount_cents=2500)
+    assert views.apply(placed()) and views.apply(event)
+    before = json.loads(json.dumps(views.data, default=sorted))
+    assert views.apply(event) == []
+    assert json.loads(json.dumps(views.data, default=sorted)) == before
+
+
+def test_a_second_charge_is_summed_so_double_charges_show() -> None:
+    doc = fold(
+        placed(),
+        ev("PaymentSucceeded", T0 + 10, "charge-1", payment_id="p-1", amount_cents=2500),
+        ev("PaymentSucceeded", T0 + 11, "charge-2", payment_id="p-2", amount_cents=2500),
+    )
+    assert doc["charged_cents"] == 5000
+    assert doc["payment_id"] == "p-1"
+
+
+# --- timeline -----------------------------------------------------------------------------------------------
+
+
+def test_timeline_is_sorted_by_event_time_whatever_the_arrival_order() -> None:
+    doc = fold(
+        ev("OrderConfirmed", T0 + 30, payment_id="p-1"),
+        stock_line("StockLineReserved", T0 + 5, 1, available=8, reserved=2),
+        placed(),
+        ev("PaymentSucceeded", T0 + 20, payment_id="p-1", amount_cents=2500, service="payments"),
+    )
+    assert [(e["at"], e["event"]) for e in doc["timeline"]] == [
+        (T0, "OrderPlaced"),
+        (T0 + 5, "StockLineReserved"),
+        (T0 + 20, "PaymentSucceeded"),
+        (T0 + 30, "OrderConfirmed"),
+    ]
+    line = doc["timeline"][1]
+    assert line["service"] == "inventory"
+    assert line["detail"] == {"sku": "SKU-1", "quantity": 2, "available": 8, "reserved": 2, "sold": 0,
+                              "stock_version": 1}  # fmt: skip
+    assert "payment_token" not in doc["timeline"][0]["detail"]
+    assert "payment_token" not in json.dumps(doc)
+
+
+def test_same_time_entries_follow_the_saga_order() -> None:
+    doc = fold(ev("OrderConfirmed", T0, payment_id="p"), ev("InventoryReserved", T0, lines=[]), placed(at=T0))
+    assert [e["event"] for e in doc["timeline"]] == ["OrderPlaced", "InventoryReserved", "OrderConfirmed"]
+
+
+def saga(order_id: str = "o-1") -> list[Event]:
+    def e(record: str, at: int, service: str, **value: Any) -> Event:
+        return Event(record, {"order_id": order_id, **value}, f"{order_id}-{record}-{at}", at, service)
+
+    return [
+        e("OrderPlaced", T0, "orders", user_id="u-1", lines=[{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 5}],
+          total_cents=10, currency="EUR", deadline_at=T0 + 1000, channel="api", note=None),
+        e("StockLineReserved", T0 + 1, "inventory", sku="SKU-1", quantity=2, available=8, reserved=2, sold=0,
+          stock_version=2),
+        e("InventoryReserved", T0 + 2, "inventory", lines=[{"sku": "SKU-1", "quantity": 2}]),
+        e("PaymentSucceeded", T0 + 3, "payments", payment_id="p-1", amount_cents=10),
+        e("OrderCancelled", T0 + 4, "orders", reason="deadline"),
+        e("StockLineReleased", T0 + 5, "inventory", sku="SKU-1", quantity=2, available=10, reserved=0, sold=0,
+          stock_version=3),
+        Event("StockLineRejected", {"order_id": "o-2", "sku": "SKU-1", "requested": 99, "available": 10,
+                                    "reserved": 0, "sold": 0, "stock_version": 3, "reason": "short"},
+              "o-2-rejected", T0 + 9, "inventory"),
+        e("OrderCompensationFailed", T0 + 6, "orders", failed_step="refund", reason="provider down", attempts=5,
+          payment_id="p-1", amount_cents=10),
+        e("PaymentRefunded", T0 + 7, "payments", payment_id="p-1", amount_cents=10, reason="manual"),
+        Event("StockAdded", {"sku": "SKU-1", "quantity": 10, "reason": "initial", "available": 10, "reserved": 0,
+                             "sold": 0, "stock_version": 1}, "stock-added-1", T0 - 100, "inventory"),
+        Event("NotificationSent", {"notification_id": "n-1", "user_id": "u-1", "order_id": order_id,
+                                   "kind": "order_cancelled", "message": "sorry", "sent_at": T0 + 8},
+              "n-ev-1", T0 + 8, "notifications"),
+    ]  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations(saga()), st.data())
+def test_views_do_not_depend_on_arrival_order_or_duplicates(events: list[Event], data: st.DataObject) -> None:
+    expected = FakeViews()
+    for event in saga():
+        expected.apply(event)
+    views = FakeViews()
+    for event in events:
+        views.apply(event)
+        if data.draw(st.booleans()):
+            views.apply(event)  # redelivered
+    assert views.data == expected.data
+
+
+# --- user's orders ------------------------------------------------------------------------------------------
+
+
+def test_user_orders_follow_the_order_status() -> None:
+    views = FakeViews()
+    views.apply(placed())
+    summaries = views.data[user_order_summaries_key("u-1")]
+    assert json.loads(summaries["o-1"])["status"] == "PLACED"
+    assert views.data[user_orders_key("u-1")] == {"o-1": float(T0)}
+    views.apply(ev("OrderConfirmed", T0 + 30, payment_id="p-1"))
+    assert json.loads(views.data[user_order_summaries_key("u-1")]["o-1"])["status"] == "CONFIRMED"
+    ops = views.apply(ev("PaymentSucceeded", T0 + 10, payment_id="p-1", amount_cents=2500))
+    assert ops and not [op for op in ops if op.key.startswith("view:user")]  # summary unchanged: not rewritten
+
+
+def test_user_orders_wait_for_the_user_to_be_known() -> None:
+    views = FakeViews()
+    ops = views.apply(stock_line("StockLineReserved", T0 + 5, 1, available=8, reserved=2))
+    assert not any(op.key.startswith("view:user") for op in ops)
+    views.apply(placed())
+    assert user_orders_key("u-1") in views.data
+
+
+# --- stock --------------------------------------------------------------------------------------------------
+
+
+def test_stock_applies_only_newer_versions() -> None:
+    first = apply_to_stock(None, stock_line("StockLineReserved", T0, 5, available=8, reserved=2))
+    assert first is not None
+    assert (first["available"], first["reserved"], first["stock_version"]) == ("8", "2", "5")
+    assert apply_to_stock(first, stock_line("StockLineReserved", T0 + 1, 5, available=1, reserved=9)) is None
+    assert apply_to_stock(first, stock_line("StockLineReleased", T0 + 2, 4, available=10, reserved=0)) is None
+    newer = apply_to_stock(first, stock_line("StockLineCommitted", T0 + 3, 6, available=8, reserved=0, sold=2))
+    assert newer is not None
+    assert (newer["sold"], newer["stock_version"], newer["last_event"]) == ("2", "6", "StockLineCommitted")
+
+
+def test_of_events_reporting_one_version_the_earliest_stays_whatever_the_order() -> None:
+    released = stock_line("StockLineReleased", T0 + 10, 7, available=10, reserved=0)
+    rejected = stock_line("StockLineRejected", T0 + 20, 7, available=10, reserved=0)
+    one = apply_to_stock(apply_to_stock(None, released), rejected)
+    other = apply_to_stock(apply_to_stock(None, rejected), released)
+    assert one is None  # the later report changes nothing
+    assert other is not None and other == apply_to_stock(None, released)
+    assert other["last_event"] == "StockLineReleased"
+
+
+def test_stock_added_goes_to_the_stock_view_only() -> None:
+    added = Event("StockAdded", {"sku": "SKU-9", "quantity": 5, "reason": "delivery", "available": 5,
+                                 "reserved": 0, "sold": 0, "stock_version": 1}, "id-1", T0, "inventory")  # fmt: skip
+    assert reads(added) == Reads(sku="SKU-9")
+    ops = project(added, Snapshot())
+    assert {op.key for op in ops} == {stock_key("SKU-9"), "view:skus"}
+    assert project(added, Snapshot(stock={"stock_version": "1"})) == []
+
+
+def test_stock_without_absolute_counts_cannot_be_projected() -> None:
+    old_style = Event("StockAdded", {"sku": "SKU-9", "quantity": 5, "reason": "delivery"}, "id-1", T0)
+    with pytest.raises(CannotProject, match="available"):
+        project(old_style, Snapshot())
+
+
+def test_an_order_event_without_an_order_id_cannot_be_projected() -> None:
+    with pytest.raises(CannotProject, match="order_id"):
+        reads(Event("OrderConfirmed", {"payment_id": "p"}, "x", T0))
+
+
+# --- needs attention ----------------------------------------------------------------------------------------
+
+
+def failure(at: int) -> Event:
+    return ev("OrderCompensationFailed", at, failed_step="refund", reason="provider down", attempts=5,
+              payment_id="p-1", amount_cents=2500)  # fmt: skip
+
+
+def test_attention_is_added_on_compensation_failure_and_removed_by_a_later_refund() -> None:
+    views = FakeViews()
+    views.apply(placed())
+    views.apply(ev("OrderCancelled", T0 + 20, reason="deadline"))
+    views.apply(failure(T0 + 30))
+    entry = json.loads(views.data[ATTENTION_KEY]["o-1"])
+    assert entry["failed_step"] == "refund" and entry["attempts"] == 5 and entry["failed_at"] == T0 + 30
+    assert entry["order"]["status"] == "COMPENSATION_FAILED"
+    assert entry["order"]["user_id"] == "u-1"
+
+    views.apply(ev("PaymentRefunded", T0 + 90, payment_id="p-1", amount_cents=2500, reason="manual"))
+    assert ATTENTION_KEY not in views.data
+    doc = json.loads(views.data[order_key("o-1")])
+    assert doc["status"] == "COMPENSATION_FAILED"  # terminal; the record says it was resolved
+    assert doc["compensation"]["resolved_at"] == T0 + 90
+    assert doc["refunded_cents"] == 2500
+
+
+def test_a_refund_before_the_failure_does_not_clear_attention() -> None:
+    doc = fold(placed(), ev("PaymentRefunded", T0 + 10, payment_id="p-1", amount_cents=100, reason="partial"),
+               failure(T0 + 30))  # fmt: skip
+    assert attention_entry(doc) is not None
+
+
+def test_attention_entry_follows_later_order_changes() -> None:
+    views = FakeViews()
+    views.apply(failure(T0 + 30))
+    assert json.loads(views.data[ATTENTION_KEY]["o-1"])["order"]["user_id"] is None
+    views.apply(placed())  # read later (another topic): the attention record gets the full order
+    assert json.loads(views.data[ATTENTION_KEY]["o-1"])["order"]["user_id"] == "u-1"
+
+
+# --- notifications ------------------------------------------------------------------------------------------
+
+
+def notice(n: int, user: str = "u-1") -> Event:
+    value = {"notification_id": f"n-{n}", "user_id": user, "order_id": None, "kind": "k", "message": f"m{n}",
+             "sent_at": T0 + n}  # fmt: skip
+    return Event("NotificationSent", value, f"ev-{n}", T0 + n, "notifications")
+
+
+def test_notifications_newest_first_deduplicated_and_bounded() -> None:
+    views = FakeViews()
+    for n in range(NOTIFICATIONS_KEPT + 5):
+        views.apply(notice(n))
+    assert views.apply(notice(3)) == []  # the same notification again
+    listed = [json.loads(v)["notification_id"] for v in views.data[notifications_key("u-1")]]
+    assert len(listed) == NOTIFICATIONS_KEPT
+    assert listed[0] == f"n-{NOTIFICATIONS_KEPT + 4}"
+    redelivered = Event("NotificationSent", dict(notice(1).value), "another-envelope-id", T0 + 1)
+    assert views.apply(redelivered) == []
+
+
+# --- events from messages -----------------------------------------------------------------------------------
+
+
+def test_make_event_reads_time_id_and_service() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    event = make_event("OrderConfirmed", {"order_id": "o", "payment_id": "p", "confirmed_at": at},
+                       event_id=None, position="orders.events.v1:3:17", source="/order-pipeline/orders",
+                       fallback_time_ms=1)  # fmt: skip
+    assert (event.event_id, event.at, event.service) == ("orders.events.v1:3:17", T0, "orders")
+    unknown = make_event("StockLineReserved", {"order_id": "o", "sku": "s", "reserved_at": at}, event_id="id",
+                         position="x", source=None, fallback_time_ms=5)  # fmt: skip
+    assert (unknown.at, unknown.value["reserved_at"], unknown.service) == (T0, T0, "")
+    timeless = make_event("X", {"order_id": "o"}, event_id="id", position="x", source=None, fallback_time_ms=5)
+    assert timeless.at == 5
+
+
+# --- the projector's edge, with stand-ins for Redis and the dead-letter producer -----------------------------
+
+
+class RecordingStore:
+    def __init__(self) -> None:
+        self.views = FakeViews()
+
+    def apply(self, event: Event) -> list[Op]:
+        return self.views.apply(event)
+
+
+class RecordingDeadLetters:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Consumed, str]] = []
+
+    def send(self, message: Consumed, error: str, *, attempts: int = 1) -> None:
+        self.sent.append((message, error))
+
+
+def consumed(value: bytes, offset: int = 0, headers: tuple[tuple[str, bytes], ...] = ()) -> Consumed:
+    return Consumed("orders.events.v1", 0, offset, T0, "o-1", value, headers)
+
+
+def test_projector_dead_letters_garbage_and_projects_the_rest() -> None:
+    catalog = SchemaCatalog.load()
+    codec = AvroCodec(catalog)
+    store, letters = RecordingStore(), RecordingDeadLetters()
+    projector = Projector(store, codec, dead_letters=letters)  # type: ignore[arg-type]
+    assert projector.handle(consumed(b"not avro")) == "dead-lettered"
+    assert letters.sent[0][1].startswith("NotSingleObjectEncoded")
+    good = codec.encode("OrderConfirmed", {"order_id": "o-1", "payment_id": "p-1", "confirmed_at": T0})
+    headers = (("ce_id", b"e-1"), ("ce_source", b"/order-pipeline/orders"))
+    assert projector.handle(consumed(good, 1, headers)) == "applied"
+    assert projector.handle(consumed(good, 2, headers)) == "unchanged"  # same ce_id at another offset
+    doc = json.loads(store.views.data[order_key("o-1")])
+    assert doc["status"] == "CONFIRMED"
+    assert doc["timeline"][0]["id"] == "e-1" and doc["timeline"][0]["service"] == "orders"
+    assert projector.stats.positions == {("orders.events.v1", 0): 3}
+    assert dict(projector.stats.outcomes) == {"dead-lettered": 1, "applied": 1, "unchanged": 1}
+
+
+def test_rebuild_mode_skips_instead_of_dead_lettering() -> None:
+    projector = Projector(RecordingStore(), AvroCodec(SchemaCatalog.load()), dead_letters=None)  # type: ignore[arg-type]
+    assert projector.handle(consumed(b"\xc3\x01garbage!")) == "skipped"

@@ -1,0 +1,51 @@
+"""The service list the edge wires: handled records exist, keys match the topics, states store as JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streams.domain import saga
+from streams.domain.messages import MESSAGE_TYPES
+from streams.domain.saga import SERVICES
+from streams.topics import topic_for_record
+
+pytestmark = pytest.mark.unit
+
+KEY_FIELDS = {"user id": "user_id", "order id": "order_id", "sku": "sku"}
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_a_service_consumes_records_keyed_like_its_state(service: saga.Service) -> None:  # type: ignore[type-arg]
+    assert service.handles <= set(MESSAGE_TYPES)
+    for record in service.handles:
+        assert topic_for_record(record).key_field == KEY_FIELDS[service.key], record
+        assert MESSAGE_TYPES[record].KEY_FIELD == KEY_FIELDS[service.key]
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_an_empty_state_survives_json(service: saga.Service) -> None:  # type: ignore[type-arg]
+    field = KEY_FIELDS[service.key]
+    kwargs = {field: "k-1"} if service.state_type.__name__ != "OrderReservation" else {field: "k-1", "lines": ()}
+    state = service.state_type(**kwargs)
+    assert service.load(json.loads(json.dumps(state.to_json()))) == state
+
+
+def test_names_and_tables_are_unique() -> None:
+    assert len({s.name for s in SERVICES}) == len({s.table for s in SERVICES}) == len(SERVICES)
+
+
+def test_every_record_the_saga_emits_is_consumed_or_is_an_outcome() -> None:
+    consumed = set().union(*(s.handles for s in SERVICES))
+    outcomes = {"OrderRejected", "OrderCompensationFailed", "NotificationSent", "StockAdded"}
+    produced_inputs = {
+        "PlaceOrder",
+        "AddStock",
+        "OrderDeadlineReached",
+        "UserRegistered",
+        "UserDeactivated",
+        "UserReactivated",
+    }
+    assert set(MESSAGE_TYPES) == consumed | outcomes
+    assert produced_inputs <= consumed

@@ -1,0 +1,125 @@
+"""The pipeline's own processes for integration tests: real `pipeline worker` and `pipeline project` processes.
+
+They run as separate OS processes against the testcontainers broker and Redis, exactly as a person starts
+them, so the tests can kill them with real signals. Readiness is observed, not assumed: a worker is ready
+once its consumer group is stable with partitions assigned.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.admin import admin_client, groups_not_ready, worker_groups
+from pipeline.settings import Settings
+from streams.topics import SERVICES
+from tests.stack import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINE = str(ROOT / ".venv" / "bin" / "pipeline")
+
+
+@dataclass
+class Process:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            self.popen.wait(timeout=60)
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Pipeline:
+    """The running workers and projector of one test module."""
+
+    settings: Settings
+    env: dict[str, str]
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    def assert_alive(self) -> None:
+        dead = [p for p in self.processes.values() if not p.alive]
+        if dead:
+            details = "\n".join(
+                f"--- {p.name} (exit {p.popen.returncode if p.popen else '?'}) ---\n{p.log_tail()}" for p in dead
+            )
+            raise AssertionError(f"pipeline processes died:\n{details}")
+
+    def restart(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill ``name`` with ``sig`` and start it again (the crash a test wants to survive)."""
+        process = self.processes[name]
+        process.kill(sig)
+        process.start()
+
+
+def worker_env(settings: Settings, data_dir: Path, **overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PIPELINE_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        PIPELINE_REDIS_URL=settings.redis_url,
+        PIPELINE_DATA_DIR=str(data_dir),
+        PIPELINE_WORKER_LOG_LEVEL="warning",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
+@contextmanager
+def running_pipeline(settings: Settings, workdir: Path, **env_overrides: str) -> Iterator[Pipeline]:
+    """Start every service's worker and the projector; stop them all afterwards (logs kept in ``workdir``)."""
+    env = worker_env(settings, workdir / "faust", **env_overrides)
+    pipeline = Pipeline(settings, env)
+    for service in SERVICES:
+        pipeline.processes[service] = Process(service, [PIPELINE, "worker", service], env, workdir / f"{service}.log")
+    pipeline.processes["projector"] = Process("projector", [PIPELINE, "project"], env, workdir / "projector.log")
+    try:
+        for process in pipeline.processes.values():
+            process.start()
+        admin = admin_client(settings)
+
+        def ready() -> bool:
+            pipeline.assert_alive()
+            return not groups_not_ready(admin, worker_groups())
+
+        wait_until(ready, timeout=120, what="workers and projector holding their partitions", interval=0.5)
+        yield pipeline
+    finally:
+        for process in pipeline.processes.values():
+            process.stop()
+        if sys.exc_info()[0] is not None:
+            for process in pipeline.processes.values():
+                print(f"--- {process.name} ---\n{process.log_tail()}")
