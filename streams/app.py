@@ -100,7 +100,11 @@ def register_step(
 ) -> StepRunner:
     """Subscribe ``step`` to ``sources`` as one agent (concurrency 1: per-partition order is the saga's order)."""
     assert service.outbox is not None
-    runner = StepRunner(step, table, codec, service.outbox)
+
+    async def make_durable() -> None:
+        await service.app.producer.flush()
+
+    runner = StepRunner(step, table, codec, service.outbox, make_durable=make_durable)
     channel = service.app.topic(
         *[s.name for s in sources], key_serializer="raw", value_serializer="raw", partitions=PARTITIONS
     )

@@ -6,10 +6,12 @@ its table or the payment provider. The rules it keeps:
 * Values are decoded here, not by Faust, so a malformed message is dead-lettered with its reason
   (``<topic>.dlq``: original key, value and headers, plus ``dlq_*`` headers) and the partition flows on.
   A step that raises (a bug) is dead-lettered the same way: Faust would otherwise ack and lose the event.
-* Events a step emits are sent before its new state is written, and Faust flushes the producer (outputs and
-  changelog alike) before it commits the input's offset. A crash before that replays the input: if the new
-  state reached the changelog but the events did not, the step sees a duplicate and re-emits the same events
-  (same ids), which downstream steps treat as duplicates; nothing is lost and nothing happens twice.
+* A step's new state is written, and made durable (the producer flushed, so the changelog record is
+  acknowledged), **before** the events it decided are sent. A crash before the flush loses both and the
+  input is replayed from scratch; a crash after it replays the input against the new state, which the step
+  recognises as a duplicate and answers by re-emitting the very same events (same content, same ids).
+  Sending first would be unsafe: a replay that meets its inputs in another order (a deadline before a
+  payment) could decide differently and contradict events already sent.
 * Every output carries the envelope: a deterministic ``ce_id`` (:func:`derived_event_id`), ``ce_causationid``
   = the input's id,
   ``ce_correlationid`` = the order id, and the input's ``traceparent``.
@@ -162,11 +164,19 @@ class Step:
 class StepRunner:
     """Runs one :class:`Step` over a stream of :class:`Incoming` messages."""
 
-    def __init__(self, step: Step, table: StateTable, codec: AvroCodec, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        step: Step,
+        table: StateTable,
+        codec: AvroCodec,
+        outbox: Outbox,
+        make_durable: Callable[[], Awaitable[None]],
+    ) -> None:
         self.step = step
         self._table = table
         self._codec = codec
         self._outbox = outbox
+        self._make_durable = make_durable
         self.processed = 0
         self.dead_lettered = 0
         self.last_progress = time.monotonic()
@@ -196,6 +206,17 @@ class StepRunner:
             log.exception("%s failed on %s", step.agent, decoded.name)
             await self._park(incoming, f"{type(exc).__name__} in {step.agent}: {exc}")
             return
+        changed = decision.state != state
+        if changed:
+            if decision.state is None:
+                if key in self._table:
+                    del self._table[key]
+            else:
+                self._table[key] = decision.state.to_json()
+            if step.after_write is not None:
+                step.after_write(key, decision.state)
+            if records:
+                await self._make_durable()
         envelope = incoming.envelope
         await self._outbox.send_all(
             records,
@@ -203,13 +224,6 @@ class StepRunner:
             cause_id=incoming.event_id,
             traceparent=envelope.traceparent if envelope else None,
         )
-        if decision.state is None:
-            if key in self._table:
-                del self._table[key]
-        elif decision.state != state:
-            self._table[key] = decision.state.to_json()
-        if step.after_write is not None:
-            step.after_write(key, decision.state)
         self.processed += 1
 
     async def _park(self, incoming: Incoming, error: str) -> None:

@@ -120,6 +120,9 @@ def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config
     _add(built, codec, saga, (ORDER_EVENTS, INVENTORY_EVENTS, PAYMENT_EVENTS, ORDER_DEADLINES), "orders_sagas")
 
     reported: dict[str, float] = {}
+    outbox = built.outbox
+    if outbox is None:
+        raise RuntimeError("orders: build the outbox before wiring the deadline timer")
 
     @built.app.timer(interval=settings.deadline_sweep_s)  # type: ignore[untyped-decorator]
     async def sweep_deadlines() -> None:
@@ -136,8 +139,7 @@ def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config
                 deadline_at=datetime.fromtimestamp(deadline_ms / 1000, UTC),
                 observed_at=now,
             )
-            assert built.outbox is not None
-            await built.outbox.send_all(
+            await outbox.send_all(
                 [(event.record_name, to_record(event))], cause=None, cause_id=f"deadline/{order_id}/{deadline_ms}"
             )
         for order_id in [k for k in reported if k not in deadlines]:
