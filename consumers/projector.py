@@ -362,16 +362,9 @@ def rebuild_views(
     store = ViewStore(_redis(settings, client))
     projector = Projector(store, AvroCodec(catalog or SchemaCatalog.load()), dead_letters=None)
     with EventConsumer.reader(settings) as consumer:
-        ends = consumer.assign_from_beginning([t.name for t in PROJECTED_TOPICS])
         dropped = store.drop_all()
-
-        def unfinished() -> list[tuple[str, int]]:
-            positions = consumer.positions()
-            return [tp for tp, (low, high) in ends.items() if high > low and positions.get(tp, -1) < high]
-
-        for message in consumer.messages(until=lambda: not unfinished(), idle_timeout=idle_timeout):
-            if message.offset >= ends[(message.topic, message.partition)][1]:
-                continue  # written after the rebuild began: the live projector's business
+        for message in consumer.read_log([t.name for t in PROJECTED_TOPICS], idle_timeout=idle_timeout):
             projector.handle(message)
-        missing = [f"{t}[{p}]" for t, p in unfinished()]
+        ends = consumer.ends
+        missing = [f"{t}[{p}]" for t, p in consumer.unfinished]
     return RebuildReport(dropped=dropped, keys=store.count(), stats=projector.stats, ends=ends, incomplete=missing)

@@ -92,6 +92,8 @@ class EventConsumer:
 
     def __init__(self, consumer: Consumer) -> None:
         self._consumer = consumer
+        self.unfinished: list[tuple[str, int]] = []
+        self.ends: dict[tuple[str, int], tuple[int, int]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, group_id: str, **overrides: Any) -> EventConsumer:
@@ -175,6 +177,24 @@ class EventConsumer:
             last = time.monotonic()
             count += 1
             yield _consumed(msg)
+
+    def read_log(self, topics: Sequence[str], *, idle_timeout: float = 30.0) -> Iterator[Consumed]:
+        """Every message of ``topics`` from their start up to their end as it is now, then stop.
+
+        For rebuilding state from the log: messages written after the read began are left out. Partitions
+        that could not be read to their end (idle for ``idle_timeout``) are left in :attr:`unfinished`.
+        """
+        ends = self.assign_from_beginning(topics)
+
+        def unfinished() -> list[tuple[str, int]]:
+            positions = self.positions()
+            return [tp for tp, (low, high) in ends.items() if high > low and positions.get(tp, -1) < high]
+
+        for message in self.messages(until=lambda: not unfinished(), idle_timeout=idle_timeout):
+            if message.offset < ends[(message.topic, message.partition)][1]:
+                yield message
+        self.unfinished = unfinished()
+        self.ends = ends
 
     def done(self, message: Consumed) -> None:
         """Mark ``message`` handled: its offset may now be committed."""

@@ -56,7 +56,10 @@ def new_faust_app(service: str, settings: Settings) -> faust.App:
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        producer_linger_ms=5,
+        producer_linger_ms=0,
+        # a killed worker's partitions move to the others (or its restart) within seconds, not a minute
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         web_enabled=False,
         table_standby_replicas=0,
         stream_wait_empty=False,
