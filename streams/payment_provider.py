@@ -5,9 +5,10 @@ refunds can fail, and every call is idempotent by key, so a retried charge never
 lives in Redis under ``provider:*`` (the provider's own database, not the pipeline's), which lets tests and
 the closing summary count what was really charged and refunded.
 
-Outcomes are deterministic: a seed and the order id decide them, and a few card tokens force one
-(``tok_decline`` is always declined, ``tok_refund_fails`` makes refunds fail, ``tok_slow`` takes
-``slow_s`` seconds to answer).
+Outcomes are deterministic: a seed and the order id decide them, unless the card token forces them. A token
+is read as words: ``decline`` (always declined), ``slow`` (the charge takes ``slow_s`` seconds),
+``refund_fails`` (every refund fails), ``ok`` (never declined); so ``tok_slow_refund_fails`` is a slow charge
+whose refunds fail.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ class RefundResult:
     reason: str = ""
 
 
+def token_flags(token: str) -> set[str]:
+    """The behaviours a test card token asks for: ``tok_slow_refund_fails`` → {slow, refund_fails}."""
+    words = token.removeprefix("tok_")
+    return {flag for flag in ("refund_fails", "decline", "slow", "ok") if flag in words}
+
+
 def _draw(seed: int, *parts: str) -> float:
     """A number in [0, 1) fixed by the seed and the parts: the same call always gets the same outcome."""
     digest = hashlib.sha256(":".join((str(seed), *parts)).encode()).digest()
@@ -62,14 +69,13 @@ class SimulatedPaymentProvider:
     async def charge(self, *, idempotency_key: str, amount_cents: int, currency: str, token: str) -> ChargeResult:
         """Charge once per idempotency key; a repeated call answers what the first one did."""
         b = self._behaviour
-        await asyncio.sleep(b.slow_s if token == "tok_slow" else b.latency_s)
+        flags = token_flags(token)
+        await asyncio.sleep(b.slow_s if "slow" in flags else b.latency_s)
         existing = await self._redis.hget(LEDGER, idempotency_key)
         if existing is not None:
             return _charge_from(json.loads(existing))
-        declined = token == "tok_decline" or (
-            token not in ("tok_ok", "tok_slow", "tok_refund_fails")
-            and _draw(b.seed, "charge", idempotency_key) < b.failure_rate
-        )
+        # a token that names a behaviour is never declined by chance
+        declined = "decline" in flags or (not flags and _draw(b.seed, "charge", idempotency_key) < b.failure_rate)
         entry: dict[str, Any] = {
             "payment_id": f"pay_{hashlib.sha1(idempotency_key.encode()).hexdigest()[:16]}",
             "amount_cents": amount_cents,
@@ -93,7 +99,7 @@ class SimulatedPaymentProvider:
         if entry["status"] == "refunded":
             return RefundResult(True)
         if (
-            entry.get("token") == "tok_refund_fails"
+            "refund_fails" in token_flags(entry.get("token", ""))
             or _draw(b.seed, "refund", idempotency_key, str(attempt)) < b.refund_failure_rate
         ):
             return RefundResult(False, "provider refused the refund")

@@ -53,8 +53,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.2) -> None:
-    """Poll ``check`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+def wait_until(
+    check: Callable[[], bool], *, timeout: float, what: str | Callable[[], str], interval: float = 0.2
+) -> None:
+    """Poll ``check`` until it holds; fail with ``what`` (text, or a function giving it then) after ``timeout``."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while time.monotonic() < deadline:
@@ -66,7 +68,8 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval
         except Exception as exc:  # noqa: BLE001 - the condition is not there yet
             last_error = exc
         time.sleep(interval)
-    raise TimeoutError(f"{what} not reached within {timeout:.0f}s (last error: {last_error!r})")
+    described = what() if callable(what) else what
+    raise TimeoutError(f"{described} not reached within {timeout:.0f}s (last error: {last_error!r})")
 
 
 def remove_stale_containers() -> None:

@@ -26,6 +26,7 @@ from tests.stack import wait_until
 from tests.workers import Pipeline, running_pipeline
 
 SAGA_TIMEOUT_S = 8
+MAX_REFUND_ATTEMPTS = 3
 TERMINAL = {"CONFIRMED", "CANCELLED", "REJECTED", "COMPENSATION_FAILED"}
 
 
@@ -39,6 +40,9 @@ def pipeline(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
         PIPELINE_SAGA_TIMEOUT_S=str(SAGA_TIMEOUT_S),
         PIPELINE_PAYMENT_SLOW_S=str(SAGA_TIMEOUT_S + 4),
         PIPELINE_PAYMENT_LATENCY_MS="2",
+        PIPELINE_MAX_REFUND_ATTEMPTS=str(MAX_REFUND_ATTEMPTS),
+        PIPELINE_REFUND_BACKOFF_BASE_S="0.05",
+        PIPELINE_REFUND_BACKOFF_CAP_S="0.2",
     ) as running:
         yield running
 
@@ -104,7 +108,7 @@ def wait_for_order(
         seen["view"] = view
         return bool(until(view)) if until else view.get("status") in TERMINAL
 
-    wait_until(check, timeout=timeout, what=f"order {order_id} to settle (last view: {seen.get('view')})")
+    wait_until(check, timeout=timeout, what=lambda: f"order {order_id} to settle (last view: {seen.get('view')})")
     return seen["view"]
 
 
@@ -132,7 +136,7 @@ def wait_for_stock(pipeline: Pipeline, store: redis.Redis, sku: str, available: 
         seen["view"] = views.stock(store, sku)
         return seen["view"] is not None and int(seen["view"]["available"]) == available
 
-    wait_until(check, timeout=60, what=f"stock of {sku} at {available} (last: {seen.get('view')})")
+    wait_until(check, timeout=60, what=lambda: f"stock of {sku} at {available} (last: {seen.get('view')})")
     return seen["view"]
 
 
@@ -264,3 +268,27 @@ def test_orders_of_unknown_or_inactive_users_are_rejected(
     view = wait_for_order(pipeline, store, inactive)
     assert view["status"] == "REJECTED"
     assert "inactive" in json.dumps(view["timeline"])
+
+
+def test_a_refund_that_keeps_failing_parks_the_saga_for_attention(
+    pipeline: Pipeline, publisher: EventPublisher, store: redis.Redis, customer: str
+) -> None:
+    sku = uid("sku")
+    add_stock(publisher, sku, 2)
+    wait_for_stock(pipeline, store, sku, 2)
+
+    # the charge answers after the deadline, so the order is cancelled; its refund then fails every time
+    order_id = place_order(publisher, customer, [(sku, 1)], token="tok_slow_refund_fails")
+    view = wait_for_order(pipeline, store, order_id, timeout=SAGA_TIMEOUT_S + 90,
+                          until=lambda v: v["status"] == "COMPENSATION_FAILED")  # fmt: skip
+
+    timeline = events_of(view)
+    assert timeline.index("OrderCancelled") < timeline.index("PaymentSucceeded") < timeline.index("PaymentRefundFailed")
+    assert "OrderCompensationFailed" in timeline
+    attention = {entry["order_id"]: entry for entry in views.needs_attention(store)}
+    assert order_id in attention
+    assert attention[order_id]["attempts"] == MAX_REFUND_ATTEMPTS
+    assert attention[order_id]["amount_cents"] == 1000
+    entry = ledger_entry(store, order_id)
+    assert entry is not None and entry["status"] == "charged"  # the money is still out: a person must act
+    wait_for_stock(pipeline, store, sku, 2)  # the stock side of the compensation did complete
