@@ -11,9 +11,8 @@ run: ## the main job: stack and workers up, sample orders streamed through the s
 test: ## the whole suite: lint, types, schema check, unit, agent and integration tests (real Kafka and Redis)
 	infra/test.sh
 
-down: ## stop the workers and the stack `make run` started (`make down ARGS=-v` also drops the volumes)
-	infra/workers.sh stop
-	infra/compose.sh down $(ARGS)
+down: ## stop everything `make run` started (`make down ARGS=-v` also drops the volumes)
+	infra/compose.sh --profile app down $(ARGS)
 
 setup: ## install everything the pipeline needs: Docker engine, images, kcat, the Python environment
 	infra/setup.sh all

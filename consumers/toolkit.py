@@ -6,6 +6,7 @@ so error checks, at-least-once offset handling and closing are done one way.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +25,7 @@ from confluent_kafka import (
 )
 
 from pipeline.envelope import Envelope, RawHeaders, headers_dict
-from pipeline.settings import Settings
+from pipeline.settings import LIBRDKAFKA_LOGGER, Settings
 
 
 class ConsumeError(Exception):
@@ -59,6 +60,7 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap,
         "client.id": settings.client_id,
+        "logger": logging.getLogger(LIBRDKAFKA_LOGGER),
         "group.id": group_id,
         "enable.auto.commit": True,
         "enable.auto.offset.store": False,

@@ -6,22 +6,18 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 infra/setup.sh all
-infra/compose.sh up -d kafka redis
+infra/setup.sh app-image
 
 export PIPELINE_KAFKA_BOOTSTRAP=${PIPELINE_KAFKA_BOOTSTRAP:-127.0.0.1:9092}
 export PIPELINE_REDIS_URL=${PIPELINE_REDIS_URL:-redis://127.0.0.1:6379/0}
 pipeline=.venv/bin/pipeline
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "waiting for Kafka and Redis"
-$pipeline wait-ready --timeout 180
 step "checking schema compatibility"
 $pipeline schemas check
-step "applying topics"
-$pipeline topics apply
-
-step "starting the workers (orders, inventory, payments, notifications) and the Redis projector"
-infra/workers.sh start
+step "starting Kafka, Redis, the topics, one worker per service and the projector (compose.yaml, profile app)"
+infra/compose.sh --profile app up -d
+$pipeline wait-ready --timeout 180
 $pipeline wait-workers --timeout 180
 
 step "streaming sample orders through the saga"
@@ -29,7 +25,9 @@ $pipeline demo "$@"
 
 cat <<MSG
 
-The pipeline is up: Kafka at $PIPELINE_KAFKA_BOOTSTRAP, Redis at $PIPELINE_REDIS_URL, workers logging to .cache/run/.
+The pipeline is up: Kafka at $PIPELINE_KAFKA_BOOTSTRAP, Redis at $PIPELINE_REDIS_URL, workers in compose.
+  infra/compose.sh --profile app logs -f worker-orders      # a worker's log
+  infra/compose.sh --profile app ps                         # what runs
   .venv/bin/pipeline order <order id>                        # an order's view and saga timeline
   kcat -b $PIPELINE_KAFKA_BOOTSTRAP -L                          # brokers, topics, partitions
   kcat -b $PIPELINE_KAFKA_BOOTSTRAP -C -t orders.events.v1 -o beginning -e -q -f '%k %h\n'

@@ -2,7 +2,7 @@
 # Brings a machine to the point where the pipeline runs: a Docker engine, the Kafka and Redis images,
 # host tools (kcat) and the Python environment. Every step is idempotent and cached; a second run is fast.
 #
-#   infra/setup.sh [all|docker|images|tools|python]
+#   infra/setup.sh [all|docker|images|app-image|tools|python|env]
 #
 # Where no Docker engine answers and the machine is Debian with root, Debian's docker.io is installed and
 # dockerd started with published ports bound to 127.0.0.1. Where images cannot be pulled, they are built
@@ -127,8 +127,51 @@ ensure_images() {
   build_images "$hash"
 }
 
+# The pipeline's own processes in a container: Debian's python3 (3.11) with the project and its dependencies
+# installed from wheels built here, so the image builds without a registry. Rebuilt when the code changes.
+APP_IMAGE=${PIPELINE_APP_IMAGE:-order-pipeline/app:latest}
+
+app_hash() {
+  (cd "$root" && git ls-files -z -- pyproject.toml pipeline schemas streams producers consumers 2>/dev/null \
+     | xargs -0 sha256sum; declare -f build_app_image) | sha256sum | cut -c1-16
+}
+
+build_app_image() {
+  local hash=$1 wheels=$cache/app-wheels
+  command -v mmdebstrap >/dev/null 2>&1 || apt_install mmdebstrap
+  log "building $APP_IMAGE: wheels of the project and its dependencies, then a Debian root filesystem"
+  rm -rf "$wheels" && mkdir -p "$wheels"
+  "$root/.venv/bin/pip" wheel -q "$root" -w "$wheels"
+  mmdebstrap --quiet --variant=apt --mode=root --include=python3,python3-venv,ca-certificates \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --customize-hook="mkdir -p \"\$1/tmp/wheels\" && cp $wheels/*.whl \"\$1/tmp/wheels/\"" \
+    --customize-hook='chroot "$1" python3 -m venv /opt/venv' \
+    --customize-hook='chroot "$1" /opt/venv/bin/pip install -q --no-index --find-links /tmp/wheels order-pipeline' \
+    --customize-hook='rm -rf "$1/tmp/wheels" "$1/var/cache/apt"/*.bin "$1/var/lib/apt/lists"/*' \
+    bookworm "$cache/app-rootfs.tar" "deb $DEBIAN_MIRROR bookworm main"
+  docker import \
+    --change 'ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8 PYTHONUNBUFFERED=1 PIPELINE_DATA_DIR=/var/lib/pipeline' \
+    --change 'WORKDIR /var/lib/pipeline' --change 'CMD ["pipeline", "--help"]' \
+    --change "LABEL org.order-pipeline.recipe=$hash" "$cache/app-rootfs.tar" "$APP_IMAGE" >/dev/null
+  rm -f "$cache/app-rootfs.tar"
+  log "built $APP_IMAGE (code $hash)"
+}
+
+ensure_app_image() {
+  ensure_docker
+  local hash
+  hash=$(app_hash)
+  local label
+  label=$(docker image inspect -f '{{ index .Config.Labels "org.order-pipeline.recipe" }}' "$APP_IMAGE" 2>/dev/null || true)
+  [ "$label" = "$hash" ] || build_app_image "$hash"
+}
+
 ensure_tools() {
   command -v kcat >/dev/null 2>&1 || apt_install kcat || log "kcat is missing: the kcat recipes and its test need it"
+  if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+    apt_install docker-compose || log "install Docker Compose: make run needs it"
+  fi
 }
 
 ensure_python() {
@@ -145,10 +188,11 @@ ensure_python() {
 case "${1:-all}" in
   docker) ensure_docker ;;
   images) ensure_images ;;
+  app-image) ensure_python; ensure_app_image ;;
   tools) ensure_tools ;;
   python) ensure_python ;;
   all) ensure_python; ensure_tools; ensure_images ;;
   env)
-    printf 'PIPELINE_KAFKA_IMAGE=%s\nPIPELINE_REDIS_IMAGE=%s\n' "$KAFKA_IMAGE" "$REDIS_IMAGE" ;;
-  *) echo "usage: $0 [all|docker|images|tools|python|env]" >&2; exit 2 ;;
+    printf 'PIPELINE_KAFKA_IMAGE=%s\nPIPELINE_REDIS_IMAGE=%s\nPIPELINE_APP_IMAGE=%s\n' "$KAFKA_IMAGE" "$REDIS_IMAGE" "$APP_IMAGE" ;;
+  *) echo "usage: $0 [all|docker|images|app-image|tools|python|env]" >&2; exit 2 ;;
 esac

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
@@ -16,7 +18,7 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from pipeline.settings import Settings
+from pipeline.settings import LIBRDKAFKA_LOGGER, Settings
 from streams.topics import TOPICS, TopicSpec, dead_letter_topics, internal_topics
 
 
@@ -39,8 +41,14 @@ def all_topics() -> tuple[TopicSpec, ...]:
     return TOPICS + dead_letter_topics() + internal_topics()
 
 
-def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "client.id": f"{settings.client_id}-admin"})
+def admin_client(settings: Settings, **overrides: Any) -> AdminClient:
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "client.id": f"{settings.client_id}-admin",
+        "logger": logging.getLogger(LIBRDKAFKA_LOGGER),
+    }
+    config.update(overrides)
+    return AdminClient(config)
 
 
 def desired_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:

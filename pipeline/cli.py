@@ -7,6 +7,7 @@ with a one-line reason when something is wrong; a publish that fails validation 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import click
 
-from pipeline.settings import Settings, get_settings
+from pipeline.settings import LIBRDKAFKA_LOGGER, Settings, get_settings
 
 
 class CliError(click.ClickException):
@@ -27,6 +28,8 @@ class CliError(click.ClickException):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Work with the order pipeline: topics, schemas, publishing and tailing events."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.ERROR)
 
 
 # --- topics -------------------------------------------------------------------------------------------------
@@ -262,7 +265,7 @@ def worker(service: str) -> None:
 
 @main.command()
 @click.option("--orders", type=click.IntRange(min=1), default=200, show_default=True, help="orders to place")
-@click.option("--rate", type=click.FloatRange(min=0.1), default=40.0, show_default=True, help="orders per second")
+@click.option("--rate", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="orders per second")
 @click.option("--customers", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--skus", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--stock", "stock_per_sku", type=click.IntRange(min=0), default=60, show_default=True)
@@ -292,10 +295,14 @@ def demo(**options: Any) -> None:
 
 def _broker_ready(settings: Settings) -> str | None:
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
 
+    from pipeline.admin import admin_client
+
+    quiet = logging.getLogger("pipeline.probe")  # a probe expects refused connections: keep them off the screen
+    quiet.propagate = False
+    quiet.addHandler(logging.NullHandler())
     try:
-        meta = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=2)
+        meta = admin_client(settings, logger=quiet).list_topics(timeout=2)
     except KafkaException as exc:
         return str(exc)
     return None if meta.brokers else "no brokers in metadata"

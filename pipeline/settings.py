@@ -46,3 +46,8 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+LIBRDKAFKA_LOGGER = "librdkafka"
+"""Every confluent-kafka client logs through this logger (``logger=`` in its config), not straight to stderr,
+so a process decides what it shows: the CLI shows errors only, a probe that expects failures shows nothing."""

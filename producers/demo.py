@@ -32,7 +32,7 @@ TERMINAL = {"CONFIRMED", "CANCELLED", "REJECTED", "COMPENSATION_FAILED"}
 @dataclass(frozen=True)
 class DemoPlan:
     orders: int = 200
-    rate: float = 40.0
+    rate: float = 10.0
     """Orders offered per second."""
     customers: int = 20
     skus: int = 5
@@ -133,6 +133,11 @@ def run_demo(publisher: EventPublisher, store: redis.Redis, plan: DemoPlan, cons
             progress.update(settling, completed=_settle(store, result))
             time.sleep(0.25)
         progress.update(settling, completed=_settle(store, result))
+        # a quiet point: the sales and releases that follow the terminal events have landed too
+        while time.monotonic() < deadline and any(
+            int((views.stock(store, sku) or {}).get("reserved", 0)) for sku in skus
+        ):
+            time.sleep(0.25)
     return result
 
 

@@ -6,6 +6,7 @@ Every process that writes to Kafka (the CLI, load generators, the gateway's comm
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any, Self
 from confluent_kafka import KafkaError, Message, Producer
 
 from pipeline.envelope import Envelope
-from pipeline.settings import Settings
+from pipeline.settings import LIBRDKAFKA_LOGGER, Settings
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from streams.topics import TopicSpec
@@ -49,6 +50,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap,
         "client.id": settings.client_id,
+        "logger": logging.getLogger(LIBRDKAFKA_LOGGER),
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": 5,

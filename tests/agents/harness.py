@@ -1,0 +1,288 @@
+"""In-memory stand-ins around the real edge, shared by the agent-layer tests.
+
+Everything real that can be real: the domain steps, :class:`~streams.runtime.StepRunner`,
+:class:`~streams.runtime.Outbox`, the schema catalog and :class:`~schemas.codec.AvroCodec`, and (in
+:class:`FaustService`) the service's own Faust app from :func:`streams.app.create_app`. Stand-ins replace only
+what would touch a broker: the sender (a :class:`Recorder` collecting ``(topic, key, value, headers)``) and
+``make_durable`` (a recorded call instead of flushing a producer).
+
+One :class:`Recorder` log holds table writes, ``make_durable`` calls and sends in the order they happened, so a
+test can assert the edge's ordering rule (state written, then made durable, then sent) as a sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from pipeline.envelope import Envelope, headers_dict
+from schemas.catalog import SchemaCatalog
+from schemas.codec import AvroCodec, Decoded
+from streams.app import ServiceApp
+from streams.domain.core import SagaConfig
+from streams.domain.messages import Message, to_record
+from streams.domain.saga import Service
+from streams.runtime import Incoming, Outbox, StepRunner
+from streams.services import _step
+from streams.topics import topic, topic_for_record
+
+CATALOG = SchemaCatalog.load()
+CODEC = AvroCodec(CATALOG)
+
+T0 = datetime(2025, 4, 1, 10, 0, tzinfo=UTC)
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+SOURCE = "/order-pipeline/tests"
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+def encoded(message: Message) -> bytes:
+    """The message as it travels: the latest schema version, single-object encoded."""
+    return CODEC.encode(message.record_name, to_record(message))
+
+
+def envelope_headers(
+    record: str,
+    *,
+    event_id: str | None = None,
+    correlation_id: str | None = None,
+    traceparent: str | None = TRACEPARENT,
+) -> Headers:
+    """Headers made by :class:`~pipeline.envelope.Envelope` for a message of ``record``."""
+    schema = CATALOG.latest(record)
+    envelope = Envelope(
+        event_type=schema.full_name,
+        schema_version=schema.version,
+        source=SOURCE,
+        event_id=event_id or str(uuid.uuid4()),
+        correlation_id=correlation_id,
+        causation_id=None,
+        traceparent=traceparent,
+    )
+    return tuple((k, v if isinstance(v, bytes) else str(v).encode()) for k, v in envelope.to_headers())
+
+
+def incoming(
+    message: Message,
+    *,
+    partition: int = 0,
+    offset: int = 0,
+    event_id: str | None = None,
+    correlation_id: str | None = None,
+    traceparent: str | None = TRACEPARENT,
+    headers: Headers | None = None,
+) -> Incoming:
+    """``message`` as the agent receives it from its topic (key = the message's key, envelope headers)."""
+    return Incoming(
+        topic=topic_for_record(message.record_name).name,
+        partition=partition,
+        offset=offset,
+        key=message.key.encode(),
+        value=encoded(message),
+        headers=headers
+        if headers is not None
+        else envelope_headers(
+            message.record_name, event_id=event_id, correlation_id=correlation_id, traceparent=traceparent
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One message handed to the sender."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+    @property
+    def header(self) -> dict[str, str]:
+        return headers_dict(self.headers)
+
+    @property
+    def ce_id(self) -> str:
+        return self.header["ce_id"]
+
+    def decoded(self) -> Decoded:
+        """The value read back with the real codec, as a consumer of the topic reads it."""
+        return CODEC.decode(self.value, expected=topic(self.topic).records)
+
+    def same_message(self, other: Sent) -> bool:
+        """Same topic, key, bytes and headers apart from ``ce_time`` (the moment of sending)."""
+        mine = {k: v for k, v in self.header.items() if k != "ce_time"}
+        theirs = {k: v for k, v in other.header.items() if k != "ce_time"}
+        return (self.topic, self.key, self.value, mine) == (other.topic, other.key, other.value, theirs)
+
+
+@dataclass
+class Recorder:
+    """The broker's stand-in: a Sender collecting what is sent, and a ``make_durable`` counting its calls."""
+
+    sent: list[Sent] = field(default_factory=list)
+    log: list[tuple[str, ...]] = field(default_factory=list)
+    """``("write", key)``, ``("delete", key)``, ``("durable",)``, ``("send", topic)`` in the order they happened."""
+
+    async def send(
+        self, topic_name: str, key: bytes, value: bytes, headers: Sequence[tuple[str, str | bytes | None]]
+    ) -> None:
+        raw = tuple((k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in headers)
+        self.log.append(("send", topic_name))
+        self.sent.append(Sent(topic_name, key, value, raw))
+
+    async def make_durable(self) -> None:
+        self.log.append(("durable",))
+
+    def clear(self) -> None:
+        self.sent.clear()
+        self.log.clear()
+
+    @property
+    def durable_calls(self) -> int:
+        return self.log.count(("durable",))
+
+    def writes(self, key: str) -> int:
+        return self.log.count(("write", key))
+
+
+class RecordingTable(dict[str, Any]):
+    """A dict-backed state table that logs its writes into the recorder's log."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self._recorder = recorder
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._recorder.log.append(("write", key))
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._recorder.log.append(("delete", key))
+        super().__delitem__(key)
+
+
+@dataclass
+class Edge:
+    """One StepRunner over a dict-backed table, the real codec and an Outbox sending into a Recorder."""
+
+    runner: StepRunner
+    table: RecordingTable
+    recorder: Recorder
+
+    @classmethod
+    def build(cls, agent: str, service: Service[Any], *, config: SagaConfig | None = None) -> Edge:
+        recorder = Recorder()
+        table = RecordingTable(recorder)
+        step = _step(agent, service, config or SagaConfig())
+        outbox = Outbox(CODEC, CATALOG, recorder.send, source=f"/order-pipeline/{agent}")
+        runner = StepRunner(step, table, CODEC, outbox, make_durable=recorder.make_durable)
+        return cls(runner, table, recorder)
+
+
+# --- the real Faust app in Faust's own test context ------------------------------------------------------
+
+
+class AgentDriver:
+    """Feeds raw Kafka messages to one real agent of a service through ``agent.test_context()``.
+
+    Two adjustments, both to Faust's test wrapper rather than to our code:
+
+    * ``AgentTestWrapper`` names every message after the agent's channel, which it can only do for a
+      single-topic channel; a multi-topic agent's messages would arrive as topic ``<internal>``. So each
+      delivery first names the topic it comes from (``original_channel``).
+    * ``put(wait=True)`` returns when the stream hands the value to the agent, not when the agent is done
+      with it. So the runner's ``handle`` is wrapped to report completion, and :meth:`deliver` waits
+      (bounded) for that instead; an exception from ``handle`` is re-raised here.
+    """
+
+    def __init__(self, service: FaustService, agent: str, wrapper: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._service = service
+        self.wrapper = wrapper
+        self.runner = service.built.runners[agent]
+        self._done: asyncio.Queue[BaseException | None] = asyncio.Queue()
+        handle = self.runner.handle
+
+        async def reporting_handle(message: Incoming) -> None:
+            try:
+                await handle(message)
+            except BaseException as exc:
+                self._done.put_nowait(exc)
+                raise
+            self._done.put_nowait(None)
+
+        monkeypatch.setattr(self.runner, "handle", reporting_handle)
+
+    @property
+    def next_offset(self) -> int:
+        """The offset Faust's test wrapper gives the next delivered message."""
+        return int(self.wrapper.sent_offset)
+
+    async def deliver_raw(
+        self, topic_name: str, key: bytes | None, value: bytes | None, headers: Headers, *, partition: int = 0
+    ) -> None:
+        self.wrapper.original_channel = self._service.built.app.topic(topic_name)
+        await self.wrapper.put(value=value, key=key, headers=list(headers), partition=partition, wait=False)
+        outcome = await asyncio.wait_for(self._done.get(), timeout=2.0)
+        if outcome is not None:
+            raise outcome
+
+    async def deliver(
+        self,
+        message: Message,
+        *,
+        partition: int = 0,
+        event_id: str | None = None,
+        correlation_id: str | None = None,
+        traceparent: str | None = TRACEPARENT,
+    ) -> Headers:
+        """Deliver ``message`` from its topic with envelope headers; returns the headers it carried."""
+        headers = envelope_headers(
+            message.record_name, event_id=event_id, correlation_id=correlation_id, traceparent=traceparent
+        )
+        spec = topic_for_record(message.record_name)
+        await self.deliver_raw(spec.name, message.key.encode(), encoded(message), headers, partition=partition)
+        return headers
+
+
+@dataclass
+class FaustService:
+    """A service built by ``create_app`` with its sender and producer flush replaced by a Recorder."""
+
+    built: ServiceApp
+    recorder: Recorder
+    monkeypatch: pytest.MonkeyPatch
+
+    def table(self, name: str) -> Any:
+        return self.built.tables[name]
+
+    def log_writes(self, name: str) -> None:
+        """Log the Faust table's writes (its ``on_key_set`` / ``on_key_del`` hooks) into the recorder."""
+        t = self.table(name)
+        on_set, on_del = t.on_key_set, t.on_key_del
+
+        def logged_set(key: str, value: Any) -> None:
+            self.recorder.log.append(("write", key))
+            on_set(key, value)
+
+        def logged_del(key: str) -> None:
+            self.recorder.log.append(("delete", key))
+            on_del(key)
+
+        self.monkeypatch.setattr(t, "on_key_set", logged_set)
+        self.monkeypatch.setattr(t, "on_key_del", logged_del)
+
+    @asynccontextmanager
+    async def agent(self, name: str) -> AsyncIterator[AgentDriver]:
+        """The real agent ``name`` running in Faust's in-memory test context."""
+        async with self.built.app.agents[name].test_context() as wrapper:
+            yield AgentDriver(self, name, wrapper, self.monkeypatch)
+
+
+FaustServiceFactory = Callable[..., FaustService]

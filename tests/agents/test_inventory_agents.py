@@ -1,0 +1,256 @@
+"""The inventory service's real ``keep_stock`` agent, driven through Faust's own in-memory test context.
+
+The app is the one ``create_app("inventory", ...)`` builds (``store="memory://"``, a broker nobody listens
+on), its agent is run by ``app.agents["keep_stock"].test_context()`` and fed raw Avro bytes with envelope
+headers. Faust's test context carries raw-bytes values, keys and headers unchanged; only two seams are
+replaced (see ``conftest.faust_service``): the sender, and the producer flush behind ``make_durable``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+import pytest
+
+from schemas.codec import MAGIC
+from streams.domain.messages import AddStock, OrderPlaced, ReserveStock, from_record
+from streams.domain.stock import HoldStatus, Stock
+from streams.runtime import EVENT_ID_NAMESPACE, derived_event_id
+from tests.agents.harness import (
+    CATALOG,
+    T0,
+    TRACEPARENT,
+    FaustService,
+    FaustServiceFactory,
+    encoded,
+    envelope_headers,
+)
+
+pytestmark = pytest.mark.agents
+
+SKU = "sku-1"
+ADD = AddStock(sku=SKU, quantity=5, reason="restock")
+RESERVE = ReserveStock(order_id="o-1", sku=SKU, quantity=2, requested_at=T0)
+OTHER_TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def stock(service: FaustService) -> Stock:
+    stored = service.table("inventory_stock").get(SKU)
+    assert stored is not None, "no stock stored for the SKU"
+    return Stock.from_json(stored)
+
+
+async def test_added_then_reserved_stock_is_stored_and_sent_with_its_envelope(
+    faust_service: FaustServiceFactory,
+) -> None:
+    inventory = faust_service("inventory")
+    add_id, reserve_id = str(uuid.uuid4()), str(uuid.uuid4())
+    async with inventory.agent("keep_stock") as agent:
+        await agent.deliver(ADD, event_id=add_id, correlation_id="restock-42", partition=2)
+        await agent.deliver(RESERVE, event_id=reserve_id, correlation_id="o-1", traceparent=OTHER_TRACE, partition=2)
+
+    added, reserved = inventory.recorder.sent
+    assert (added.topic, added.key) == ("inventory.stock.v1", SKU.encode())
+    assert (reserved.topic, reserved.key) == ("inventory.events.v1", b"o-1")
+
+    added_value = added.decoded()
+    assert added_value.name == "StockAdded"
+    assert {k: added_value.value[k] for k in ("sku", "quantity", "available", "reserved", "stock_version")} == {
+        "sku": SKU,
+        "quantity": 5,
+        "available": 5,
+        "reserved": 0,
+        "stock_version": 1,
+    }
+    reserved_value = reserved.decoded()
+    assert reserved_value.name == "StockLineReserved"
+    assert reserved_value.writer_version == CATALOG.latest("StockLineReserved").version
+    assert {k: reserved_value.value[k] for k in ("order_id", "sku", "quantity", "available", "reserved")} == {
+        "order_id": "o-1",
+        "sku": SKU,
+        "quantity": 2,
+        "available": 3,
+        "reserved": 2,
+    }
+
+    assert added.header["ce_type"] == "pipeline.inventory.StockAdded"
+    assert added.header["ce_source"] == "/order-pipeline/inventory"
+    assert added.header["ce_causationid"] == add_id
+    assert added.header["ce_correlationid"] == "restock-42", "no order named: the input's correlation carries on"
+    assert added.header["traceparent"] == TRACEPARENT
+    assert added.ce_id == derived_event_id(add_id, 0, "StockAdded", added_value.value, SKU) != add_id
+
+    assert reserved.header["ce_type"] == "pipeline.inventory.StockLineReserved"
+    assert reserved.header["ce_dataschema"] == "schemas/inventory/StockLineReserved.v1.avsc"
+    assert reserved.header["content-type"] == "application/avro"
+    assert reserved.header["ce_causationid"] == reserve_id
+    assert reserved.header["ce_correlationid"] == "o-1"
+    assert reserved.header["traceparent"] == OTHER_TRACE
+    assert reserved.ce_id == str(uuid.uuid5(EVENT_ID_NAMESPACE, f"StockLineReserved/o-1/{SKU}"))
+
+    state = stock(inventory)
+    assert (state.available, state.reserved, state.sold, state.version) == (3, 2, 0, 2)
+    assert state.orders["o-1"].status is HoldStatus.RESERVED
+    assert state.orders["o-1"].reserve_answer == from_record("StockLineReserved", reserved_value.value)
+
+
+async def test_state_is_written_and_made_durable_before_anything_is_sent(faust_service: FaustServiceFactory) -> None:
+    inventory = faust_service("inventory")
+    inventory.log_writes("inventory_stock")
+    async with inventory.agent("keep_stock") as agent:
+        await agent.deliver(ADD)
+        assert inventory.recorder.log == [("write", SKU), ("durable",), ("send", "inventory.stock.v1")]
+        inventory.recorder.clear()
+        await agent.deliver(RESERVE)
+        assert inventory.recorder.log == [("write", SKU), ("durable",), ("send", "inventory.events.v1")]
+
+
+async def test_a_redelivered_input_is_stored_once_and_re_emits_the_same_events(
+    faust_service: FaustServiceFactory,
+) -> None:
+    inventory = faust_service("inventory")
+    inventory.log_writes("inventory_stock")
+    add_id, reserve_id = str(uuid.uuid4()), str(uuid.uuid4())
+    async with inventory.agent("keep_stock") as agent:
+        await agent.deliver(ADD, event_id=add_id)
+        await agent.deliver(RESERVE, event_id=reserve_id)
+        first_sent, after_first = list(inventory.recorder.sent), stock(inventory)
+        inventory.recorder.clear()
+        await agent.deliver(ADD, event_id=add_id)
+        await agent.deliver(RESERVE, event_id=reserve_id)
+
+    assert inventory.recorder.log == [("send", "inventory.stock.v1"), ("send", "inventory.events.v1")], (
+        "a duplicate changes nothing: no write, no make_durable, only the re-sent events"
+    )
+    assert stock(inventory) == after_first
+    assert len(inventory.recorder.sent) == len(first_sent) == 2
+    for again, first in zip(inventory.recorder.sent, first_sent, strict=True):
+        assert again.ce_id == first.ce_id
+        assert again.same_message(first), f"{again.topic}: the re-emitted message differs from the first"
+
+
+def _wrong_magic() -> bytes:
+    return b"\xc3\x02" + encoded(ADD)[2:]
+
+
+def _unknown_fingerprint() -> bytes:
+    fingerprints = {v.fingerprint for v in CATALOG}
+    unknown = b"\x00" * 8
+    assert unknown not in fingerprints
+    return MAGIC + unknown + encoded(ADD)[10:]
+
+
+BAD_VALUES = {
+    "garbage": (lambda: b"not avro at all\n", "NotSingleObjectEncoded: not Avro single-object encoded: wrong marker"),
+    "wrong-magic": (_wrong_magic, "NotSingleObjectEncoded: not Avro single-object encoded: wrong marker"),
+    "unknown-fingerprint": (_unknown_fingerprint, "UnknownFingerprint:"),
+    "truncated": (lambda: encoded(ADD)[:-2], "CorruptPayload: AddStock v1: body does not decode"),
+    "wrong-record": (
+        lambda: encoded(
+            OrderPlaced(
+                order_id="o-9", user_id="u-1", lines=(), total_cents=0, currency="EUR", placed_at=T0, deadline_at=T0
+            )
+        ),
+        "UnexpectedRecord: unexpected record OrderPlaced",
+    ),
+    "tombstone": (lambda: None, "NotSingleObjectEncoded: not Avro single-object encoded: too short (0 bytes)"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_VALUES, ids=str)
+async def test_an_undecodable_value_is_dead_lettered_and_the_partition_flows_on(
+    faust_service: FaustServiceFactory, bad: str
+) -> None:
+    make_value, error_start = BAD_VALUES[bad]
+    value = make_value()
+    inventory = faust_service("inventory")
+    async with inventory.agent("keep_stock") as agent:
+        await agent.deliver(ADD, partition=4)
+        before = dict(inventory.table("inventory_stock").items())
+        inventory.recorder.clear()
+
+        headers = envelope_headers("AddStock", correlation_id="restock-7")
+        offset = agent.next_offset
+        await agent.deliver_raw("inventory.commands.v1", SKU.encode(), value, headers, partition=4)
+
+        assert inventory.recorder.log == [("send", "inventory.commands.v1.dlq")], "only the dead letter is sent"
+        (dead,) = inventory.recorder.sent
+        assert (dead.key, dead.value) == (SKU.encode(), value or b"")
+        assert dead.headers[: len(headers)] == headers, "the original headers lead, unchanged"
+        extra = dict(dead.headers[len(headers) :])
+        assert extra.keys() == {
+            "dlq_error",
+            "dlq_agent",
+            "dlq_attempts",
+            "dlq_source_topic",
+            "dlq_source_partition",
+            "dlq_source_offset",
+            "dlq_time",
+        }
+        assert extra["dlq_error"].decode().startswith(error_start), extra["dlq_error"]
+        assert extra["dlq_agent"] == b"keep_stock"
+        assert extra["dlq_attempts"] == b"1"
+        assert extra["dlq_source_topic"] == b"inventory.commands.v1"
+        assert (extra["dlq_source_partition"], extra["dlq_source_offset"]) == (b"4", str(offset).encode())
+        assert dict(inventory.table("inventory_stock").items()) == before, "the table is untouched"
+        assert agent.runner.dead_lettered == 1
+
+        inventory.recorder.clear()
+        await agent.deliver(RESERVE, partition=4)
+        assert [s.topic for s in inventory.recorder.sent] == ["inventory.events.v1"]
+        assert stock(inventory).reserved == 2, "the next message on the partition is handled"
+        assert agent.runner.processed == 2
+
+
+async def test_a_step_that_raises_is_dead_lettered_with_the_exception_named(
+    faust_service: FaustServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inventory = faust_service("inventory")
+    inventory.log_writes("inventory_stock")
+
+    def broken_decide(state: object, message: object, ctx: object) -> object:
+        raise ZeroDivisionError("stock arithmetic went wrong")
+
+    async with inventory.agent("keep_stock") as agent:
+        await agent.deliver(ADD)
+        before = dict(inventory.table("inventory_stock").items())
+        inventory.recorder.clear()
+
+        real_step = agent.runner.step
+        monkeypatch.setattr(agent.runner, "step", replace(real_step, decide=broken_decide))
+        headers = await agent.deliver(RESERVE, partition=1)
+
+        assert inventory.recorder.log == [("send", "inventory.commands.v1.dlq")], "no write, no durable, no event"
+        (dead,) = inventory.recorder.sent
+        assert (dead.key, dead.value) == (SKU.encode(), encoded(RESERVE))
+        assert dead.headers[: len(headers)] == headers
+        assert dead.header["dlq_error"] == "ZeroDivisionError in keep_stock: stock arithmetic went wrong"
+        assert dead.header["dlq_agent"] == "keep_stock"
+        assert dead.header["dlq_source_partition"] == "1"
+        assert dict(inventory.table("inventory_stock").items()) == before
+
+        monkeypatch.setattr(agent.runner, "step", real_step)
+        inventory.recorder.clear()
+        await agent.deliver(RESERVE, partition=1)
+        assert [s.topic for s in inventory.recorder.sent] == ["inventory.events.v1"], "the agent is still running"
+
+
+async def test_the_agent_sees_the_message_as_kafka_delivered_it(faust_service: FaustServiceFactory) -> None:
+    """Faust's test context hands our agent the raw bytes, key, headers and position untouched."""
+    inventory = faust_service("inventory")
+    seen = []
+    async with inventory.agent("keep_stock") as agent:
+        handle = agent.runner.handle
+
+        async def spy(message: object) -> None:
+            seen.append(message)
+            await handle(message)  # type: ignore[arg-type]
+
+        inventory.monkeypatch.setattr(agent.runner, "handle", spy)
+        offset = agent.next_offset
+        headers = await agent.deliver(ADD, partition=5)
+
+    (message,) = seen
+    assert (message.topic, message.partition, message.offset) == ("inventory.commands.v1", 5, offset)
+    assert (message.key, message.value, message.headers) == (SKU.encode(), encoded(ADD), headers)
