@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     worker_log_level: str = Field(default="warning", description="log level of Faust workers")
     saga_timeout_s: float = Field(default=30.0, gt=0, description="a saga not terminal after this is cancelled")
     deadline_sweep_s: float = Field(default=1.0, gt=0, description="how often workers look for passed deadlines")
+    stall_timeout_s: float = Field(
+        default=30.0, gt=0, description="a worker with waiting input and no progress for this long stops"
+    )
+    watchdog_interval_s: float = Field(default=5.0, gt=0, description="how often a worker checks its own progress")
     max_refund_attempts: int = Field(default=5, ge=1, description="refund tries before a saga needs attention")
     refund_backoff_base_s: float = Field(default=0.05, gt=0, description="first refund retry delay")
     refund_backoff_cap_s: float = Field(default=1.0, gt=0, description="longest refund retry delay")

@@ -21,6 +21,7 @@ from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from streams.runtime import Incoming, Outbox, Step, StepRunner, normalise_headers
 from streams.topics import APP_PREFIX, PARTITIONS, TableSpec, TopicSpec
+from streams.watchdog import Watchdog, stop_stalled_process
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,17 @@ def register_step(
     assert service.outbox is not None
 
     async def make_durable() -> None:
-        await service.app.producer.flush()
+        try:
+            await service.app.producer.flush()
+        except Exception as exc:
+            # the state may be written but its events are not sent: stop the worker before Faust acks the input,
+            # so the input is replayed (and the events re-emitted) by whoever takes the partition next
+            log.critical("could not make %s's state durable: %r; stopping the worker", step.agent, exc)
+            await service.app.crash(exc)
+            raise
 
     runner = StepRunner(step, table, codec, service.outbox, make_durable=make_durable)
+    runner.sources = tuple(s.name for s in sources)
     channel = service.app.topic(
         *[s.name for s in sources], key_serializer="raw", value_serializer="raw", partitions=PARTITIONS
     )
@@ -142,4 +151,25 @@ def create_app(service: str, settings: Settings) -> ServiceApp:
     built = ServiceApp(service, app)
     built.outbox = Outbox(codec, catalog, faust_sender(app), source=f"/order-pipeline/{service}")
     wire(built, settings, codec)
+    add_watchdog(built, settings)
     return built
+
+
+def add_watchdog(built: ServiceApp, settings: Settings) -> Watchdog:
+    """Stop this worker when it holds partitions with waiting messages and makes no progress (see watchdog)."""
+    app = built.app
+    sources = {name for runner in built.runners.values() for name in runner.sources}
+    watchdog = Watchdog(
+        settings,
+        app_id(built.name),
+        sources=sources,
+        busy_for=lambda: max((r.busy_for() for r in built.runners.values()), default=0.0),
+        ready=lambda: bool(app.tables.recovery.completed.is_set()),  # type: ignore[attr-defined]
+    )
+
+    @app.timer(interval=settings.watchdog_interval_s)  # type: ignore[untyped-decorator]
+    async def watch_progress() -> None:
+        if await watchdog.check():
+            stop_stalled_process()
+
+    return watchdog

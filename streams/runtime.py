@@ -40,7 +40,7 @@ EVENT_ID_NAMESPACE = uuid.UUID("6f1c1e4a-58a4-4a36-9a1e-8f0a4b1f5f21")
 class Sender(Protocol):
     """Sends raw bytes to a topic and resolves when the broker acknowledged them."""
 
-    async def __call__(
+    def __call__(
         self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, str | bytes | None]]
     ) -> Awaitable[Any]: ...
 
@@ -94,6 +94,16 @@ def normalise_headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
     return tuple((k, v if isinstance(v, bytes) else str(v or "").encode()) for k, v in items)
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One encoded message with its envelope, ready to send."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, str | bytes | None]]
+
+
 class Outbox:
     """Encodes domain messages, stamps their envelope and sends them to their topics."""
 
@@ -103,15 +113,16 @@ class Outbox:
         self._send = send
         self._source = source
 
-    async def send_all(
+    def prepare(
         self,
         records: Sequence[tuple[str, Mapping[str, Any]]],
         *,
         cause: Incoming | None,
         cause_id: str,
         traceparent: str | None = None,
-    ) -> None:
-        """Send ``(record name, value)`` pairs in order (delivery is confirmed when Faust commits the input)."""
+    ) -> list[Outgoing]:
+        """Encode ``(record name, value)`` pairs and stamp their envelopes; raises before any I/O if one is bad."""
+        prepared = []
         for index, (name, value) in enumerate(records):
             spec = topic_for_record(name)
             key = str(value[spec.key_field])
@@ -127,8 +138,24 @@ class Outbox:
                 traceparent=traceparent,
             )
             payload = self._codec.encode(schema.full_name, value, version=schema.version)
-            headers = envelope.to_headers()
-            await self._send(spec.name, key.encode(), payload, headers)
+            prepared.append(Outgoing(spec.name, key.encode(), payload, envelope.to_headers()))
+        return prepared
+
+    async def send_prepared(self, prepared: Sequence[Outgoing]) -> None:
+        """Send in order (delivery is confirmed when Faust commits the input)."""
+        for message in prepared:
+            await self._send(message.topic, message.key, message.value, message.headers)
+
+    async def send_all(
+        self,
+        records: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        cause: Incoming | None,
+        cause_id: str,
+        traceparent: str | None = None,
+    ) -> None:
+        """Encode and send ``(record name, value)`` pairs in order."""
+        await self.send_prepared(self.prepare(records, cause=cause, cause_id=cause_id, traceparent=traceparent))
 
     async def dead_letter(self, incoming: Incoming, *, agent: str, error: str, attempts: int = 1) -> None:
         """Park ``incoming`` in its topic's dead-letter topic with the reason; original bytes kept."""
@@ -180,11 +207,25 @@ class StepRunner:
         self.processed = 0
         self.dead_lettered = 0
         self.last_progress = time.monotonic()
+        self.busy_since: float | None = None
+        self.sources: tuple[str, ...] = ()
+        """The topics the agent around this runner reads (set when it is registered)."""
 
     async def handle(self, incoming: Incoming) -> None:
         """Handle one message; never raises for a message's content (it dead-letters instead)."""
+        self.busy_since = time.monotonic()
+        try:
+            await self._handle(incoming)
+        finally:
+            self.busy_since = None
+            self.last_progress = time.monotonic()
+
+    def busy_for(self) -> float:
+        """How long the step now running has been running (0 when idle)."""
+        return 0.0 if self.busy_since is None else time.monotonic() - self.busy_since
+
+    async def _handle(self, incoming: Incoming) -> None:
         step = self.step
-        self.last_progress = time.monotonic()
         try:
             decoded = self._codec.decode(incoming.value or b"", expected=topic(incoming.topic).records)
         except DecodeError as exc:
@@ -202,6 +243,13 @@ class StepRunner:
             if step.run_effects is not None and decision.effects:
                 decision = await step.run_effects(decision, ctx, message)
             records = [(e.record_name, step.message_to_record(e)) for e in decision.events]
+            envelope = incoming.envelope
+            outgoing = self._outbox.prepare(
+                records,
+                cause=incoming,
+                cause_id=incoming.event_id,
+                traceparent=envelope.traceparent if envelope else None,
+            )
         except Exception as exc:  # a bug in a step must not lose the event: park it with the reason
             log.exception("%s failed on %s", step.agent, decoded.name)
             await self._park(incoming, f"{type(exc).__name__} in {step.agent}: {exc}")
@@ -215,15 +263,9 @@ class StepRunner:
                 self._table[key] = decision.state.to_json()
             if step.after_write is not None:
                 step.after_write(key, decision.state)
-            if records:
+            if outgoing:
                 await self._make_durable()
-        envelope = incoming.envelope
-        await self._outbox.send_all(
-            records,
-            cause=incoming,
-            cause_id=incoming.event_id,
-            traceparent=envelope.traceparent if envelope else None,
-        )
+        await self._outbox.send_prepared(outgoing)
         self.processed += 1
 
     async def _park(self, incoming: Incoming, error: str) -> None:

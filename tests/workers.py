@@ -19,6 +19,7 @@ from pathlib import Path
 from pipeline.admin import admin_client, groups_not_ready, worker_groups
 from pipeline.settings import Settings
 from streams.topics import SERVICES
+from streams.watchdog import STALLED_EXIT_CODE
 from tests.stack import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,8 +70,15 @@ class Pipeline:
     settings: Settings
     env: dict[str, str]
     processes: dict[str, Process] = field(default_factory=dict)
+    watchdog_restarts: int = 0
 
     def assert_alive(self) -> None:
+        """Act as the supervisor: restart a worker its watchdog stopped; fail on any other exit (a bug)."""
+        for process in self.processes.values():
+            if process.popen is not None and process.popen.poll() == STALLED_EXIT_CODE:
+                self.watchdog_restarts += 1
+                print(f"{process.name} stopped by its watchdog (stalled); restarting it")
+                process.start()
         dead = [p for p in self.processes.values() if not p.alive]
         if dead:
             details = "\n".join(

@@ -31,7 +31,8 @@ from streams.domain.messages import Message, to_record
 from streams.domain.saga import Service
 from streams.runtime import Incoming, Outbox, StepRunner
 from streams.services import _step
-from streams.topics import topic, topic_for_record
+from streams.topics import topic as topic_spec
+from streams.topics import topic_for_record
 
 CATALOG = SchemaCatalog.load()
 CODEC = AvroCodec(CATALOG)
@@ -113,7 +114,7 @@ class Sent:
 
     def decoded(self) -> Decoded:
         """The value read back with the real codec, as a consumer of the topic reads it."""
-        return CODEC.decode(self.value, expected=topic(self.topic).records)
+        return CODEC.decode(self.value, expected=topic_spec(self.topic).records)
 
     def same_message(self, other: Sent) -> bool:
         """Same topic, key, bytes and headers apart from ``ce_time`` (the moment of sending)."""
@@ -131,11 +132,11 @@ class Recorder:
     """``("write", key)``, ``("delete", key)``, ``("durable",)``, ``("send", topic)`` in the order they happened."""
 
     async def send(
-        self, topic_name: str, key: bytes, value: bytes, headers: Sequence[tuple[str, str | bytes | None]]
-    ) -> None:
+        self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, str | bytes | None]]
+    ) -> Any:  # Any, not None: ``runtime.Sender`` declares ``async def ... -> Awaitable[Any]``
         raw = tuple((k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in headers)
-        self.log.append(("send", topic_name))
-        self.sent.append(Sent(topic_name, key, value, raw))
+        self.log.append(("send", topic))
+        self.sent.append(Sent(topic, key, value, raw))
 
     async def make_durable(self) -> None:
         self.log.append(("durable",))

@@ -9,6 +9,7 @@ replaced (see ``conftest.faust_service``): the sender, and the producer flush be
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from schemas.codec import MAGIC
 from streams.domain.messages import AddStock, OrderPlaced, ReserveStock, from_record
 from streams.domain.stock import HoldStatus, Stock
-from streams.runtime import EVENT_ID_NAMESPACE, derived_event_id
+from streams.runtime import EVENT_ID_NAMESPACE, Incoming, derived_event_id
 from tests.agents.harness import (
     CATALOG,
     T0,
@@ -141,7 +142,7 @@ def _unknown_fingerprint() -> bytes:
     return MAGIC + unknown + encoded(ADD)[10:]
 
 
-BAD_VALUES = {
+BAD_VALUES: dict[str, tuple[Callable[[], bytes | None], str]] = {
     "garbage": (lambda: b"not avro at all\n", "NotSingleObjectEncoded: not Avro single-object encoded: wrong marker"),
     "wrong-magic": (_wrong_magic, "NotSingleObjectEncoded: not Avro single-object encoded: wrong marker"),
     "unknown-fingerprint": (_unknown_fingerprint, "UnknownFingerprint:"),
@@ -239,13 +240,13 @@ async def test_a_step_that_raises_is_dead_lettered_with_the_exception_named(
 async def test_the_agent_sees_the_message_as_kafka_delivered_it(faust_service: FaustServiceFactory) -> None:
     """Faust's test context hands our agent the raw bytes, key, headers and position untouched."""
     inventory = faust_service("inventory")
-    seen = []
+    seen: list[Incoming] = []
     async with inventory.agent("keep_stock") as agent:
         handle = agent.runner.handle
 
-        async def spy(message: object) -> None:
+        async def spy(message: Incoming) -> None:
             seen.append(message)
-            await handle(message)  # type: ignore[arg-type]
+            await handle(message)
 
         inventory.monkeypatch.setattr(agent.runner, "handle", spy)
         offset = agent.next_offset

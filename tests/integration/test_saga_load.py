@@ -45,6 +45,8 @@ def pipeline(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
         tmp_path_factory.mktemp("load"),
         PIPELINE_SAGA_TIMEOUT_S="600",
         PIPELINE_PAYMENT_LATENCY_MS="1",
+        PIPELINE_WORKER_LOG_LEVEL="info",
+        PIPELINE_STALL_TIMEOUT_S="20",
     ) as running:
         yield running
 
@@ -113,7 +115,7 @@ def test_a_thousand_orders_with_crashes_keep_every_promise(pipeline: Pipeline, s
 
     orders = {o: views.get_order(store, o) or {} for o in ordered}
     outcomes = Counter(v["status"] + ":" + str(v.get("cancel_reason")) for v in orders.values())
-    print(f"\noutcomes of {ORDERS} orders: {dict(outcomes)}")
+    print(f"\noutcomes of {ORDERS} orders: {dict(outcomes)}; watchdog restarts: {pipeline.watchdog_restarts}")
 
     # 1. one terminal state per order: never both confirmed and cancelled
     for order_id, view in orders.items():

@@ -1,0 +1,130 @@
+"""A worker that holds partitions with unread messages but makes no progress is stopped, so it can be restarted.
+
+Faust can leave a worker alive, in its group and holding partitions, yet not fetching (after a rebalance that
+followed a crashed peer we saw it happen once in a few runs). Nothing inside the process notices. The
+watchdog looks from the outside, as an operator would: every few seconds it compares, for every partition of
+the worker's source topics, its group's committed offsets with the partitions' end offsets (through
+confluent-kafka and the broker's view, so a stuck Faust consumer, or one that wrongly believes it holds
+nothing, cannot hide it). If some partition stays behind and none of those committed offsets moves for
+``stall_timeout_s``, or a step has been running that long, the process exits with
+:data:`STALLED_EXIT_CODE`; its supervisor (compose's restart policy, the test harness) starts it again and the
+at-least-once rules replay whatever was in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from pipeline.settings import LIBRDKAFKA_LOGGER, Settings
+
+log = logging.getLogger(__name__)
+
+STALLED_EXIT_CODE = 75
+"""EX_TEMPFAIL: try again."""
+
+TopicPart = tuple[str, int]
+
+
+@dataclass
+class StallDetector:
+    """Pure bookkeeping: is a set of partitions behind while their committed offsets stand still?"""
+
+    stall_timeout_s: float
+    _last_committed: dict[TopicPart, int] | None = None
+    _still_since: float | None = None
+
+    def observe(self, now: float, committed: dict[TopicPart, int], ends: dict[TopicPart, int]) -> bool:
+        """Record one look; True once the partitions behind have not moved for the whole timeout."""
+        behind = {tp for tp, end in ends.items() if committed.get(tp, -1) < end and end > 0}
+        before = self._last_committed
+        moved = before is not None and any(committed.get(tp) != before.get(tp) for tp in behind)
+        self._last_committed = dict(committed)
+        if not behind:
+            self._still_since = None
+            return False
+        if moved or self._still_since is None:
+            self._still_since = now  # the clock runs from the last movement seen
+            return False
+        return now - self._still_since >= self.stall_timeout_s
+
+
+class Watchdog:
+    """Looks at one Faust worker's progress from the outside and stops it when it stalls."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        group_id: str,
+        sources: Iterable[str],
+        busy_for: Callable[[], float],
+        ready: Callable[[], bool],
+    ) -> None:
+        self._settings = settings
+        self._group_id = group_id
+        self._sources = sorted(set(sources))
+        self._busy_for = busy_for
+        self._ready = ready
+        self._detector = StallDetector(settings.stall_timeout_s)
+        self._clients: tuple[AdminClient, Consumer] | None = None
+        self._started = time.monotonic()
+
+    def _offsets(self) -> tuple[dict[TopicPart, int], dict[TopicPart, int]]:
+        """(committed, end) offsets of every partition of the sources; blocking, run in a thread."""
+        if self._clients is None:
+            quiet = logging.getLogger(LIBRDKAFKA_LOGGER)
+            self._clients = (
+                AdminClient({"bootstrap.servers": self._settings.kafka_bootstrap, "logger": quiet}),  # type: ignore[dict-item]
+                Consumer(
+                    {
+                        "bootstrap.servers": self._settings.kafka_bootstrap,
+                        "group.id": f"{self._group_id}-watchdog",
+                        "enable.auto.commit": False,
+                        "logger": quiet,
+                    }
+                ),
+            )
+        admin, consumer = self._clients
+        partitions = [
+            (name, p)
+            for name in self._sources
+            for p in sorted(consumer.list_topics(name, timeout=10).topics[name].partitions)
+        ]
+        request = ConsumerGroupTopicPartitions(self._group_id, [TopicPartition(t, p) for t, p in partitions])
+        result = admin.list_consumer_group_offsets([request], request_timeout=10)[self._group_id].result()
+        committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+        ends = {tp: consumer.get_watermark_offsets(TopicPartition(*tp), timeout=10)[1] for tp in partitions}
+        return committed, ends
+
+    async def check(self) -> bool:
+        """One look; True when the worker is stalled (the caller stops it)."""
+        if not self._ready():
+            return False
+        if self._busy_for() >= self._settings.stall_timeout_s:
+            log.critical("a step has been running for %.0fs", self._busy_for())
+            return True
+        if time.monotonic() - self._started < self._settings.stall_timeout_s:
+            return False  # joining the group and recovering tables is not a stall
+        try:
+            committed, ends = await asyncio.to_thread(self._offsets)
+        except Exception as exc:  # the broker is away: that is not this worker's stall
+            log.warning("watchdog could not read offsets: %r", exc)
+            return False
+        stalled = self._detector.observe(time.monotonic(), committed, ends)
+        if stalled:
+            behind = {tp: end - committed.get(tp, 0) for tp, end in ends.items() if committed.get(tp, -1) < end}
+            log.critical("no progress for %.0fs with messages waiting: %s", self._settings.stall_timeout_s, behind)
+        return stalled
+
+
+def stop_stalled_process() -> None:
+    """Exit at once: a stalled Faust worker may not stop cleanly, and nothing it holds needs a clean stop."""
+    logging.shutdown()
+    os._exit(STALLED_EXIT_CODE)

@@ -1,0 +1,39 @@
+"""The stall rule: partitions behind whose committed offsets stand still for the whole timeout."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.watchdog import StallDetector
+
+pytestmark = pytest.mark.unit
+
+TP = ("orders.events.v1", 0)
+
+
+def test_a_partition_behind_with_offsets_standing_still_is_a_stall_after_the_timeout() -> None:
+    detector = StallDetector(stall_timeout_s=30)
+    assert not detector.observe(0, {TP: 5}, {TP: 10})
+    assert not detector.observe(29, {TP: 5}, {TP: 10})
+    assert detector.observe(30, {TP: 5}, {TP: 10})
+
+
+def test_progress_resets_the_clock() -> None:
+    detector = StallDetector(stall_timeout_s=30)
+    detector.observe(0, {TP: 5}, {TP: 10})
+    assert not detector.observe(25, {TP: 6}, {TP: 10})
+    assert not detector.observe(50, {TP: 6}, {TP: 10})
+    assert detector.observe(55, {TP: 6}, {TP: 10})
+
+
+def test_caught_up_or_empty_partitions_are_never_a_stall() -> None:
+    detector = StallDetector(stall_timeout_s=1)
+    assert not detector.observe(0, {TP: 10}, {TP: 10})
+    assert not detector.observe(100, {TP: 10}, {TP: 10})
+    assert not detector.observe(200, {}, {TP: 0})
+
+
+def test_a_partition_never_committed_but_with_messages_counts_as_behind() -> None:
+    detector = StallDetector(stall_timeout_s=10)
+    detector.observe(0, {}, {TP: 3})
+    assert detector.observe(10, {}, {TP: 3})
