@@ -7,6 +7,7 @@ calls the pure domain step, sends the resulting events and writes the state back
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ import faust
 from pipeline.settings import Settings
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
-from streams.runtime import Incoming, Outbox, Step, StepRunner, normalise_headers
+from streams.runtime import Incoming, Outbox, StateStore, StateTable, Step, StepRunner, normalise_headers
 from streams.topics import APP_PREFIX, PARTITIONS, TableSpec, TopicSpec
 from streams.watchdog import Watchdog, stop_stalled_process
 
@@ -40,6 +41,36 @@ class ServiceApp:
     tables: dict[str, Any] = field(default_factory=dict)
     outbox: Outbox | None = None
     started_at: float = field(default_factory=time.monotonic)
+    write_timeout_s: float = 30.0
+
+    async def confirm_writes(self) -> None:
+        """Wait until the broker acknowledged every table write made so far (raises if one failed)."""
+        pending = [fut for t in self.tables.values() if isinstance(t, DurableTable) for fut in t.take_unconfirmed()]
+        if pending:
+            await asyncio.wait_for(asyncio.gather(*pending), self.write_timeout_s)
+
+
+class DurableTable(faust.Table):  # type: ignore[type-arg]
+    """A table whose changelog writes can be awaited until the broker acknowledged them.
+
+    Faust queues a table write in its producer buffer and sends it from a background task;
+    ``producer.flush()`` waits for that buffer only up to 0.1 s, so it cannot prove a write is stored.
+    Every changelog future is kept here instead, and :meth:`ServiceApp.confirm_writes` awaits them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unconfirmed: list[asyncio.Future[Any]] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        self._unconfirmed.append(fut)
+        return fut
+
+    def take_unconfirmed(self) -> list[asyncio.Future[Any]]:
+        """The writes not yet awaited, handed over once."""
+        taken, self._unconfirmed = self._unconfirmed, []
+        return taken
 
 
 def new_faust_app(service: str, settings: Settings) -> faust.App:
@@ -84,38 +115,35 @@ def faust_sender(app: faust.App) -> Callable[..., Any]:
     return send
 
 
-def new_table(app: faust.App, spec: TableSpec) -> Any:
+def new_table(app: faust.App, spec: TableSpec) -> DurableTable:
     """A changelog-backed table of JSON values keyed by order id, SKU or user id."""
-    return app.Table(
-        spec.name,
+    table = DurableTable(
+        app,
+        name=spec.name,
         default=None,
+        beacon=app.tables.beacon,
         partitions=PARTITIONS,
         key_type=str,  # the app's default serializers: raw UTF-8 keys, JSON values
         help=spec.description,
     )
+    app.tables.add(table)
+    return table
 
 
 def register_step(
     service: ServiceApp,
     step: Step,
     sources: tuple[TopicSpec, ...],
-    table: Any,
+    store: StateTable | StateStore,
     codec: AvroCodec,
 ) -> StepRunner:
     """Subscribe ``step`` to ``sources`` as one agent (concurrency 1: per-partition order is the saga's order)."""
     assert service.outbox is not None
 
     async def make_durable() -> None:
-        try:
-            await service.app.producer.flush()
-        except Exception as exc:
-            # the state may be written but its events are not sent: stop the worker before Faust acks the input,
-            # so the input is replayed (and the events re-emitted) by whoever takes the partition next
-            log.critical("could not make %s's state durable: %r; stopping the worker", step.agent, exc)
-            await service.app.crash(exc)
-            raise
+        await service.confirm_writes()
 
-    runner = StepRunner(step, table, codec, service.outbox, make_durable=make_durable)
+    runner = StepRunner(step, store, codec, service.outbox, make_durable=make_durable)
     runner.sources = tuple(s.name for s in sources)
     channel = service.app.topic(
         *[s.name for s in sources], key_serializer="raw", value_serializer="raw", partitions=PARTITIONS
@@ -124,16 +152,22 @@ def register_step(
     async def agent(stream: Any) -> None:
         async for event in stream.events():
             message = event.message
-            await runner.handle(
-                Incoming(
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    key=message.key,
-                    value=message.value,
-                    headers=normalise_headers(message.headers),
-                )
+            incoming = Incoming(
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                key=message.key,
+                value=message.value,
+                headers=normalise_headers(message.headers),
             )
+            try:
+                await runner.handle(incoming)
+            except Exception as exc:
+                # a state write or an event the broker did not take: stop the worker before Faust acks the
+                # input, so the input is replayed (and its events re-emitted) by whoever takes the partition
+                log.critical("%s could not store the outcome of %s: %r; stopping", step.agent, incoming, exc)
+                await service.app.crash(exc)
+                raise
 
     agent.__name__ = agent.__qualname__ = step.agent
     service.app.agent(channel, name=step.agent, concurrency=1)(agent)
@@ -148,7 +182,7 @@ def create_app(service: str, settings: Settings) -> ServiceApp:
     catalog = SchemaCatalog.load()
     codec = AvroCodec(catalog)
     app = new_faust_app(service, settings)
-    built = ServiceApp(service, app)
+    built = ServiceApp(service, app, write_timeout_s=settings.delivery_timeout_s)
     built.outbox = Outbox(codec, catalog, faust_sender(app), source=f"/order-pipeline/{service}")
     wire(built, settings, codec)
     add_watchdog(built, settings)

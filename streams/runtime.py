@@ -6,9 +6,10 @@ its table or the payment provider. The rules it keeps:
 * Values are decoded here, not by Faust, so a malformed message is dead-lettered with its reason
   (``<topic>.dlq``: original key, value and headers, plus ``dlq_*`` headers) and the partition flows on.
   A step that raises (a bug) is dead-lettered the same way: Faust would otherwise ack and lose the event.
-* A step's new state is written, and made durable (the producer flushed, so the changelog record is
-  acknowledged), **before** the events it decided are sent. A crash before the flush loses both and the
-  input is replayed from scratch; a crash after it replays the input against the new state, which the step
+* A step's new state is written, and made durable (the broker acknowledged its changelog record),
+  **before** the events it decided are sent; the input is acked only once those events are acknowledged.
+  A crash before the state is stored loses both and the input is replayed from scratch; a crash after it
+  replays the input against the new state, which the step
   recognises as a duplicate and answers by re-emitting the very same events (same content, same ids).
   Sending first would be unsafe: a replay that meets its inputs in another order (a deadline before a
   payment) could decide differently and contradict events already sent.
@@ -19,9 +20,12 @@ its table or the payment provider. The rules it keeps:
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -142,9 +146,15 @@ class Outbox:
         return prepared
 
     async def send_prepared(self, prepared: Sequence[Outgoing]) -> None:
-        """Send in order (delivery is confirmed when Faust commits the input)."""
+        """Send in order and wait for the broker's acknowledgements, so an input is only acked once its
+        events are stored (a send that fails raises here instead of being logged and lost)."""
+        acks = []
         for message in prepared:
-            await self._send(message.topic, message.key, message.value, message.headers)
+            ack = await self._send(message.topic, message.key, message.value, message.headers)
+            if inspect.isawaitable(ack):
+                acks.append(ack)
+        if acks:
+            await asyncio.gather(*acks)
 
     async def send_all(
         self,
@@ -173,6 +183,37 @@ class Outbox:
         await self._send(spec.dead_letter_name, incoming.key or b"", incoming.value or b"", headers)
 
 
+class StateStore(ABC):
+    """Where a step's state lives: loaded before the step decides, saved (when changed) after."""
+
+    @abstractmethod
+    def load(self, key: str, message: Any) -> Any:
+        """The state the step sees for ``message`` (None: none yet)."""
+
+    @abstractmethod
+    def save(self, key: str, before: Any, after: Any) -> None:
+        """Write what changed between ``before`` and ``after`` (``after`` None: forget the key)."""
+
+
+class TableStore(StateStore):
+    """A step's whole state in one table entry under the message key (JSON, as ``JsonState.to_json``)."""
+
+    def __init__(self, table: StateTable, load_state: Callable[[Mapping[str, Any]], Any]) -> None:
+        self.table = table
+        self._load_state = load_state
+
+    def load(self, key: str, message: Any) -> Any:
+        stored = self.table.get(key)
+        return self._load_state(stored) if stored is not None else None
+
+    def save(self, key: str, before: Any, after: Any) -> None:
+        if after is None:
+            if key in self.table:
+                del self.table[key]
+        else:
+            self.table[key] = after.to_json()
+
+
 @dataclass(frozen=True)
 class Step:
     """What one agent does: which records it handles, how it decides, how its state is stored."""
@@ -194,13 +235,13 @@ class StepRunner:
     def __init__(
         self,
         step: Step,
-        table: StateTable,
+        store: StateTable | StateStore,
         codec: AvroCodec,
         outbox: Outbox,
         make_durable: Callable[[], Awaitable[None]],
     ) -> None:
         self.step = step
-        self._table = table
+        self._store: StateStore = store if isinstance(store, StateStore) else TableStore(store, step.load_state)
         self._codec = codec
         self._outbox = outbox
         self._make_durable = make_durable
@@ -236,8 +277,7 @@ class StepRunner:
         try:
             message = step.message_from_record(decoded.name, decoded.value)
             key = str(message.key)
-            stored = self._table.get(key)
-            state = step.load_state(stored) if stored is not None else None
+            state = self._store.load(key, message)
             ctx = step.context(incoming)
             decision = step.decide(state, message, ctx)
             if step.run_effects is not None and decision.effects:
@@ -256,11 +296,7 @@ class StepRunner:
             return
         changed = decision.state != state
         if changed:
-            if decision.state is None:
-                if key in self._table:
-                    del self._table[key]
-            else:
-                self._table[key] = decision.state.to_json()
+            self._store.save(key, state, decision.state)
             if step.after_write is not None:
                 step.after_write(key, decision.state)
             if outgoing:

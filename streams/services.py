@@ -8,6 +8,7 @@ orders         run_order_sagas      orders.events.v1, inventory.events.v1,      
                                     payments.events.v1, orders.deadlines.v1         + orders_deadlines
 inventory      reserve_inventory    orders.events.v1, inventory.events.v1           inventory_reservations
 inventory      keep_stock           inventory.commands.v1                           inventory_stock (SKU)
+                                                                                    + inventory_holds
 payments       settle_payments      orders.events.v1, inventory.events.v1           payments_payments
 notifications  notify_customers     orders.events.v1                                notifications_notices
 =============  ===================  ==============================================  =======================
@@ -36,6 +37,7 @@ from streams.domain.messages import Message, OrderDeadlineReached, from_record, 
 from streams.domain.saga import ADMISSION, NOTIFICATIONS, ORDER_SAGA, PAYMENTS, RESERVATIONS, STOCK, Service
 from streams.payment_provider import ProviderBehaviour, SimulatedPaymentProvider
 from streams.runtime import Incoming, Step
+from streams.stores import StockStore
 from streams.topics import (
     INVENTORY_COMMANDS,
     INVENTORY_EVENTS,
@@ -149,7 +151,9 @@ def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config
 def _wire_inventory(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:
     reserve = _step("reserve_inventory", RESERVATIONS, config)
     _add(built, codec, reserve, (ORDER_EVENTS, INVENTORY_EVENTS), "inventory_reservations")
-    _add(built, codec, _step("keep_stock", STOCK, config), (INVENTORY_COMMANDS,), "inventory_stock")
+    levels = built.tables["inventory_stock"] = new_table(built.app, table("inventory", "inventory_stock"))
+    holds = built.tables["inventory_holds"] = new_table(built.app, table("inventory", "inventory_holds"))
+    register_step(built, _step("keep_stock", STOCK, config), (INVENTORY_COMMANDS,), StockStore(levels, holds), codec)
 
 
 def _wire_payments(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:

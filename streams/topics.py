@@ -236,7 +236,8 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("orders", "orders_sagas", "each order's saga state and timeline (order id)"),
     TableSpec("orders", "orders_deadlines", "deadlines of sagas not yet terminal (order id)"),
     TableSpec("inventory", "inventory_reservations", "each order's line reservations (order id)"),
-    TableSpec("inventory", "inventory_stock", "each SKU's stock levels and reservations (SKU)"),
+    TableSpec("inventory", "inventory_stock", "each SKU's stock levels and recent additions (SKU)"),
+    TableSpec("inventory", "inventory_holds", "what each SKU holds or held for each order (SKU/order id)"),
     TableSpec("payments", "payments_payments", "each order's charge and refunds (order id)"),
     TableSpec("notifications", "notifications_notices", "which notices each order has had (order id)"),
 )

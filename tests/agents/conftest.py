@@ -41,7 +41,7 @@ def faust_service(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FaustServi
     """Build a service with ``create_app``; its sender and ``make_durable`` feed a :class:`Recorder`.
 
     ``create_app`` takes its sender from ``streams.app.faust_sender`` and ``register_step``'s
-    ``make_durable`` flushes ``app.producer``: those two are the seams replaced here. Call it inside the
+    ``make_durable`` awaits ``built.confirm_writes``: those two are the seams replaced here. Call it inside the
     test's event loop.
     """
 
@@ -49,8 +49,8 @@ def faust_service(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FaustServi
         recorder = Recorder()
         monkeypatch.setattr(streams.app, "faust_sender", lambda app: recorder.send)
         built = streams.app.create_app(service, agent_settings(tmp_path, bootstrap))
-        # The producer is built, never started: flushing it would refuse ("Producer not Running").
-        monkeypatch.setattr(built.app.producer, "flush", recorder.make_durable)
+        # The producer is built, never started: table writes are never acknowledged here.
+        monkeypatch.setattr(built, "confirm_writes", recorder.make_durable)
         return FaustService(built, recorder, monkeypatch)
 
     return build

@@ -15,8 +15,8 @@ from dataclasses import replace
 import pytest
 
 from schemas.codec import MAGIC
-from streams.domain.messages import AddStock, OrderPlaced, ReserveStock, from_record
-from streams.domain.stock import HoldStatus, Stock
+from streams.domain.messages import AddStock, OrderPlaced, ReserveStock, from_jsonable, from_record
+from streams.domain.stock import HoldStatus, OrderHold, Stock
 from streams.runtime import EVENT_ID_NAMESPACE, Incoming, derived_event_id
 from tests.agents.harness import (
     CATALOG,
@@ -37,9 +37,15 @@ OTHER_TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 def stock(service: FaustService) -> Stock:
+    """The SKU's levels with every hold the service keeps for it (held apart, one entry per order)."""
     stored = service.table("inventory_stock").get(SKU)
     assert stored is not None, "no stock stored for the SKU"
-    return Stock.from_json(stored)
+    holds = {
+        key.split("/", 1)[1]: from_jsonable(OrderHold, value)
+        for key, value in service.table("inventory_holds").items()
+        if key.startswith(f"{SKU}/")
+    }
+    return replace(Stock.from_json(stored), orders=holds)
 
 
 async def test_added_then_reserved_stock_is_stored_and_sent_with_its_envelope(
@@ -255,3 +261,24 @@ async def test_the_agent_sees_the_message_as_kafka_delivered_it(faust_service: F
     (message,) = seen
     assert (message.topic, message.partition, message.offset) == ("inventory.commands.v1", 5, offset)
     assert (message.key, message.value, message.headers) == (SKU.encode(), encoded(ADD), headers)
+
+
+async def test_each_order_s_hold_is_its_own_entry_so_writes_stay_small(faust_service: FaustServiceFactory) -> None:
+    inventory = faust_service("inventory")
+    async with inventory.agent("keep_stock") as agent:
+        await agent.deliver(ADD)
+        await agent.deliver(RESERVE)
+        inventory.log_writes("inventory_stock")
+        inventory.log_writes("inventory_holds")
+        inventory.recorder.clear()
+        await agent.deliver(replace(RESERVE, order_id="o-2", quantity=1))
+
+    assert inventory.recorder.log == [
+        ("write", SKU),
+        ("write", f"{SKU}/o-2"),
+        ("durable",),
+        ("send", "inventory.events.v1"),
+    ], "a reservation rewrites the levels and its own order's hold, never the other orders' holds"
+    assert not inventory.table("inventory_stock")[SKU].get("orders"), "the levels entry holds no per-order data"
+    assert set(inventory.table("inventory_holds")) == {f"{SKU}/o-1", f"{SKU}/o-2"}
+    assert stock(inventory).reserved == 3
