@@ -69,6 +69,41 @@ def notification_ids_key(user_id: str) -> str:
     return f"view:notification-ids:{user_id}"
 
 
+def user_key(user_id: str) -> str:
+    return f"view:user:{user_id}"
+
+
+def user_email_key(email: str) -> str:
+    return f"view:user-email:{email.strip().lower()}"
+
+
+def user_rejections_key(user_id: str) -> str:
+    return f"view:user-rejections:{user_id}"
+
+
+def user_rejection_ids_key(user_id: str) -> str:
+    return f"view:user-rejection-ids:{user_id}"
+
+
+USERNAMES_KEY = "view:users:by-username"
+"""Sorted set, all scores 0, members ``{lower-cased username}\x00{user_id}``: prefix search with ZRANGEBYLEX."""
+REGISTERED_KEY = "view:users:by-registered"
+"""Sorted set of user ids scored by ``registered_at`` (epoch ms): "registered after" search."""
+REJECTIONS_KEPT = 20
+USER_RECORDS = frozenset(
+    {
+        "UserRegistered",
+        "UserProfileUpdated",
+        "UserEmailChanged",
+        "UserDeactivated",
+        "UserReactivated",
+        "UserLoggedIn",
+        "UserOnboardingStarted",
+        "UserCommandRejected",
+    }
+)
+
+
 # --- records ------------------------------------------------------------------------------------------------
 
 STATUS_BY_RECORD: Mapping[str, str] = {
@@ -136,6 +171,14 @@ TIME_FIELDS: Mapping[str, str] = {
     "StockLineCommitted": "committed_at",
     "StockAdded": "added_at",
     "NotificationSent": "sent_at",
+    "UserRegistered": "registered_at",
+    "UserProfileUpdated": "updated_at",
+    "UserEmailChanged": "changed_at",
+    "UserDeactivated": "deactivated_at",
+    "UserReactivated": "reactivated_at",
+    "UserLoggedIn": "logged_in_at",
+    "UserOnboardingStarted": "started_at",
+    "UserCommandRejected": "rejected_at",
 }
 """Each record's event-time field; others use their first ``*_at`` field but ``deadline_at`` (future records)."""
 
@@ -430,9 +473,16 @@ class Reads:
     sku: str | None = None
     notification: tuple[str, str] | None = None
     """(user id, notification id) whose membership in the user's seen ids is read."""
+    user_id: str | None = None
+    rejection: tuple[str, str] | None = None
+    """(user id, event id) of a UserCommandRejected whose membership in the seen rejections is read."""
 
     def keys(self) -> list[str]:
         keys = []
+        if self.user_id is not None:
+            keys.append(user_key(self.user_id))
+        if self.rejection is not None:
+            keys.append(user_rejection_ids_key(self.rejection[0]))
         if self.order_id is not None:
             keys.append(order_key(self.order_id))
         if self.sku is not None:
@@ -449,6 +499,8 @@ class Snapshot:
     order: Mapping[str, Any] | None = None
     stock: Mapping[str, str] | None = None
     notification_seen: bool = False
+    user: Mapping[str, Any] | None = None
+    rejection_seen: bool = False
 
 
 def reads(event: Event) -> Reads:
@@ -456,6 +508,10 @@ def reads(event: Event) -> Reads:
     if event.record == "NotificationSent":
         user_id, notification_id, _ = notification_entry(event)
         return Reads(notification=(user_id, notification_id))
+    if event.record == "UserCommandRejected":
+        return Reads(rejection=(_required_str(event, "user_id"), event.event_id))
+    if event.record in USER_RECORDS:
+        return Reads(user_id=_required_str(event, "user_id"))
     if event.record == "StockAdded":
         return Reads(sku=_required_str(event, "sku"))
     order_id = _required_str(event, "order_id")
@@ -471,6 +527,17 @@ def project(event: Event, before: Snapshot) -> list[Op]:
         ops += _order_ops(need.order_id, before.order, event)
     if need.sku is not None:
         ops += _stock_ops(before.stock, event)
+    if need.user_id is not None:
+        ops += _user_ops(before.user, event)
+    if need.rejection is not None and not before.rejection_seen:
+        user_id, event_id = need.rejection
+        key = user_rejections_key(user_id)
+        entry = {k: v for k, v in event.value.items() if k != "user_id"} | {"event_id": event_id}
+        ops += [
+            Op("SADD", user_rejection_ids_key(user_id), (event_id,)),
+            Op("LPUSH", key, (canonical_json(entry),)),
+            Op("LTRIM", key, (0, REJECTIONS_KEPT - 1)),
+        ]
     if need.notification is not None and not before.notification_seen:
         user_id, notification_id, entry = notification_entry(event)
         key = notifications_key(user_id)
@@ -519,3 +586,83 @@ def _stock_ops(current: Mapping[str, str] | None, event: Event) -> list[Op]:
     for name, value in after.items():
         fields += [name, value]
     return [Op("HSET", stock_key(after["sku"]), tuple(fields)), Op("SADD", SKUS_KEY, (after["sku"],))]
+
+
+# --- users ---------------------------------------------------------------------------------------------------
+
+
+def apply_to_user(doc: Mapping[str, Any] | None, event: Event) -> dict[str, Any] | None:
+    """The user view after ``event``, or None when it changes nothing.
+
+    User events of one user share one partition, so they arrive in version order in every run; each carries
+    the aggregate's version after it and is applied only if that is newer than the view's (a replay or a
+    duplicate changes nothing). UserOnboardingStarted has no version: it only stamps the view once.
+    """
+    value = event.value
+    if event.record == "UserOnboardingStarted":
+        if doc is None or doc.get("onboarding_started_at") is not None:
+            return None
+        return {**doc, "onboarding_started_at": event.at}
+    version = value.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CannotProject(f"{event.record} has no version; user views are version-gated")
+    if event.record == "UserRegistered":
+        if doc is not None and int(doc["version"]) >= version:
+            return None
+        return {
+            "user_id": _required_str(event, "user_id"),
+            "username": value.get("username"),
+            "email": value.get("email"),
+            "profile": dict(value.get("profile") or {}),
+            "active": True,
+            "deactivation_reason": None,
+            "version": version,
+            "registered_at": event.at,
+            "updated_at": event.at,
+            "login_count": 0,
+            "last_login_at": None,
+            "onboarding_started_at": None,
+        }
+    if doc is None or int(doc["version"]) >= version:
+        return None  # before its registration (cannot happen on one partition) or already applied
+    after = {**doc, "version": version, "updated_at": event.at}
+    match event.record:
+        case "UserProfileUpdated":
+            after["profile"] = {**doc.get("profile", {}), **dict(value.get("changes") or {})}
+        case "UserEmailChanged":
+            after["email"] = value.get("new_email")
+        case "UserDeactivated":
+            after["active"] = False
+            after["deactivation_reason"] = value.get("reason")
+        case "UserReactivated":
+            after["active"] = True
+            after["deactivation_reason"] = None
+        case "UserLoggedIn":
+            after["login_count"] = int(doc.get("login_count") or 0) + 1
+            after["last_login_at"] = event.at
+    return after
+
+
+def username_member(username: str, user_id: str) -> str:
+    return f"{username.lower()}\x00{user_id}"
+
+
+def _user_ops(doc: Mapping[str, Any] | None, event: Event) -> list[Op]:
+    after = apply_to_user(doc, event)
+    if after is None:
+        return []
+    user_id = str(after["user_id"])
+    ops = [Op("SET", user_key(user_id), (canonical_json(after),))]
+    old_email = doc.get("email") if doc else None
+    if after.get("email") != old_email:  # a set per address: each user moves only itself, in any interleaving
+        if old_email:
+            ops.append(Op("SREM", user_email_key(str(old_email)), (user_id,)))
+        ops.append(Op("SADD", user_email_key(str(after["email"])), (user_id,)))
+    old_name = doc.get("username") if doc else None
+    if after.get("username") != old_name:
+        if old_name:
+            ops.append(Op("ZREM", USERNAMES_KEY, (username_member(str(old_name), user_id),)))
+        ops.append(Op("ZADD", USERNAMES_KEY, (0, username_member(str(after["username"]), user_id))))
+    if doc is None or doc.get("registered_at") != after["registered_at"]:
+        ops.append(Op("ZADD", REGISTERED_KEY, (int(after["registered_at"]), user_id)))
+    return ops

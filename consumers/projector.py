@@ -1,7 +1,7 @@
 """The projector: keeps the query side's Redis views from the event topics, and rebuilds them from the log.
 
-It reads ``orders.events.v1``, ``inventory.events.v1``, ``inventory.stock.v1``, ``payments.events.v1`` and
-``notifications.events.v1`` through :class:`~consumers.toolkit.EventConsumer` (group
+It reads ``orders.events.v1``, ``inventory.events.v1``, ``inventory.stock.v1``, ``payments.events.v1``,
+``notifications.events.v1`` and ``users.events.v1`` through :class:`~consumers.toolkit.EventConsumer` (group
 ``order-pipeline-projector``), decides with the pure functions of :mod:`consumers.projection` and writes each
 event's changes in **one MULTI/EXEC** under WATCH of the keys it read (:class:`ViewStore`). Offsets are stored
 only after that write (at-least-once; replays are no-ops). A message that does not decode, or an event the
@@ -40,6 +40,17 @@ key                                             type    content
                                                         PaymentRefunded at or after the failure arrives
 ``view:notifications:{user_id}``                list    JSON NotificationSent values, newest first (100 kept)
 ``view:notification-ids:{user_id}``             set     notification ids already taken (deduplication)
+``view:user:{user_id}``                         string  JSON user view: ``user_id``, ``username``, ``email``,
+                                                        ``profile`` (merged), ``active``,
+                                                        ``deactivation_reason``, ``version`` (only newer applied),
+                                                        ``registered_at``, ``updated_at``, ``login_count``,
+                                                        ``last_login_at``, ``onboarding_started_at``
+``view:user-email:{email}``                     set     user ids whose current address is ``email`` (lower-cased)
+``view:users:by-username``                      zset    ``{lower-cased username}\x00{user_id}``, score 0 (prefix)
+``view:users:by-registered``                    zset    user ids scored by ``registered_at``
+``view:user-rejections:{user_id}``              list    JSON UserCommandRejected values + ``event_id``, newest
+                                                        first (20 kept)
+``view:user-rejection-ids:{user_id}``           set     rejection event ids already taken (deduplication)
 ==============================================  ======  =========================================================
 
 Idempotency: an order event whose id (``ce_id``, else ``topic:partition:offset``) is in the order's timeline
@@ -75,13 +86,22 @@ from consumers.projection import (
     project,
     reads,
     stock_key,
+    user_key,
+    user_rejection_ids_key,
 )
 from consumers.toolkit import Consumed, EventConsumer
 from pipeline.settings import Settings
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
-from streams.topics import INVENTORY_EVENTS, INVENTORY_STOCK, NOTIFICATION_EVENTS, ORDER_EVENTS, PAYMENT_EVENTS
+from streams.topics import (
+    INVENTORY_EVENTS,
+    INVENTORY_STOCK,
+    NOTIFICATION_EVENTS,
+    ORDER_EVENTS,
+    PAYMENT_EVENTS,
+    USER_EVENTS,
+)
 from streams.topics import topic as find_topic
 
 if TYPE_CHECKING:
@@ -91,7 +111,7 @@ log = logging.getLogger(__name__)
 
 GROUP_ID = "order-pipeline-projector"
 AGENT = "projector"
-PROJECTED_TOPICS = (ORDER_EVENTS, INVENTORY_EVENTS, INVENTORY_STOCK, PAYMENT_EVENTS, NOTIFICATION_EVENTS)
+PROJECTED_TOPICS = (ORDER_EVENTS, INVENTORY_EVENTS, INVENTORY_STOCK, PAYMENT_EVENTS, NOTIFICATION_EVENTS, USER_EVENTS)
 
 Outcome = Literal["applied", "unchanged", "dead-lettered", "skipped"]
 
@@ -148,7 +168,14 @@ class ViewStore:
         if need.notification is not None:
             user_id, notification_id = need.notification
             seen = bool(pipe.sismember(notification_ids_key(user_id), notification_id))
-        return Snapshot(order=order, stock=stock, notification_seen=seen)
+        user = None
+        if need.user_id is not None:
+            raw = pipe.get(user_key(need.user_id))
+            user = json.loads(raw) if raw is not None else None
+        rejection_seen = False
+        if need.rejection is not None:
+            rejection_seen = bool(pipe.sismember(user_rejection_ids_key(need.rejection[0]), need.rejection[1]))
+        return Snapshot(order=order, stock=stock, notification_seen=seen, user=user, rejection_seen=rejection_seen)
 
     def drop_all(self) -> int:
         """Delete every ``view:*`` key; returns how many there were."""

@@ -11,14 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 from consumers.projection import (
     ATTENTION_KEY,
+    REGISTERED_KEY,
     SKUS_KEY,
     STOCK_FIELDS,
+    USERNAMES_KEY,
     VIEW_PREFIX,
     notifications_key,
     order_key,
     stock_key,
+    user_email_key,
+    user_key,
     user_order_summaries_key,
     user_orders_key,
+    user_rejections_key,
 )
 
 if TYPE_CHECKING:
@@ -119,6 +124,74 @@ def dump_views(client: redis.Redis) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
+def get_user(client: redis.Redis, user_id: str) -> dict[str, Any] | None:
+    """The user view (profile, e-mail, active flag, ``version``, login stats), or None for an unknown user."""
+    value: Any = _json(client.get(user_key(user_id)))
+    return value if isinstance(value, dict) else None
+
+
+def find_user_by_email(client: redis.Redis, email: str) -> dict[str, Any] | None:
+    """The user whose current address is ``email`` (case-insensitive), or None."""
+    for user_id in sorted(_text(u) for u in client.smembers(user_email_key(email))):
+        user = get_user(client, user_id)
+        if user is not None and str(user.get("email", "")).lower() == email.strip().lower():
+            return user
+    return None
+
+
+def search_users(
+    client: redis.Redis,
+    *,
+    username_prefix: str = "",
+    active: bool | None = None,
+    registered_after: int | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Users matching every given criterion, by username: prefix (case-insensitive), active flag, and
+    ``registered_after`` (epoch ms, exclusive)."""
+    if limit <= 0:
+        return []
+    prefix = username_prefix.lower()
+    low, high = (f"[{prefix}", f"[{prefix}\xff") if prefix else ("-", "+")
+    members = [_text(m) for m in client.zrangebylex(USERNAMES_KEY, low, high)]
+    if registered_after is not None:
+        recent = {_text(u) for u in client.zrangebyscore(REGISTERED_KEY, f"({registered_after}", "+inf")}
+        members = [m for m in members if m.split("\x00", 1)[1] in recent]
+    found: list[dict[str, Any]] = []
+    for member in members:
+        user = get_user(client, member.split("\x00", 1)[1])
+        if user is None or (active is not None and bool(user.get("active")) != active):
+            continue
+        found.append(user)
+        if len(found) >= limit:
+            break
+    return found
+
+
+def user_stats(client: redis.Redis, user_id: str) -> dict[str, Any] | None:
+    """``{user_id, login_count, last_login_at, orders_placed}`` or None for an unknown user."""
+    user = get_user(client, user_id)
+    if user is None:
+        return None
+    return _stats(user, int(client.zcard(user_orders_key(user_id))))
+
+
+def user_rejections(client: redis.Redis, user_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The user's refused commands, newest first (UserCommandRejected values with ``event_id``)."""
+    if limit <= 0:
+        return []
+    return [json.loads(v) for v in client.lrange(user_rejections_key(user_id), 0, limit - 1)]
+
+
+def _stats(user: dict[str, Any], orders_placed: int) -> dict[str, Any]:
+    return {
+        "user_id": user["user_id"],
+        "login_count": int(user.get("login_count") or 0),
+        "last_login_at": user.get("last_login_at"),
+        "orders_placed": orders_placed,
+    }
+
+
 # --- async --------------------------------------------------------------------------------------------------
 
 
@@ -148,3 +221,21 @@ async def notifications_async(client: aioredis.Redis, user_id: str, limit: int =
     if limit <= 0:
         return []
     return [json.loads(v) for v in await client.lrange(notifications_key(user_id), 0, limit - 1)]
+
+
+async def get_user_async(client: aioredis.Redis, user_id: str) -> dict[str, Any] | None:
+    value: Any = _json(await client.get(user_key(user_id)))
+    return value if isinstance(value, dict) else None
+
+
+async def user_stats_async(client: aioredis.Redis, user_id: str) -> dict[str, Any] | None:
+    user = await get_user_async(client, user_id)
+    if user is None:
+        return None
+    return _stats(user, int(await client.zcard(user_orders_key(user_id))))
+
+
+async def user_rejections_async(client: aioredis.Redis, user_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    if limit <= 0:
+        return []
+    return [json.loads(v) for v in await client.lrange(user_rejections_key(user_id), 0, limit - 1)]

@@ -1,0 +1,123 @@
+"""The users part of the query side: user views folded from the user events, version-gated and idempotent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consumers.projection import (
+    USERNAMES_KEY,
+    Event,
+    Op,
+    Reads,
+    Snapshot,
+    apply_to_user,
+    project,
+    reads,
+    user_email_key,
+    user_key,
+    user_rejection_ids_key,
+    username_member,
+)
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_700_000_000_000
+
+
+def ev(record: str, version: int | None, at: int = T0, event_id: str | None = None, **value: Any) -> Event:
+    data = {"user_id": "u-1", **value}
+    if version is not None:
+        data["version"] = version
+    return Event(record=record, value=data, event_id=event_id or f"{record}-{version}", at=at, service="users")
+
+
+REGISTERED = ev("UserRegistered", 1, username="Ada", email="ada@example.com", profile={"lang": "en"})
+
+
+def fold(*events: Event) -> dict[str, Any] | None:
+    doc: dict[str, Any] | None = None
+    for event in events:
+        doc = apply_to_user(doc, event) or doc
+    return doc
+
+
+def test_registration_creates_the_view() -> None:
+    doc = fold(REGISTERED)
+    assert doc is not None
+    assert (doc["username"], doc["email"], doc["active"], doc["version"]) == ("Ada", "ada@example.com", True, 1)
+    assert doc["profile"] == {"lang": "en"} and doc["login_count"] == 0 and doc["registered_at"] == T0
+
+
+def test_profile_changes_are_merged_not_replaced() -> None:
+    doc = fold(REGISTERED, ev("UserProfileUpdated", 2, changes={"city": "Oslo"}))
+    assert doc is not None and doc["profile"] == {"lang": "en", "city": "Oslo"} and doc["version"] == 2
+
+
+def test_deactivation_reactivation_and_logins() -> None:
+    doc = fold(
+        REGISTERED,
+        ev("UserLoggedIn", 2, at=T0 + 5, logged_in_at=T0 + 5),
+        ev("UserDeactivated", 3, reason="fraud"),
+        ev("UserLoggedIn", 4, at=T0 + 9, logged_in_at=T0 + 9),
+    )
+    assert doc is not None and (doc["active"], doc["deactivation_reason"]) == (False, "fraud")
+    assert (doc["login_count"], doc["last_login_at"]) == (2, T0 + 9)
+    doc = fold(REGISTERED, ev("UserDeactivated", 2, reason="x"), ev("UserReactivated", 3))
+    assert doc is not None and doc["active"] is True and doc["deactivation_reason"] is None
+
+
+def test_a_repeated_or_older_event_changes_nothing() -> None:
+    doc = fold(REGISTERED, ev("UserProfileUpdated", 2, changes={"city": "Oslo"}))
+    assert apply_to_user(doc, ev("UserProfileUpdated", 2, changes={"city": "Rome"})) is None
+    assert apply_to_user(doc, REGISTERED) is None
+    assert apply_to_user(None, ev("UserProfileUpdated", 2, changes={})) is None, "nothing before registration"
+
+
+def test_onboarding_is_stamped_once() -> None:
+    doc = fold(REGISTERED, ev("UserOnboardingStarted", None, at=T0 + 1))
+    assert doc is not None and doc["onboarding_started_at"] == T0 + 1
+    assert apply_to_user(doc, ev("UserOnboardingStarted", None, at=T0 + 2)) is None
+
+
+def test_an_email_change_moves_only_this_user_between_address_sets() -> None:
+    before = fold(REGISTERED)
+    ops = project(
+        ev("UserEmailChanged", 2, old_email="ada@example.com", new_email="ADA@new.org"), Snapshot(user=before)
+    )
+    assert Op("SREM", user_email_key("ada@example.com"), ("u-1",)) in ops
+    assert Op("SADD", user_email_key("ada@new.org"), ("u-1",)) in ops
+    assert not any(op.command == "DEL" for op in ops), "another user may own the old address by now"
+
+
+def test_registration_indexes_username_and_time() -> None:
+    ops = project(REGISTERED, Snapshot())
+    assert ops[0].command == "SET" and ops[0].key == user_key("u-1")
+    assert Op("ZADD", USERNAMES_KEY, (0, username_member("Ada", "u-1"))) in ops
+
+
+def test_rejections_are_listed_once() -> None:
+    rejected = ev("UserCommandRejected", None, event_id="r-1", command="ChangeEmail", reason="concurrency conflict")
+    assert reads(rejected) == Reads(rejection=("u-1", "r-1"))
+    ops = project(rejected, Snapshot())
+    assert [op.command for op in ops] == ["SADD", "LPUSH", "LTRIM"] and ops[0].key == user_rejection_ids_key("u-1")
+    assert project(rejected, Snapshot(rejection_seen=True)) == []
+
+
+HISTORY = [
+    REGISTERED,
+    ev("UserProfileUpdated", 2, changes={"city": "Oslo"}),
+    ev("UserLoggedIn", 3, at=T0 + 3, logged_in_at=T0 + 3),
+    ev("UserEmailChanged", 4, old_email="ada@example.com", new_email="a@b.c"),
+    ev("UserDeactivated", 5, reason="asked"),
+]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(HISTORY) - 1), max_size=12))
+def test_replays_and_duplicates_of_a_prefix_converge_to_the_full_history(replayed: list[int]) -> None:
+    """At-least-once delivery re-sends earlier events; in partition order after them, they change nothing."""
+    events = [*HISTORY, *(HISTORY[i] for i in replayed)]
+    assert fold(*events) == fold(*HISTORY)
