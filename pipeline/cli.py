@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from pipeline.settings import LIBRDKAFKA_LOGGER, Settings, get_settings
+from streams.topics import SERVICES as WORKER_SERVICES
 
 
 class CliError(click.ClickException):
@@ -247,11 +248,9 @@ def tail(
 
 # --- workers ------------------------------------------------------------------------------------------------
 
-SERVICES = ("orders", "inventory", "payments", "notifications")
-
 
 @main.command()
-@click.argument("service", type=click.Choice(SERVICES))
+@click.argument("service", type=click.Choice(WORKER_SERVICES))
 def worker(service: str) -> None:
     """Run the Faust worker of SERVICE (its agents, tables and timers) until interrupted."""
     import faust
@@ -487,6 +486,33 @@ def stock_view(sku: str) -> None:
     )
 
 
+@main.command("user")
+@click.argument("user_id")
+@click.option("--json", "as_json", is_flag=True, help="print the view as JSON")
+def user_view(user_id: str, as_json: bool) -> None:
+    """Print USER_ID's view (profile, e-mail, version, stats) and refused commands from Redis."""
+    from consumers.views import get_user, user_rejections, user_stats
+
+    settings = get_settings()
+    client = _query_redis(settings)
+    view = get_user(client, user_id)
+    if view is None:
+        raise CliError(f"no user {user_id!r} in the views at {settings.redis_url} (is `pipeline project` running?)")
+    stats, refused = user_stats(client, user_id), user_rejections(client, user_id)
+    if as_json:
+        click.echo(json.dumps({"user": view, "stats": stats, "rejections": refused}, indent=2, sort_keys=True))
+        return
+    state = "active" if view.get("active") else f"inactive ({view.get('deactivation_reason') or '-'})"
+    click.echo(f"user {view['user_id']}  {view.get('username')}  <{view.get('email')}>  {state}  v{view['version']}")
+    click.echo(f"  registered  {_ms_iso(view.get('registered_at'))}   updated {_ms_iso(view.get('updated_at'))}")
+    click.echo(f"  logins      {stats['login_count'] if stats else 0}   last {_ms_iso(view.get('last_login_at'))}")
+    click.echo(f"  orders      {stats['orders_placed'] if stats else 0}")
+    for name, value in sorted((view.get("profile") or {}).items()):
+        click.echo(f"  profile     {name} = {value}")
+    for entry in refused:
+        click.echo(f"  refused     {entry['command']}: {entry['reason']}  ({_ms_iso(entry.get('rejected_at'))})")
+
+
 @main.command("wait-workers")
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="seconds to wait at most")
 def wait_workers(timeout: float) -> None:
@@ -508,6 +534,49 @@ def wait_workers(timeout: float) -> None:
             return
         time.sleep(0.5)
     raise CliError("not ready: " + "; ".join(pending))
+
+
+# --- HTTP gateway -------------------------------------------------------------------------------------------
+
+
+@main.command("gateway")
+@click.option("--host", default=None, help="address to listen on (default: PIPELINE_GATEWAY_HOST)")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="port (default: PIPELINE_GATEWAY_PORT)")
+def gateway_command(host: str | None, port: int | None) -> None:
+    """Run the HTTP API gateway until interrupted (SIGINT / SIGTERM finish in-flight requests first)."""
+    from gateway.app import run
+    from gateway.auth import AuthConfigError
+
+    settings = get_settings()
+    if settings.service_name == "cli":  # ce_source of the commands it publishes: /order-pipeline/gateway
+        settings = settings.model_copy(update={"service_name": "gateway"})
+    try:
+        run(settings, host=host, port=port)
+    except AuthConfigError as exc:
+        raise CliError(str(exc)) from exc
+
+
+@main.command("token")
+@click.option("--subject", "-s", required=True, help="the user id the token speaks for (its sub claim)")
+@click.option("--ttl", type=click.IntRange(min=1), default=3600, show_default=True, help="seconds until it expires")
+def token_command(subject: str, ttl: int) -> None:
+    """Print a development HS256 bearer token for the gateway (signed with PIPELINE_JWT_SECRET)."""
+    from gateway.auth import issue_token
+
+    settings = get_settings()
+    if settings.jwt_algorithm != "HS256":
+        raise CliError(f"the gateway expects {settings.jwt_algorithm} tokens; this command signs HS256 dev tokens only")
+    if not subject.strip():
+        raise CliError("--subject must not be empty")
+    click.echo(
+        issue_token(
+            subject,
+            settings.jwt_secret.get_secret_value(),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            ttl_s=ttl,
+        )
+    )
 
 
 if __name__ == "__main__":

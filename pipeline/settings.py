@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "order-pipeline-dev-only-jwt-secret-do-not-use-in-production"
+"""The default HS256 secret: for a laptop and the tests only. Anyone who reads this file can mint tokens."""
 
 
 class Settings(BaseSettings):
@@ -37,6 +41,7 @@ class Settings(BaseSettings):
     max_refund_attempts: int = Field(default=5, ge=1, description="refund tries before a saga needs attention")
     refund_backoff_base_s: float = Field(default=0.05, gt=0, description="first refund retry delay")
     refund_backoff_cap_s: float = Field(default=1.0, gt=0, description="longest refund retry delay")
+    user_snapshot_every: int = Field(default=5, ge=1, description="a user snapshot every N events of a user")
 
     # the simulated payment provider (an external system: its ledger lives in Redis under provider:*)
     payment_latency_ms: float = Field(default=5.0, ge=0, description="latency of each provider call")
@@ -44,6 +49,29 @@ class Settings(BaseSettings):
     refund_failure_rate: float = Field(default=0.0, ge=0, le=1, description="share of refund calls that fail")
     payment_seed: int = Field(default=7, description="seed that makes provider outcomes deterministic")
     payment_slow_s: float = Field(default=5.0, ge=0, description="latency of a charge with the tok_slow token")
+
+    # the HTTP API gateway (gateway/)
+    gateway_host: str = Field(default="127.0.0.1", description="address the gateway listens on")
+    gateway_port: int = Field(default=8080, ge=0, le=65535, description="port the gateway listens on")
+    jwt_secret: SecretStr = Field(
+        default=SecretStr(DEV_JWT_SECRET),
+        description="HS256 signing secret; the default is for development only (set your own, 32+ bytes)",
+    )
+    jwt_algorithm: Literal["HS256", "RS256"] = Field(
+        default="HS256", description="the one JWT algorithm the gateway accepts (never taken from the token)"
+    )
+    jwt_public_key: str | None = Field(default=None, description="PEM public key that verifies RS256 tokens")
+    jwt_issuer: str = Field(default="order-pipeline", description="required iss claim of bearer tokens")
+    jwt_audience: str | None = Field(default=None, description="required aud claim of bearer tokens, if set")
+    rate_limit_requests: int = Field(default=100, ge=1, description="requests per client per rate-limit window")
+    rate_limit_window_s: float = Field(default=900.0, gt=0, description="the rate-limit window (sliding)")
+    max_body_bytes: int = Field(default=64 * 1024, ge=1, description="largest request body the gateway reads")
+    read_wait_max_s: float = Field(
+        default=5.0, ge=0, description="longest a read waits for ?min_version / ?wait_for (read-your-writes)"
+    )
+    gateway_publish_timeout_s: float = Field(
+        default=5.0, gt=0, description="how long a command waits for the broker's ack before the gateway answers 503"
+    )
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ from rich.table import Table
 from consumers import views
 from producers.toolkit import EventPublisher
 from streams.payment_provider import LEDGER
-from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_EVENTS
+from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
 
 TERMINAL = {"CONFIRMED", "CANCELLED", "REJECTED", "COMPENSATION_FAILED"}
 
@@ -70,19 +70,12 @@ def run_demo(publisher: EventPublisher, store: redis.Redis, plan: DemoPlan, cons
     customers = [f"demo-{run}-u{i}" for i in range(plan.customers)]
     skus = [f"demo-{run}-sku{i}" for i in range(plan.skus)]
 
-    for user_id in customers:
+    for user_id in customers:  # through the user service: its aggregate, e-mail claim and reactions
         publisher.publish(
-            USER_EVENTS,
-            "UserRegistered",
+            USER_COMMANDS,
+            "RegisterUser",
             user_id,
-            {
-                "user_id": user_id,
-                "version": 1,
-                "username": user_id,
-                "email": f"{user_id}@example.com",
-                "profile": {},
-                "registered_at": _now_ms(),
-            },
+            {"user_id": user_id, "username": user_id, "email": f"{user_id}@example.com", "profile": {}},
         )
     for sku in skus:
         publisher.publish(
@@ -91,6 +84,9 @@ def run_demo(publisher: EventPublisher, store: redis.Redis, plan: DemoPlan, cons
         result.initial_stock[sku] = plan.stock_per_sku
     publisher.flush()
     _wait(console, "stock views", lambda: all(views.stock(store, s) for s in skus), plan.settle_timeout_s)
+    _wait(
+        console, "registered customers", lambda: all(views.get_user(store, u) for u in customers), plan.settle_timeout_s
+    )
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:

@@ -11,6 +11,9 @@ inventory      keep_stock           inventory.commands.v1                       
                                                                                     + inventory_holds
 payments       settle_payments      orders.events.v1, inventory.events.v1           payments_payments
 notifications  notify_customers     orders.events.v1                                notifications_notices
+users          handle_user_commands users.commands.v1 (commands and claim answers)  users_users (user)
+users          own_emails           users.emails.v1                                 users_emails (e-mail)
+users          react_to_user_events users.events.v1                                 users_reactions (user)
 =============  ===================  ==============================================  =======================
 
 Every source topic has the same partition count and every key is the id the table is keyed by, so Faust's
@@ -32,9 +35,28 @@ from pipeline.settings import Settings
 from schemas.codec import AvroCodec
 from streams.app import ServiceApp, new_table, register_step
 from streams.domain import orders, payments
-from streams.domain.core import ChargeOutcome, ChargePayment, Decision, RefundOutcome, SagaConfig, StepContext
+from streams.domain.core import (
+    ChargeOutcome,
+    ChargePayment,
+    Decision,
+    RefundOutcome,
+    SagaConfig,
+    StepContext,
+    UsersConfig,
+)
 from streams.domain.messages import Message, OrderDeadlineReached, from_record, to_record
-from streams.domain.saga import ADMISSION, NOTIFICATIONS, ORDER_SAGA, PAYMENTS, RESERVATIONS, STOCK, Service
+from streams.domain.saga import (
+    ADMISSION,
+    EMAILS,
+    NOTIFICATIONS,
+    ORDER_SAGA,
+    PAYMENTS,
+    RESERVATIONS,
+    STOCK,
+    USER_REACTIONS,
+    USERS,
+    Service,
+)
 from streams.payment_provider import ProviderBehaviour, SimulatedPaymentProvider
 from streams.runtime import Incoming, Step
 from streams.stores import StockStore
@@ -45,6 +67,8 @@ from streams.topics import (
     ORDER_DEADLINES,
     ORDER_EVENTS,
     PAYMENT_EVENTS,
+    USER_COMMANDS,
+    USER_EMAILS,
     USER_EVENTS,
     TopicSpec,
     table,
@@ -70,9 +94,12 @@ def _step(
     *,
     run_effects: Callable[..., Any] | None = None,
     after_write: Callable[[str, Any], None] | None = None,
+    users: UsersConfig | None = None,
 ) -> Step:
+    users_config = users or UsersConfig()
+
     def context(incoming: Incoming) -> StepContext:
-        return StepContext(now=datetime.now(UTC), config=config, message_id=incoming.event_id)
+        return StepContext(now=datetime.now(UTC), config=config, message_id=incoming.event_id, users=users_config)
 
     return Step(
         agent=agent,
@@ -101,6 +128,7 @@ def wire(built: ServiceApp, settings: Settings, codec: AvroCodec) -> None:
         "inventory": _wire_inventory,
         "payments": _wire_payments,
         "notifications": _wire_notifications,
+        "users": _wire_users,
     }
     wiring[built.name](built, settings, codec, config)
 
@@ -203,3 +231,11 @@ def _wire_payments(built: ServiceApp, settings: Settings, codec: AvroCodec, conf
 
 def _wire_notifications(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:
     _add(built, codec, _step("notify_customers", NOTIFICATIONS, config), (ORDER_EVENTS,), "notifications_notices")
+
+
+def _wire_users(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:
+    users = UsersConfig(snapshot_every=settings.user_snapshot_every)
+    _add(built, codec, _step("handle_user_commands", USERS, config, users=users), (USER_COMMANDS,), "users_users")
+    _add(built, codec, _step("own_emails", EMAILS, config, users=users), (USER_EMAILS,), "users_emails")
+    reactions = _step("react_to_user_events", USER_REACTIONS, config, users=users)
+    _add(built, codec, reactions, (USER_EVENTS,), "users_reactions")

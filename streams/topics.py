@@ -120,9 +120,19 @@ USER_COMMANDS = TopicSpec(
         "DeactivateUser",
         "ReactivateUser",
         "RecordLogin",
+        "EmailClaimed",
+        "EmailClaimRefused",
     ),
-    description="Commands to the user aggregate, keyed by user id.",
+    description="The user aggregate's inbox, keyed by user id: its commands and the answers to its e-mail claims. "
+    "One topic, so a replay after a crash re-sends a user's events before anything newer is decided.",
     key_field="user_id",
+)
+USER_EMAILS = TopicSpec(
+    "users.emails.v1",
+    records=("ClaimEmail", "ReleaseEmail"),
+    description="Claims and releases of e-mail addresses, keyed by the normalised (lower-cased) address: the one "
+    "place that decides who owns an address, so no two users ever hold the same one.",
+    key_field="email",
 )
 USER_EVENTS = TopicSpec(
     "users.events.v1",
@@ -160,6 +170,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     PAYMENT_EVENTS,
     NOTIFICATION_EVENTS,
     USER_COMMANDS,
+    USER_EMAILS,
     USER_EVENTS,
     USER_SNAPSHOTS,
 )
@@ -240,9 +251,12 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("inventory", "inventory_holds", "what each SKU holds or held for each order (SKU/order id)"),
     TableSpec("payments", "payments_payments", "each order's charge and refunds (order id)"),
     TableSpec("notifications", "notifications_notices", "which notices each order has had (order id)"),
+    TableSpec("users", "users_users", "each user's newest snapshot, events since, claim in flight (user id)"),
+    TableSpec("users", "users_emails", "who owns each e-mail address (lower-cased address)"),
+    TableSpec("users", "users_reactions", "the last user event each user's reactions answered (user id)"),
 )
 
-SERVICES: tuple[str, ...] = ("orders", "inventory", "payments", "notifications")
+SERVICES: tuple[str, ...] = ("orders", "inventory", "payments", "notifications", "users")
 
 
 def table(service: str, name: str) -> TableSpec:

@@ -26,6 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = str(ROOT / ".venv" / "bin" / "pipeline")
 
 
+def run_cli(
+    env: dict[str, str], *args: str, input: str | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``pipeline ARGS`` as a person runs it, with ``env`` (which points it at the test stack)."""
+    return subprocess.run(
+        [PIPELINE, *args], env=env, capture_output=True, text=True, timeout=timeout, input=input, check=False
+    )
+
+
 @dataclass
 class Process:
     name: str

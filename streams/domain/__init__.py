@@ -3,7 +3,9 @@
 Six services react to each other's events (no orchestrator), each with its own state keyed by the Kafka key
 of what it consumes: admission (user id), the order saga (order id), inventory per order and per SKU,
 payments and notifications (order id). Every step is ``decide(state, message, ctx) -> Decision`` in its
-module; :mod:`streams.domain.saga` lists them with the records they handle.
+module; :mod:`streams.domain.saga` lists them with the records they handle. The user service's steps
+(:mod:`~streams.domain.users`, event-sourced, :mod:`~streams.domain.emails`, :mod:`~streams.domain.user_reactions`)
+follow the same rules and are listed apart, in ``saga.USER_SERVICES``.
 
 Rules every step keeps:
 

@@ -1,4 +1,4 @@
-"""What every saga step takes and returns: the context of a step, its decision, and the payment effects.
+"""What every step takes and returns: the context of a step, its decision, and the payment effects.
 
 A step is ``decide(state, message, ctx) -> Decision``: pure, deterministic given its arguments, and the only
 clock it reads is ``ctx.now``. Effects are requests for I/O the edge performs (a charge, a refund); their
@@ -46,6 +46,31 @@ class SagaConfig:
 
 
 @dataclass(frozen=True)
+class UsersConfig:
+    """Tunables of the user service (event sourcing and e-mail claims)."""
+
+    snapshot_every: int = 5
+    """A UserSnapshot is taken whenever the aggregate's version reaches a multiple of this; at least 1."""
+    remembered_inputs: int = 50
+    """How many recently handled input ids (``StepContext.message_id``) each user remembers to spot a
+    redelivery; at least 1."""
+    remembered_claims: int = 50
+    """How many recent claim answers each e-mail address remembers to answer a repeated claim alike."""
+    default_preferences: tuple[tuple[str, str], ...] = (
+        ("pref.language", "en"),
+        ("pref.newsletter", "false"),
+        ("pref.notifications", "email"),
+    )
+    """Profile attributes a new user gets unless they registered with them (see ``users.react``)."""
+
+    def __post_init__(self) -> None:
+        if self.snapshot_every < 1:
+            raise ValueError("snapshot_every must be at least 1")
+        if self.remembered_inputs < 1 or self.remembered_claims < 1:
+            raise ValueError("remembered_inputs and remembered_claims must be at least 1")
+
+
+@dataclass(frozen=True)
 class StepContext:
     """What a step may know besides its state and message: the time, the config, the input's id.
 
@@ -56,8 +81,10 @@ class StepContext:
     now: datetime
     config: SagaConfig = field(default_factory=SagaConfig)
     message_id: str = ""
-    """The input's event id (``ce_id``), or "" if unknown; only AddStock, which has no id of its own, uses it
-    to recognise a redelivery."""
+    """The input's event id (``ce_id``), or "" if unknown; AddStock, which has no id of its own, and the user
+    service use it to recognise a redelivery."""
+    users: UsersConfig = field(default_factory=UsersConfig)
+    """The user service's tunables; other steps ignore them."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "now", utc_millis(self.now))

@@ -1,4 +1,4 @@
-"""The saga's messages: one frozen dataclass per Avro record, named and shaped exactly like it.
+"""Every message of the saga and the user service: one frozen dataclass per Avro record, shaped exactly like it.
 
 Class name == Avro short name, field name == Avro field name; times are aware UTC datetimes, nested records
 frozen dataclasses, arrays tuples, maps dicts, optional fields ``X | None``. Fields a later schema version
@@ -36,14 +36,14 @@ def utc_millis(when: datetime) -> datetime:
 
 @dataclass(frozen=True, kw_only=True)
 class Message:
-    """An Avro record the saga reads or writes. ``KEY_FIELD`` names the field holding its Kafka key."""
+    """An Avro record a step reads or writes. ``KEY_FIELD`` names the field holding its Kafka key."""
 
     KEY_FIELD: ClassVar[str] = "order_id"
     TIME_FIELD: ClassVar[str] = ""
 
     @property
     def key(self) -> str:
-        """The message key on its topic (order id, SKU or user id)."""
+        """The message key on its topic (order id, SKU, user id or e-mail address)."""
         return str(getattr(self, self.KEY_FIELD))
 
     @property
@@ -453,6 +453,196 @@ class UserReactivated(Message):
     reactivated_at: datetime
 
 
+@dataclass(frozen=True, kw_only=True)
+class UserProfileUpdated(Message):
+    """Event: profile attributes of a user were set (merged into the profile; others stay)."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    TIME_FIELD: ClassVar[str] = "updated_at"
+    user_id: str
+    version: int
+    changes: dict[str, str]
+    updated_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserEmailChanged(Message):
+    """Event: a user's e-mail address changed (the new one was claimed first)."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    TIME_FIELD: ClassVar[str] = "changed_at"
+    user_id: str
+    version: int
+    old_email: str
+    new_email: str
+    changed_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserLoggedIn(Message):
+    """Event: a user logged in."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    TIME_FIELD: ClassVar[str] = "logged_in_at"
+    user_id: str
+    version: int
+    logged_in_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserOnboardingStarted(Message):
+    """Event: the welcome flow of a newly registered user started (a reaction; not part of the aggregate)."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    TIME_FIELD: ClassVar[str] = "started_at"
+    user_id: str
+    started_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserCommandRejected(Message):
+    """Event: a user command was refused; the aggregate is unchanged."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    TIME_FIELD: ClassVar[str] = "rejected_at"
+    user_id: str
+    command: str
+    reason: str
+    expected_version: int | None = None
+    actual_version: int | None = None
+    rejected_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserSnapshot(Message):
+    """The user aggregate at ``version``; loading resumes with the events after it. v2 added the last four
+    fields, so a v1 snapshot loads with them defaulted."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    TIME_FIELD: ClassVar[str] = "taken_at"
+    user_id: str
+    version: int
+    username: str
+    email: str
+    profile: dict[str, str] = field(default_factory=dict)
+    active: bool
+    taken_at: datetime
+    registered_at: datetime | None = None
+    deactivation_reason: str | None = None
+    login_count: int = 0
+    last_login_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegisterUser(Message):
+    """Command: create a user; its address is claimed first (ClaimEmail), so it may still be refused."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    user_id: str
+    username: str
+    email: str
+    profile: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateUserProfile(Message):
+    """Command: set profile attributes; ``expected_version`` None means no concurrency check."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    user_id: str
+    expected_version: int | None = None
+    changes: dict[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangeEmail(Message):
+    """Command: change a user's address; the new one is claimed first."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    user_id: str
+    expected_version: int | None = None
+    new_email: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeactivateUser(Message):
+    """Command: deactivate a user."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    user_id: str
+    expected_version: int | None = None
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReactivateUser(Message):
+    """Command: reactivate a deactivated user."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    user_id: str
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordLogin(Message):
+    """Command: record that a user logged in."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    TIME_FIELD: ClassVar[str] = "logged_in_at"
+    user_id: str
+    logged_in_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimEmail(Message):
+    """Command: a user asks to own an address; keyed by the normalised address."""
+
+    KEY_FIELD: ClassVar[str] = "email"
+    TIME_FIELD: ClassVar[str] = "requested_at"
+    email: str
+    user_id: str
+    request_id: str
+    requested_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseEmail(Message):
+    """Command: a user gives up an address it owns under claim ``request_id``; keyed by the address."""
+
+    KEY_FIELD: ClassVar[str] = "email"
+    TIME_FIELD: ClassVar[str] = "requested_at"
+    email: str
+    user_id: str
+    request_id: str
+    reason: str
+    requested_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmailClaimed(Message):
+    """Answer: the address is the user's; keyed by user id."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    TIME_FIELD: ClassVar[str] = "claimed_at"
+    user_id: str
+    email: str
+    request_id: str
+    claimed_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmailClaimRefused(Message):
+    """Answer: another user owns the address; keyed by the asking user's id."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    TIME_FIELD: ClassVar[str] = "refused_at"
+    user_id: str
+    email: str
+    request_id: str
+    reason: str
+    refused_at: datetime
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.__name__: cls
     for cls in (
@@ -484,9 +674,25 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         UserRegistered,
         UserDeactivated,
         UserReactivated,
+        UserProfileUpdated,
+        UserEmailChanged,
+        UserLoggedIn,
+        UserOnboardingStarted,
+        UserCommandRejected,
+        UserSnapshot,
+        RegisterUser,
+        UpdateUserProfile,
+        ChangeEmail,
+        DeactivateUser,
+        ReactivateUser,
+        RecordLogin,
+        ClaimEmail,
+        ReleaseEmail,
+        EmailClaimed,
+        EmailClaimRefused,
     )
 }
-"""Avro short name → message class, for every record the saga reads or writes."""
+"""Avro short name → message class, for every record a step reads or writes."""
 
 
 class UnknownMessage(KeyError):

@@ -1,6 +1,6 @@
-"""The choreography as data: every service of the order saga, what it consumes, how its state is keyed.
+"""The choreography as data: every service, what it consumes, how its state is keyed.
 
-The edge (one Faust agent per service) and the in-memory simulation in the tests read this list, so both
+The edge (one Faust agent per service) and the in-memory simulation in the tests read these lists, so both
 wire the same thing. Each service keys its state by the Kafka key of what it consumes (``message.key``) and
 reacts to the records in ``handles``; anything else goes past it unchanged.
 """
@@ -11,7 +11,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from streams.domain import admission, notifications, orders, payments, reservations, stock
+from streams.domain import (
+    admission,
+    emails,
+    notifications,
+    orders,
+    payments,
+    reservations,
+    stock,
+    user_reactions,
+    users,
+)
 from streams.domain.core import Decision, StepContext
 from streams.domain.messages import JsonState, Message
 
@@ -62,3 +72,21 @@ NOTIFICATIONS = Service(
 )
 
 SERVICES: tuple[Service[Any], ...] = (ADMISSION, ORDER_SAGA, RESERVATIONS, STOCK, PAYMENTS, NOTIFICATIONS)
+
+USERS = Service("users", "users_users", "user id", users.UserHistory, users.HANDLES, users.decide)
+"""The event-sourced user aggregate: users.commands.v1 in (commands and claim answers); users.events.v1,
+users.snapshots.v1 and users.emails.v1 out."""
+EMAILS = Service("user-emails", "users_emails", "e-mail", emails.EmailOwner, emails.HANDLES, emails.decide)
+"""E-mail ownership: users.emails.v1 in, answers to users.commands.v1 out."""
+USER_REACTIONS = Service(
+    "user-reactions",
+    "users_reactions",
+    "user id",
+    user_reactions.ReactionState,
+    user_reactions.HANDLES,
+    user_reactions.decide,
+)
+"""Onboarding and notices: users.events.v1 in; users.events.v1, notifications.events.v1, users.commands.v1 out."""
+
+USER_SERVICES: tuple[Service[Any], ...] = (USERS, EMAILS, USER_REACTIONS)
+"""The user service's steps; apart from SERVICES, which is the order saga (and drives its simulation)."""

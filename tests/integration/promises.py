@@ -24,7 +24,8 @@ from pipeline.settings import Settings
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
 from streams.payment_provider import LEDGER
-from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_EVENTS, table
+from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, table
+from tests.seeding import register_users
 from tests.stack import wait_until
 
 TERMINAL = {"CONFIRMED", "CANCELLED", "REJECTED"}
@@ -52,15 +53,11 @@ class OrderLoad:
     def sku_ids(self) -> list[str]:
         return [f"load-{self.run}-sku{i}" for i in range(self.skus)]
 
-    def publish(self) -> None:
+    def publish(self, store: redis.Redis, alive: Callable[[], None]) -> None:
         """Register the customers, stock every SKU, then place every order (1–2 SKUs, 1–3 units each)."""
         rng = random.Random(self.seed)
-        now = int(time.time() * 1000)
         with EventPublisher.from_settings(self.settings, SchemaCatalog.load()) as publisher:
-            for user_id in self.customer_ids:
-                publisher.publish(USER_EVENTS, "UserRegistered", user_id,
-                                  {"user_id": user_id, "version": 1, "username": user_id,
-                                   "email": f"{user_id}@example.com", "profile": {}, "registered_at": now})  # fmt: skip
+            register_users(publisher, store, self.customer_ids, alive=alive)
             for sku in self.sku_ids:
                 publisher.publish(
                     INVENTORY_COMMANDS, "AddStock", sku, {"sku": sku, "quantity": self.stock_per_sku, "reason": "load"}

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,15 +21,10 @@ from pipeline.settings import Settings
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from streams.topics import ORDER_EVENTS, USER_SNAPSHOTS
+from tests.stack import kafka_node
+from tests.workers import run_cli
 
-PIPELINE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "pipeline")
 KCAT = shutil.which("kcat") or "kcat"
-
-
-def run_cli(env: dict[str, str], *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PIPELINE, *args], env=env, capture_output=True, text=True, timeout=120, input=input, check=False
-    )
 
 
 def now_ms() -> int:
@@ -73,9 +68,18 @@ def tail_lines(env: dict[str, str], topic: str, *extra: str) -> list[dict[str, A
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def test_topics_apply_creates_everything_then_changes_nothing(settings: Settings, topics_applied: list[str]) -> None:
+@pytest.fixture(scope="module")
+def empty_broker(settings: Settings) -> Iterator[Settings]:
+    """A broker of its own, with no topic yet: the shared one has its topics from whichever module ran first."""
+    with kafka_node() as node:
+        yield settings.model_copy(update={"kafka_bootstrap": node.bootstrap})
+
+
+def test_topics_apply_creates_everything_then_changes_nothing(empty_broker: Settings) -> None:
+    settings = empty_broker
     declared = {t.name for t in all_topics()}
-    assert all(line.startswith("created") for line in topics_applied), topics_applied
+    first = [str(c) for c in apply_topics(admin_client(settings), settings)]
+    assert all(line.startswith("created") for line in first), first
     admin: AdminClient = admin_client(settings)
     meta = admin.list_topics(timeout=10).topics
     assert declared <= set(meta)

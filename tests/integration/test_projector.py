@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,8 +34,7 @@ from streams.topics import (
     TopicSpec,
 )
 from tests.stack import wait_until
-
-PIPELINE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "pipeline")
+from tests.workers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +47,6 @@ def client(settings: Settings) -> Iterator[redis.Redis[Any]]:
     c = redis.Redis.from_url(settings.redis_url)
     yield c
     c.close()
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PIPELINE, *args], env=env, capture_output=True, text=True, timeout=180, check=False)
 
 
 def dump(client: redis.Redis[Any]) -> dict[str, Any]:

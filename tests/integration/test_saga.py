@@ -21,7 +21,8 @@ from pipeline.settings import Settings
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
 from streams.payment_provider import LEDGER
-from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_EVENTS
+from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
+from tests.seeding import register_users
 from tests.stack import wait_until
 from tests.workers import Pipeline, running_pipeline
 
@@ -64,15 +65,6 @@ def uid(prefix: str) -> str:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def register(publisher: EventPublisher, user_id: str) -> None:
-    publisher.publish(
-        USER_EVENTS, "UserRegistered", user_id,
-        {"user_id": user_id, "version": 1, "username": user_id, "email": f"{user_id}@example.com",
-         "profile": {}, "registered_at": now_ms()},
-    )  # fmt: skip
-    publisher.flush()
 
 
 def add_stock(publisher: EventPublisher, sku: str, quantity: int) -> None:
@@ -124,7 +116,7 @@ def ledger_entry(store: redis.Redis, order_id: str) -> dict[str, Any] | None:
 @pytest.fixture
 def customer(publisher: EventPublisher, pipeline: Pipeline, store: redis.Redis) -> str:
     user_id = uid("u")
-    register(publisher, user_id)
+    register_users(publisher, store, [user_id], alive=pipeline.assert_alive)
     return user_id
 
 
@@ -261,9 +253,9 @@ def test_orders_of_unknown_or_inactive_users_are_rejected(
     view = wait_for_order(pipeline, store, stranger)
     assert view["status"] == "REJECTED"
 
-    publisher.publish(USER_EVENTS, "UserDeactivated", customer,
-                      {"user_id": customer, "version": 2, "reason": "test", "deactivated_at": now_ms()})  # fmt: skip
+    publisher.publish(USER_COMMANDS, "DeactivateUser", customer, {"user_id": customer, "reason": "test"})
     publisher.flush()
+    wait_until(lambda: views.get_user(store, customer)["active"] is False, timeout=60, what="deactivated")  # type: ignore[index]
     inactive = place_order(publisher, customer, [(sku, 1)])
     view = wait_for_order(pipeline, store, inactive)
     assert view["status"] == "REJECTED"

@@ -41,7 +41,7 @@ def pipeline(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
 def test_workers_killed_mid_load_lose_nothing(pipeline: Pipeline, settings: Settings) -> None:
     store = redis.Redis.from_url(settings.redis_url)
     load = OrderLoad(settings, orders=ORDERS, seed=99)
-    load.publish()
+    load.publish(store, pipeline.assert_alive)
 
     def reached(share: float) -> bool:
         pipeline.assert_alive()

@@ -30,7 +30,7 @@ def pipeline(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
 def test_a_thousand_orders_against_scarce_stock_keep_every_promise(pipeline: Pipeline, settings: Settings) -> None:
     store = redis.Redis.from_url(settings.redis_url)
     load = OrderLoad(settings, orders=1000)  # ~2,500 units ordered against 600 in stock: most are refused
-    load.publish()
+    load.publish(store, pipeline.assert_alive)
     load.wait_settled(store, pipeline.assert_alive)
     load.check_promises(store)
     print(f"watchdog restarts: {pipeline.watchdog_restarts}")

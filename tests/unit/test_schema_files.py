@@ -50,7 +50,7 @@ def test_conventions(sv: SchemaVersion) -> None:
     for path, f in fields(d):
         name, ftype = f["name"], f["type"]
         if name.endswith("_at"):
-            assert ftype == TIMESTAMP, f"{path}: times are timestamp-millis longs"
+            assert ftype in (TIMESTAMP, ["null", TIMESTAMP]), f"{path}: times are (optional) timestamp-millis longs"
         if name.endswith("_cents"):
             assert ftype in ("long", ["null", "long"]), f"{path}: money is long cents"
         if name.endswith("_id") or name in ("sku", "idempotency_key"):

@@ -1,0 +1,37 @@
+"""Registering test customers the way a person would: RegisterUser through the user service, then waiting
+until the query side knows them (so an order placed next is not refused as from an unknown user)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import redis
+
+from consumers import views
+from producers.toolkit import EventPublisher
+from streams.topics import USER_COMMANDS
+from tests.stack import wait_until
+
+
+def register_users(
+    publisher: EventPublisher,
+    store: redis.Redis,
+    user_ids: Iterable[str],
+    *,
+    alive: Callable[[], None] = lambda: None,
+    timeout: float = 120,
+    **profile: str,
+) -> None:
+    """Register every user (username = id, address ``<id>@example.com``) and wait for their user views."""
+    ids = list(user_ids)
+    for user_id in ids:
+        publisher.publish(USER_COMMANDS, "RegisterUser", user_id,
+                          {"user_id": user_id, "username": user_id, "email": f"{user_id}@example.com",
+                           "profile": profile})  # fmt: skip
+    publisher.flush()
+
+    def known() -> bool:
+        alive()
+        return all(views.get_user(store, user_id) is not None for user_id in ids)
+
+    wait_until(known, timeout=timeout, what=f"{len(ids)} users registered", interval=0.2)
