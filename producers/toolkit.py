@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -43,6 +43,10 @@ class Delivered:
     offset: int
     key: str
     envelope: Envelope
+
+
+DeliveryCallback = Callable[[Delivered | None, str | None], None]
+"""Told one message's outcome: ``(delivered, None)`` once acknowledged, ``(None, reason)`` once it failed for good."""
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -95,11 +99,15 @@ class EventPublisher:
         correlation_id: str | None = None,
         causation_id: str | None = None,
         traceparent: str | None = None,
+        on_delivery: DeliveryCallback | None = None,
     ) -> Envelope:
         """Validate, encode and enqueue one message; delivery is confirmed by :meth:`flush`.
 
         Raises before anything is sent when the record is not allowed on the topic or the value does not
-        match its schema.
+        match its schema. With ``on_delivery`` the message's outcome goes to that callback instead of the
+        next :meth:`flush` (which then neither reports nor raises for it): callers that publish concurrently
+        (the gateway) each learn their own message's fate; the callback runs in whichever thread serves
+        delivery reports (:meth:`poll`, :meth:`flush`).
         """
         schema = self._catalog.get(record, version) if version else self._catalog.latest(record)
         if schema.name not in topic.records:
@@ -114,25 +122,34 @@ class EventPublisher:
             causation_id=causation_id,
             traceparent=traceparent,
         )
-        self._send(topic.name, key, payload, envelope)
+        self._send(topic.name, key, payload, envelope, on_delivery)
         return envelope
 
-    def _send(self, topic: str, key: str, payload: bytes, envelope: Envelope) -> None:
+    def _send(
+        self, topic: str, key: str, payload: bytes, envelope: Envelope, callback: DeliveryCallback | None = None
+    ) -> None:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            with self._lock:
-                if err is not None:
-                    self._failures.append(f"{topic} key={key!r} event {envelope.event_id}: {err.str()}")
-                else:
-                    partition, offset = msg.partition(), msg.offset()
-                    self._delivered.append(
-                        Delivered(
-                            topic,
-                            -1 if partition is None else partition,
-                            -1 if offset is None else offset,
-                            key,
-                            envelope,
-                        )
-                    )
+            if err is not None:
+                failure = f"{topic} key={key!r} event {envelope.event_id}: {err.str()}"
+                if callback is not None:
+                    callback(None, failure)
+                    return
+                with self._lock:
+                    self._failures.append(failure)
+            else:
+                partition, offset = msg.partition(), msg.offset()
+                delivered = Delivered(
+                    topic,
+                    -1 if partition is None else partition,
+                    -1 if offset is None else offset,
+                    key,
+                    envelope,
+                )
+                if callback is not None:
+                    callback(delivered, None)
+                    return
+                with self._lock:
+                    self._delivered.append(delivered)
 
         while True:
             try:
@@ -148,6 +165,10 @@ class EventPublisher:
                 # the local queue is full: serve delivery reports to make room, then try again
                 self._producer.poll(0.1)
         self._producer.poll(0)
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve delivery reports (calling the ``on_delivery`` callbacks) for up to ``timeout`` seconds."""
+        return int(self._producer.poll(timeout))
 
     def flush(self, timeout: float = 30.0) -> list[Delivered]:
         """Wait for every enqueued message's delivery report; raise :class:`DeliveryFailed` on any failure."""

@@ -1,0 +1,174 @@
+"""The gateway's request and response bodies, as pydantic models.
+
+Requests are validated **strictly** (``"2"`` is not a quantity, ``true`` is not a number) and unknown fields
+are refused, before anything is encoded or published; the same models give the OpenAPI document its schemas.
+Bounds sit inside the Avro types (``quantity`` is an Avro ``int``), so a validated request always encodes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+_Strict = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+ProfileKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+ProfileValue = Annotated[str, StringConstraints(max_length=1024)]
+Username = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Email = Annotated[str, StringConstraints(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Sku = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Word = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+PaymentToken = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+MAX_PROFILE_ENTRIES = 50
+MAX_ORDER_LINES = 100
+
+
+# --- requests -----------------------------------------------------------------------------------------------
+
+
+class RegisterUserRequest(BaseModel):
+    """A new user: a login name, an e-mail address and optional free-form profile attributes."""
+
+    model_config = _Strict
+
+    username: Username
+    email: Email
+    profile: dict[ProfileKey, ProfileValue] = Field(default_factory=dict, max_length=MAX_PROFILE_ENTRIES)
+
+
+class UpdateProfileRequest(BaseModel):
+    """Profile attributes to set (others stay); the expected version travels in ``If-Match``."""
+
+    model_config = _Strict
+
+    profile: dict[ProfileKey, ProfileValue] = Field(min_length=1, max_length=MAX_PROFILE_ENTRIES)
+
+
+class OrderLineRequest(BaseModel):
+    """One ordered SKU."""
+
+    model_config = _Strict
+
+    sku: Sku
+    quantity: int = Field(ge=1, le=10_000)
+    unit_price_cents: int = Field(ge=0, le=100_000_000)
+
+
+class PaymentRequest(BaseModel):
+    """How the order is paid: a method and the payment provider's opaque token (never card data)."""
+
+    model_config = _Strict
+
+    method: Word
+    token: PaymentToken
+
+
+class PlaceOrderRequest(BaseModel):
+    """An order for the caller (the token's subject is the customer)."""
+
+    model_config = _Strict
+
+    lines: list[OrderLineRequest] = Field(min_length=1, max_length=MAX_ORDER_LINES)
+    payment: PaymentRequest
+
+
+# --- responses (documentation; handlers build plain dicts of these shapes) -----------------------------------
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx answer: a message, sometimes with details."""
+
+    error: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ValidationErrorResponse(ErrorResponse):
+    """422: the body does not fit the request model; one detail per problem (``field``, ``message``)."""
+
+
+class ConflictResponse(BaseModel):
+    """409 on PATCH: the user's current version is not the one in ``If-Match``."""
+
+    error: str
+    expected: int
+    actual: int
+
+
+class UserAccepted(BaseModel):
+    """202: the RegisterUser command is on its topic; the user appears at ``Location`` once registered."""
+
+    user_id: str
+    status: str = "accepted"
+
+
+class ProfileUpdateAccepted(BaseModel):
+    """202: the UpdateUserProfile command is on its topic; poll ``poll`` to read your write."""
+
+    user_id: str
+    expected_version: int
+    version: int
+    poll: str
+
+
+class OrderAccepted(BaseModel):
+    """202: the PlaceOrder command is on its topic; the order appears at ``Location`` once admitted."""
+
+    order_id: str
+    status: str = "accepted"
+
+
+class UserView(BaseModel):
+    """The user's view from Redis, plus ``stale`` (true when a requested ``min_version`` was not reached)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    user_id: str
+    username: str
+    email: str
+    profile: dict[str, str]
+    active: bool
+    version: int
+    stale: bool
+
+
+class OrderView(BaseModel):
+    """The order's view from Redis (status, lines, totals, saga timeline), plus ``stale``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    order_id: str
+    status: str | None
+    user_id: str | None
+    timeline: list[dict[str, Any]]
+    stale: bool
+
+
+class Dashboard(BaseModel):
+    """The caller's profile, recent orders and notifications, read concurrently."""
+
+    user_id: str
+    profile: dict[str, Any] | None
+    orders: list[dict[str, Any]]
+    notifications: list[dict[str, Any]]
+
+
+class CheckResult(BaseModel):
+    status: str
+    duration_ms: float
+    critical: bool
+    error: str | None = None
+
+
+class HealthReport(BaseModel):
+    """``healthy`` when every check passed (for /ready: every critical check)."""
+
+    status: str
+    checks: dict[str, CheckResult]
+    uptime_s: float
+
+
+class Liveness(BaseModel):
+    status: str
+    uptime_s: float

@@ -1,0 +1,298 @@
+"""The gateway's OpenAPI 3.1 document, built from the request and response models.
+
+:data:`OPERATIONS` documents every route; a unit test holds it equal to the routes the app registers, so the
+document cannot drift from the code. Bodies' schemas come from the pydantic models (JSON Schema 2020-12,
+which OpenAPI 3.1 uses as is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from gateway.models import (
+    ConflictResponse,
+    Dashboard,
+    ErrorResponse,
+    HealthReport,
+    Liveness,
+    OrderAccepted,
+    OrderView,
+    PlaceOrderRequest,
+    ProfileUpdateAccepted,
+    RegisterUserRequest,
+    UpdateProfileRequest,
+    UserAccepted,
+    UserView,
+    ValidationErrorResponse,
+)
+
+REF = "#/components/schemas/{model}"
+
+Body = type[BaseModel] | dict[str, Any] | None
+"""A response body: a model, a raw JSON schema, or none."""
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    responses: dict[int, tuple[str, Body]]
+    request: type[BaseModel] | None = None
+    public: bool = False
+    parameters: tuple[dict[str, Any], ...] = ()
+    response_headers: dict[int, dict[str, str]] = field(default_factory=dict)
+
+
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Same key from the same subject within 24 h returns the first response; "
+    "a different body under the same key is refused with 422.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+_TRACEPARENT = {
+    "name": "traceparent",
+    "in": "header",
+    "required": False,
+    "description": "W3C trace context; continued into the Kafka headers of published commands.",
+    "schema": {"type": "string"},
+}
+_USER_ID = {"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_ORDER_ID = {"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_MIN_VERSION = {
+    "name": "min_version",
+    "in": "query",
+    "required": False,
+    "description": "Wait (bounded) until the view has at least this version; else answer with stale: true.",
+    "schema": {"type": "integer", "minimum": 0},
+}
+_WAIT_FOR = {
+    "name": "wait_for",
+    "in": "query",
+    "required": False,
+    "description": "Wait (bounded) until the order has this status (or any terminal one for 'terminal'); "
+    "else answer with stale: true.",
+    "schema": {
+        "type": "string",
+        "enum": ["PLACED", "STOCK_RESERVED", "CONFIRMED", "CANCELLED", "REJECTED", "COMPENSATION_FAILED", "terminal"],
+    },
+}
+_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": True,
+    "description": "The user version the change is based on (the ETag of GET /api/users/{user_id}).",
+    "schema": {"type": "string", "pattern": '^(W/)?"?[0-9]+"?$'},
+}
+
+_E = ErrorResponse
+_COMMON_AUTH: dict[int, tuple[str, Body]] = {
+    401: ("No token provided, or an invalid, expired or wrongly signed token", _E),
+    429: ("Too many requests (see Retry-After)", _E),
+}
+_WRITE: dict[int, tuple[str, Body]] = {
+    400: ("Malformed JSON, not a JSON object, or a bad header", _E),
+    413: ("Request body larger than PIPELINE_MAX_BODY_BYTES", _E),
+    422: ("The body does not fit the request model or the command schema", ValidationErrorResponse),
+    503: ("The broker (or, for Idempotency-Key, Redis) is unreachable; nothing was published", _E),
+}
+_IDEMPOTENT_WRITE: dict[int, tuple[str, Body]] = {
+    **_WRITE,
+    409: ("A request with this Idempotency-Key is still in progress", _E),
+}
+_READ: dict[int, tuple[str, Body]] = {
+    503: ("Redis (the query side) is unreachable", _E),
+}
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "get",
+        "/health",
+        "health",
+        "Full health: every check (broker metadata, Redis PING) with its duration",
+        "health",
+        {200: ("Healthy", HealthReport), 503: ("At least one check failed", HealthReport)},
+        public=True,
+    ),
+    Operation(
+        "get",
+        "/ready",
+        "ready",
+        "Readiness: the critical checks only",
+        "health",
+        {200: ("Ready", HealthReport), 503: ("Not ready", HealthReport)},
+        public=True,
+    ),
+    Operation(
+        "get", "/live", "live", "Liveness: the process answers", "health", {200: ("Alive", Liveness)}, public=True
+    ),
+    Operation(
+        "get",
+        "/openapi.json",
+        "openapi",
+        "This document",
+        "meta",
+        {200: ("OpenAPI 3.1 document", {"type": "object"})},
+        public=True,
+    ),
+    Operation(
+        "post",
+        "/api/users",
+        "registerUser",
+        "Register a user (RegisterUser on users.commands.v1)",
+        "users",
+        {202: ("Accepted: the command is on its topic", UserAccepted), **_IDEMPOTENT_WRITE, **_COMMON_AUTH},
+        request=RegisterUserRequest,
+        parameters=(_IDEMPOTENCY_KEY, _TRACEPARENT),
+        response_headers={202: {"Location": "the user's URL, /api/users/{user_id}"}},
+    ),
+    Operation(
+        "get",
+        "/api/users/{user_id}",
+        "getUser",
+        "A user's view (yourself only); ETag is its version",
+        "users",
+        {
+            200: ("The view", UserView),
+            400: ("Bad min_version", _E),
+            403: ("Not your user", _E),
+            404: ("Unknown user", _E),
+            **_READ,
+            **_COMMON_AUTH,
+        },
+        parameters=(_USER_ID, _MIN_VERSION),
+    ),
+    Operation(
+        "patch",
+        "/api/users/{user_id}",
+        "updateUserProfile",
+        "Set profile attributes (UpdateUserProfile with expected_version = If-Match)",
+        "users",
+        {
+            202: ("Accepted; poll the given URL to read your write", ProfileUpdateAccepted),
+            403: ("Not your user", _E),
+            404: ("Unknown user", _E),
+            409: ("Version conflict: the user is not at the If-Match version", ConflictResponse),
+            428: ("If-Match is required", _E),
+            **_WRITE,
+            **_COMMON_AUTH,
+        },
+        request=UpdateProfileRequest,
+        parameters=(_USER_ID, _IF_MATCH, _TRACEPARENT),
+    ),
+    Operation(
+        "post",
+        "/api/orders",
+        "placeOrder",
+        "Place an order for the caller (PlaceOrder on orders.commands.v1, keyed by the token subject)",
+        "orders",
+        {202: ("Accepted: the command is on its topic", OrderAccepted), **_IDEMPOTENT_WRITE, **_COMMON_AUTH},
+        request=PlaceOrderRequest,
+        parameters=(_IDEMPOTENCY_KEY, _TRACEPARENT),
+        response_headers={202: {"Location": "the order's URL, /api/orders/{order_id}"}},
+    ),
+    Operation(
+        "get",
+        "/api/orders/{order_id}",
+        "getOrder",
+        "An order's view with its saga timeline (your orders only)",
+        "orders",
+        {
+            200: ("The view", OrderView),
+            400: ("Bad wait_for", _E),
+            403: ("Not your order", _E),
+            404: ("Unknown order", _E),
+            **_READ,
+            **_COMMON_AUTH,
+        },
+        parameters=(_ORDER_ID, _WAIT_FOR),
+    ),
+    Operation(
+        "get",
+        "/api/dashboard",
+        "dashboard",
+        "Your profile, recent orders and notifications in one response",
+        "dashboard",
+        {200: ("The dashboard", Dashboard), **_READ, **_COMMON_AUTH},
+    ),
+)
+
+
+def build_document(version: str = "0.1.0") -> dict[str, Any]:
+    """The OpenAPI 3.1 document of :data:`OPERATIONS`."""
+    models: set[type[BaseModel]] = set()
+    for op in OPERATIONS:
+        if op.request is not None:
+            models.add(op.request)
+        models.update(body for _, body in op.responses.values() if isinstance(body, type))
+    ordered = sorted(models, key=lambda m: m.__name__)
+    _, top = models_json_schema([(m, "validation") for m in ordered], ref_template=REF)
+    schemas: dict[str, Any] = dict(top.get("$defs", {}))
+
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        operation: dict[str, Any] = {
+            "operationId": op.operation_id,
+            "summary": op.summary,
+            "tags": [op.tag],
+            "responses": {
+                str(status): _response(description, body, _headers(op, status))
+                for status, (description, body) in sorted(op.responses.items())
+            },
+        }
+        if op.parameters:
+            operation["parameters"] = list(op.parameters)
+        if op.request is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": REF.format(model=op.request.__name__)}}},
+            }
+        if op.public:
+            operation["security"] = []
+        paths.setdefault(op.path, {})[op.method] = operation
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "order-pipeline gateway",
+            "version": version,
+            "description": "HTTP front door of the order pipeline: commands go to Kafka command topics "
+            "(202 Accepted), reads come from the Redis views. Bearer JWT on every /api route.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+        "security": [{"bearerAuth": []}],
+    }
+
+
+def _headers(op: Operation, status: int) -> dict[str, str]:
+    headers = dict(op.response_headers.get(status, {}))
+    if status == 429:
+        headers["Retry-After"] = "seconds until the oldest counted request leaves the window"
+    if not op.public and 200 <= status < 300:
+        headers["RateLimit-Limit"] = "the budget per window"
+        headers["RateLimit-Remaining"] = "requests left in the current window"
+    return headers
+
+
+def _response(description: str, body: Body, headers: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    if isinstance(body, type):
+        out["content"] = {"application/json": {"schema": {"$ref": REF.format(model=body.__name__)}}}
+    elif body is not None:
+        out["content"] = {"application/json": {"schema": body}}
+    if headers:
+        out["headers"] = {name: {"description": text, "schema": {"type": "string"}} for name, text in headers.items()}
+    return out

@@ -1,0 +1,183 @@
+"""Helpers for the gateway's tests: tokens, a server on a loopback port, and (unit tests only) stand-ins.
+
+:class:`MemoryPublisher` and :class:`DictRedis` replace the broker and Redis **in unit tests only**; the
+integration tests run the same app against the real ones.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.auth import issue_token
+from pipeline.envelope import Envelope
+from pipeline.settings import Settings
+from producers.toolkit import DeliveryFailed, RecordNotAllowed
+from schemas.catalog import SchemaCatalog
+from schemas.codec import AvroCodec
+from streams.topics import TopicSpec
+
+
+def token_for(settings: Settings, subject: str, *, ttl_s: int = 600, **extra: Any) -> str:
+    return issue_token(
+        subject,
+        settings.jwt_secret.get_secret_value(),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl_s=ttl_s,
+        extra=extra or None,
+    )
+
+
+def bearer(settings: Settings, subject: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_for(settings, subject)}"}
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """The app on 127.0.0.1 (a random port) with a client for it."""
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        yield client
+
+
+# --- unit-test stand-ins ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sent:
+    topic: str
+    record: str
+    key: str
+    value: dict[str, Any]
+    envelope: Envelope
+    payload: bytes
+
+
+@dataclass
+class MemoryPublisher:
+    """Encodes with the real codec (so schema errors are real), then keeps the message instead of sending it."""
+
+    catalog: SchemaCatalog = field(default_factory=SchemaCatalog.load)
+    sent: list[Sent] = field(default_factory=list)
+    broken: bool = False
+    """When set, every send fails as an unreachable broker would."""
+    closed: bool = False
+
+    async def send(
+        self,
+        topic: TopicSpec,
+        record: str,
+        key: str,
+        value: Mapping[str, Any],
+        *,
+        correlation_id: str,
+        traceparent: str,
+    ) -> Envelope:
+        schema = self.catalog.latest(record)
+        if schema.name not in topic.records:
+            raise RecordNotAllowed(f"{topic.name} does not carry {schema.name}")
+        payload = AvroCodec(self.catalog).encode(schema.full_name, value, version=schema.version)
+        if self.broken:
+            raise DeliveryFailed(f"{topic.name} key={key!r}: broker unreachable (stand-in)")
+        envelope = Envelope(
+            event_type=schema.full_name,
+            schema_version=schema.version,
+            source="/order-pipeline/gateway",
+            correlation_id=correlation_id,
+            traceparent=traceparent,
+        )
+        self.sent.append(Sent(topic.name, record, key, dict(value), envelope, payload))
+        return envelope
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class DictRedis:
+    """The few Redis commands the gateway uses, on dicts (``decode_responses=True`` semantics)."""
+
+    def __init__(self) -> None:
+        self.strings: dict[str, str] = {}
+        self.expiry: dict[str, float] = {}
+        self.zsets: dict[str, dict[str, float]] = {}
+        self.hashes: dict[str, dict[str, str]] = {}
+        self.lists: dict[str, list[str]] = {}
+        self.down = False
+        self.calls: list[str] = []
+
+    def _check(self, command: str) -> None:
+        self.calls.append(command)
+        if self.down:
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused. (stand-in)")
+
+    def _live(self, key: str) -> bool:
+        deadline = self.expiry.get(key)
+        if deadline is not None and time.monotonic() >= deadline:
+            self.strings.pop(key, None)
+            self.expiry.pop(key, None)
+        return key in self.strings
+
+    async def ping(self) -> bool:
+        self._check("PING")
+        return True
+
+    async def get(self, key: str) -> str | None:
+        self._check("GET")
+        return self.strings[key] if self._live(key) else None
+
+    async def set(self, key: str, value: str, *, nx: bool = False, ex: int | None = None) -> bool | None:
+        self._check("SET")
+        if nx and self._live(key):
+            return None
+        self.strings[key] = value
+        if ex is not None:
+            self.expiry[key] = time.monotonic() + ex
+        else:
+            self.expiry.pop(key, None)
+        return True
+
+    async def delete(self, *keys: str) -> int:
+        self._check("DEL")
+        return sum(self.strings.pop(k, None) is not None for k in keys)
+
+    async def zrevrange(self, key: str, start: int, end: int) -> list[str]:
+        self._check("ZREVRANGE")
+        members = sorted(self.zsets.get(key, {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        return [m for m, _ in members][start : None if end == -1 else end + 1]
+
+    async def hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        self._check("HMGET")
+        return [self.hashes.get(key, {}).get(f) for f in fields]
+
+    async def lrange(self, key: str, start: int, end: int) -> list[str]:
+        self._check("LRANGE")
+        return self.lists.get(key, [])[start : None if end == -1 else end + 1]
+
+    def keys_matching(self, pattern: str) -> list[str]:
+        return [k for k in self.strings if fnmatch.fnmatch(k, pattern) and self._live(k)]
+
+    def register_script(self, script: str) -> Any:
+        """Only the rate limiter registers a script: a sliding window kept in Python, with the Lua's reply."""
+        windows: dict[str, list[float]] = {}
+
+        async def call(keys: list[str], args: list[Any]) -> list[int]:
+            self._check("EVALSHA")
+            limit, window_ms = int(args[0]), int(args[1])
+            now = time.monotonic() * 1000
+            hits = [t for t in windows.get(keys[0], []) if t > now - window_ms]
+            if len(hits) < limit:
+                hits.append(now)
+                windows[keys[0]] = hits
+                return [1, len(hits), 0]
+            windows[keys[0]] = hits
+            return [0, len(hits), max(1, int(hits[0] + window_ms - now))]
+
+        return call

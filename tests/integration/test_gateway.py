@@ -1,0 +1,354 @@
+"""The HTTP gateway end to end: `pipeline gateway` processes over real HTTP, a real broker, Redis and workers.
+
+Each gateway is started as a person would (``pipeline gateway --port N``) and spoken to over loopback HTTP.
+Users are registered through the user service (``RegisterUser``, or ``POST /api/users``) and stock by
+``AddStock``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import redis
+
+from consumers import views
+from consumers.toolkit import Consumed, EventConsumer
+from pipeline.admin import admin_client, apply_topics
+from pipeline.settings import Settings
+from producers.toolkit import EventPublisher
+from schemas.catalog import SchemaCatalog
+from schemas.codec import AvroCodec
+from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
+from tests.gateway_support import token_for
+from tests.seeding import register_users
+from tests.stack import free_port, wait_until
+from tests.workers import PIPELINE, Pipeline, Process, running_pipeline
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+SMALL_BUDGET = 5
+
+
+# --- HTTP and gateway processes -----------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+def http(
+    method: str, url: str, *, body: Any = None, raw: bytes | None = None, headers: dict[str, str] | None = None
+) -> Answer:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, response_headers, payload = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        status, response_headers, payload = error.code, dict(error.headers), error.read()
+    return Answer(status, response_headers, json.loads(payload) if payload else None)
+
+
+@dataclass
+class Gateway:
+    url: str
+    process: Process
+    settings: Settings
+
+    def auth(self, subject: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token_for(self.settings, subject)}"} if subject else {}
+
+    def get(self, path: str, subject: str | None = None, headers: dict[str, str] | None = None) -> Answer:
+        return http("GET", self.url + path, headers={**self.auth(subject), **(headers or {})})
+
+    def send(
+        self, method: str, path: str, body: Any, subject: str | None = None, headers: dict[str, str] | None = None
+    ) -> Answer:
+        return http(method, self.url + path, body=body, headers={**self.auth(subject), **(headers or {})})
+
+
+def start_gateway(settings: Settings, workdir: Path, name: str, **env: str) -> Gateway:
+    """``pipeline gateway`` on a free loopback port, once it answers /live."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "PIPELINE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "PIPELINE_REDIS_URL": settings.redis_url,
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    process = Process(name, [PIPELINE, "gateway", "--port", str(port)], environment, workdir / f"{name}.log")
+    process.start()
+    gateway = Gateway(f"http://127.0.0.1:{port}", process, settings)
+
+    def answers() -> bool:
+        assert process.alive, f"{name} exited:\n{process.log_tail()}"
+        return http("GET", gateway.url + "/live").status == 200
+
+    wait_until(answers, timeout=60, what=f"{name} answering on port {port}")
+    return gateway
+
+
+def stop_gateway(gateway: Gateway) -> None:
+    gateway.process.stop()  # SIGTERM: a graceful stop
+    assert gateway.process.popen is not None and gateway.process.popen.returncode == 0, gateway.process.log_tail()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gateway")
+
+
+@pytest.fixture(scope="module")
+def topics(settings: Settings) -> None:
+    apply_topics(admin_client(settings), settings)
+
+
+@pytest.fixture(scope="module")
+def gateway(settings: Settings, topics: None, workdir: Path) -> Iterator[Gateway]:
+    running = start_gateway(settings, workdir, "gateway", PIPELINE_READ_WAIT_MAX_S="10")
+    yield running
+    stop_gateway(running)
+
+
+@pytest.fixture(scope="module")
+def pipeline(settings: Settings, topics: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    workdir = tmp_path_factory.mktemp("gateway-workers")
+    with running_pipeline(settings, workdir, PIPELINE_SAGA_TIMEOUT_S="20") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def publisher(settings: Settings) -> Iterator[EventPublisher]:
+    with EventPublisher.from_settings(settings, SchemaCatalog.load()) as pub:
+        yield pub
+
+
+@pytest.fixture
+def store(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, decode_responses=True)
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def commands(settings: Settings, topic: str, key: str) -> list[tuple[Consumed, dict[str, Any]]]:
+    """Every message of ``topic`` with ``key`` so far, decoded."""
+    codec = AvroCodec(SchemaCatalog.load())
+    with EventConsumer.reader(settings) as consumer:
+        found = [m for m in consumer.read_log([topic], idle_timeout=10) if m.key == key]
+    return [(m, codec.decode(m.value or b"").value) for m in found]
+
+
+ORDER = {"payment": {"method": "card", "token": "tok_ok"}}
+
+
+def order_body(sku: str, quantity: int = 2) -> dict[str, Any]:
+    return {"lines": [{"sku": sku, "quantity": quantity, "unit_price_cents": 1250}], **ORDER}
+
+
+# --- tests --------------------------------------------------------------------------------------------------
+
+
+def test_health_ready_live_and_openapi_need_no_token(gateway: Gateway) -> None:
+    health = gateway.get("/health")
+    assert health.status == 200, health.body
+    assert health.body["status"] == "healthy"
+    for name in ("broker", "redis"):
+        check = health.body["checks"][name]
+        assert check["status"] == "healthy" and check["duration_ms"] >= 0 and "error" not in check
+    assert gateway.get("/ready").status == 200
+    assert gateway.get("/live").body["uptime_s"] > 0
+    document = gateway.get("/openapi.json").body
+    assert document["openapi"] == "3.1.0" and "/api/orders" in document["paths"]
+
+
+def test_requests_without_a_valid_token_are_401(gateway: Gateway) -> None:
+    settings = gateway.settings
+    secret = settings.jwt_secret.get_secret_value()
+    now = int(time.time())
+    claims = {"sub": "u-x", "iss": settings.jwt_issuer, "iat": now, "exp": now + 600}
+    header_none = jwt.utils.base64url_encode(json.dumps({"alg": "none", "typ": "JWT"}).encode()).decode()
+    payload = jwt.utils.base64url_encode(json.dumps(claims).encode()).decode()
+
+    assert gateway.get("/api/dashboard").body == {"error": "No token provided"}
+    assert gateway.get("/api/dashboard").status == 401
+    invalid = {
+        "garbage": "not-a-token",
+        "expired": token_for(settings, "u-x", ttl_s=-60),
+        "alg none": f"{header_none}.{payload}.",
+        "wrong issuer": jwt.encode({**claims, "iss": "elsewhere"}, secret, algorithm="HS256"),
+        "wrong secret": jwt.encode(claims, "x" * 64, algorithm="HS256"),
+        "wrong algorithm": jwt.encode(claims, secret + "-padding-to-64-bytes-for-hs512", algorithm="HS512"),
+    }
+    for case, token in invalid.items():
+        answer = gateway.get("/api/dashboard", headers={"Authorization": f"Bearer {token}"})
+        assert (answer.status, answer.body) == (401, {"error": "Invalid token"}), case
+    # nothing reached the command topic without a token
+    assert gateway.send("POST", "/api/orders", order_body("SKU-NONE")).status == 401
+    assert gateway.get("/api/dashboard", subject="u-x").status == 200
+
+
+def test_bad_input_gets_4xx_json(gateway: Gateway) -> None:
+    user = uid("u")
+    auth = gateway.auth(user)
+    malformed = http("POST", gateway.url + "/api/orders", raw=b"{nope", headers=auth)
+    assert malformed.status == 400 and malformed.body["error"].startswith("Malformed JSON")
+    wrong_type = gateway.send("POST", "/api/orders", {"lines": [{"sku": "S", "quantity": "1", "unit_price_cents": 1}],
+                                                      **ORDER}, subject=user)  # fmt: skip
+    assert wrong_type.status == 422 and wrong_type.body["details"][0]["field"] == "lines[0].quantity"
+    huge = http("POST", gateway.url + "/api/orders", raw=b'{"x": "' + b"a" * 70_000 + b'"}', headers=auth)
+    assert huge.status == 413 and huge.body["error"].startswith("Request body too large")
+    assert gateway.get("/api/nowhere", subject=user).status == 404
+    assert gateway.send("PUT", "/api/orders", {}, subject=user).status == 405
+    assert gateway.send("PATCH", f"/api/users/{user}", {"profile": {"a": "b"}}, subject=user).status == 428
+
+
+def test_a_placed_order_is_confirmed_and_shows_on_the_dashboard(
+    gateway: Gateway, pipeline: Pipeline, publisher: EventPublisher, settings: Settings, store: redis.Redis
+) -> None:
+    user, sku = uid("u"), uid("sku")
+    register_users(publisher, store, [user], alive=pipeline.assert_alive, city="London")
+    publisher.publish(INVENTORY_COMMANDS, "AddStock", sku, {"sku": sku, "quantity": 5, "reason": "test"})
+    publisher.flush()
+    wait_until(lambda: (views.stock(store, sku) or {}).get("available") == 5, timeout=60, what=f"stock of {sku}")
+    profile = gateway.get(f"/api/users/{user}?min_version=1", subject=user)
+    assert profile.status == 200 and profile.body["stale"] is False and profile.body["username"] == user
+
+    placed = gateway.send("POST", "/api/orders", order_body(sku), subject=user, headers={"traceparent": TRACEPARENT})
+    assert placed.status == 202, placed.body
+    order_id = placed.body["order_id"]
+    assert placed.headers["Location"] == f"/api/orders/{order_id}"
+
+    seen: dict[str, Any] = {}
+
+    def confirmed() -> bool:
+        pipeline.assert_alive()
+        answer = gateway.get(f"/api/orders/{order_id}?wait_for=terminal", subject=user)
+        seen["last"] = answer.body
+        return answer.status == 200 and answer.body["status"] == "CONFIRMED"
+
+    wait_until(confirmed, timeout=90, what=lambda: f"order {order_id} CONFIRMED (last: {seen.get('last')})")
+    assert seen["last"]["user_id"] == user and seen["last"]["stale"] is False
+
+    def on_dashboard() -> bool:
+        board = gateway.get("/api/dashboard", subject=user).body
+        seen["board"] = board
+        return any(o["order_id"] == order_id and o["status"] == "CONFIRMED" for o in board["orders"]) and any(
+            n.get("order_id") == order_id for n in board["notifications"]
+        )
+
+    wait_until(on_dashboard, timeout=60, what=lambda: f"order on the dashboard (last: {seen.get('board')})")
+    assert seen["board"]["profile"]["user_id"] == user
+
+    # someone else may not read it
+    assert gateway.get(f"/api/orders/{order_id}", subject=uid("u")).status == 403
+
+    # the command carried the caller's trace on, with the gateway's own span
+    [(message, value)] = [(m, v) for m, v in commands(settings, ORDER_COMMANDS.name, user) if v["order_id"] == order_id]
+    assert value["user_id"] == user and value["idempotency_key"] == order_id
+    envelope = message.envelope
+    assert envelope is not None and envelope.traceparent is not None
+    assert envelope.traceparent.startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    assert envelope.traceparent != TRACEPARENT and envelope.source == "/order-pipeline/gateway"
+    assert envelope.correlation_id == order_id
+
+
+def test_an_idempotency_key_replays_the_first_answer(gateway: Gateway, settings: Settings, store: redis.Redis) -> None:
+    user, key = uid("u"), uid("idem")
+    first = gateway.send("POST", "/api/orders", order_body("SKU-IDEM"), subject=user, headers={"Idempotency-Key": key})
+    assert first.status == 202
+    again = gateway.send("POST", "/api/orders", order_body("SKU-IDEM"), subject=user, headers={"Idempotency-Key": key})
+    assert again.status == 202 and again.body == first.body and again.headers["Idempotent-Replayed"] == "true"
+    different = gateway.send("POST", "/api/orders", order_body("SKU-IDEM", 3), subject=user,
+                             headers={"Idempotency-Key": key})  # fmt: skip
+    assert different.status == 422
+    assert 0 < store.ttl(f"gateway:idem:{user}:{key}") <= 24 * 3600
+    published = commands(settings, ORDER_COMMANDS.name, user)
+    assert [v["order_id"] for _, v in published] == [first.body["order_id"]]
+    assert published[0][1]["idempotency_key"] == key
+
+
+def test_registering_and_updating_a_user(
+    gateway: Gateway, pipeline: Pipeline, publisher: EventPublisher, settings: Settings
+) -> None:
+    email = f"{uid('ada')}@example.com"
+    accepted = gateway.send("POST", "/api/users", {"username": "ada", "email": email}, subject="signup")
+    assert accepted.status == 202 and accepted.body["status"] == "accepted"
+    new_id = accepted.body["user_id"]
+    registration = {"user_id": new_id, "username": "ada", "email": email, "profile": {}}
+    assert [v for _, v in commands(settings, USER_COMMANDS.name, new_id)][:1] == [registration]
+
+    # the users service registers the user (and then applies its default preferences: version 2)
+    user = new_id
+    current = gateway.get(f"/api/users/{user}?min_version=2", subject=user)
+    assert current.status == 200 and current.body["version"] == 2 and current.headers["ETag"] == '"2"'
+    conflict = gateway.send("PATCH", f"/api/users/{user}", {"profile": {"city": "Paris"}}, subject=user,
+                            headers={"If-Match": '"1"'})  # fmt: skip
+    assert (conflict.status, conflict.body) == (409, {"error": "Version conflict", "expected": 1, "actual": 2})
+    patched = gateway.send("PATCH", f"/api/users/{user}", {"profile": {"city": "Paris"}}, subject=user,
+                           headers={"If-Match": '"2"'})  # fmt: skip
+    assert patched.status == 202
+    assert patched.body == {"user_id": user, "expected_version": 2, "version": 3,
+                            "poll": f"/api/users/{user}?min_version=3"}  # fmt: skip
+    from_gateway = [v for m, v in commands(settings, USER_COMMANDS.name, user)
+                    if m.headers.get("ce_source", "").endswith("/gateway")]  # fmt: skip
+    assert from_gateway == [registration, {"user_id": user, "expected_version": 2, "changes": {"city": "Paris"}}], (
+        "the 409 published nothing; the 202 published one command"
+    )
+    updated = gateway.get(f"/api/users/{user}?min_version=3", subject=user)
+    assert updated.status == 200 and updated.body["profile"]["city"] == "Paris"
+
+
+def test_replicas_share_one_rate_limit_budget(settings: Settings, topics: None, workdir: Path) -> None:
+    budget = {"PIPELINE_RATE_LIMIT_REQUESTS": str(SMALL_BUDGET), "PIPELINE_RATE_LIMIT_WINDOW_S": "60"}
+    replicas = [start_gateway(settings, workdir, f"limited-{n}", **budget) for n in range(2)]
+    try:
+        user = uid("u")
+        answers = [replicas[n % 2].get("/api/dashboard", subject=user) for n in range(SMALL_BUDGET + 1)]
+        assert [a.status for a in answers] == [200] * SMALL_BUDGET + [429]
+        assert answers[-1].body == {"error": "Too many requests"}
+        assert 1 <= int(answers[-1].headers["Retry-After"]) <= 60
+        assert replicas[0].get("/api/dashboard", subject=uid("u")).status == 200  # another client's own budget
+    finally:
+        for replica in replicas:
+            stop_gateway(replica)
+
+
+def test_an_unreachable_broker_is_503_and_nothing_is_cached(
+    settings: Settings, topics: None, workdir: Path, store: redis.Redis
+) -> None:
+    broken = start_gateway(
+        settings, workdir, "gateway-no-broker", PIPELINE_KAFKA_BOOTSTRAP="127.0.0.1:1",
+        PIPELINE_GATEWAY_PUBLISH_TIMEOUT_S="1",
+    )  # fmt: skip
+    try:
+        user, key = uid("u"), uid("idem")
+        answer = broken.send("POST", "/api/orders", order_body("SKU-503"), subject=user,
+                             headers={"Idempotency-Key": key})  # fmt: skip
+        assert (answer.status, answer.body) == (503, {"error": "Service temporarily unavailable"})
+        assert store.exists(f"gateway:idem:{user}:{key}") == 0
+        ready = broken.get("/ready")
+        assert ready.status == 503
+        assert ready.body["checks"]["broker"]["status"] == "unhealthy"
+        assert ready.body["checks"]["redis"]["status"] == "healthy"
+        assert broken.get("/api/dashboard", subject=user).status == 200  # reads need only Redis
+    finally:
+        stop_gateway(broken)
+    assert commands(settings, ORDER_COMMANDS.name, user) == []

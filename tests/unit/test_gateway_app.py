@@ -1,0 +1,606 @@
+"""The gateway app over real HTTP on loopback, with in-memory stand-ins for the broker and Redis.
+
+The stand-ins (``tests/gateway_support.py``) keep these tests fast and deterministic; the same paths run
+against a real broker and Redis in ``tests/integration/test_gateway.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app
+from gateway.health import Check
+from gateway.ratelimit import RedisRateLimiter
+from pipeline.envelope import Envelope
+from pipeline.settings import Settings
+from schemas.errors import InvalidRecord
+from streams.topics import TopicSpec
+from tests.gateway_support import DictRedis, MemoryPublisher, bearer, serving, token_for
+
+pytestmark = pytest.mark.unit
+
+Client = TestClient[web.Request, web.Application]
+ORDER: dict[str, Any] = {
+    "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1250}],
+    "payment": {"method": "card", "token": "tok_ok"},
+}
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def ok() -> None:
+    return None
+
+
+async def broken() -> None:
+    raise ConnectionError("refused")
+
+
+class Env:
+    """One app with its stand-ins."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.settings = Settings(**{"read_wait_max_s": 0.3, **overrides})
+        self.publisher = MemoryPublisher()
+        self.redis = DictRedis()
+        self.checks = [Check("broker", ok), Check("redis", ok)]
+
+    def run(self, scenario: Callable[[Client], Awaitable[None]]) -> None:
+        async def main() -> None:
+            app = create_app(self.settings, self.publisher, self.redis, checks=self.checks)  # type: ignore[arg-type]
+            async with serving(app) as client:
+                await asyncio.wait_for(scenario(client), 30)
+
+        asyncio.run(main())
+
+    def auth(self, subject: str = "u-1") -> dict[str, str]:
+        return bearer(self.settings, subject)
+
+    def put_user(self, user_id: str, version: int, **fields: Any) -> None:
+        view = {
+            "user_id": user_id,
+            "username": user_id,
+            "email": f"{user_id}@example.com",
+            "profile": {},
+            "active": True,
+            "version": version,
+            **fields,
+        }
+        self.redis.strings[f"view:user:{user_id}"] = json.dumps(view)
+
+    def put_order(self, order_id: str, user_id: str | None, status: str = "PLACED") -> None:
+        view = {"order_id": order_id, "user_id": user_id, "status": status, "timeline": []}
+        self.redis.strings[f"view:order:{order_id}"] = json.dumps(view)
+
+
+@pytest.fixture
+def env() -> Env:
+    return Env()
+
+
+# --- public endpoints, routing ---------------------------------------------------------------------------
+
+
+def test_public_endpoints_need_no_token(env: Env) -> None:
+    env.checks = [Check("broker", ok), Check("redis", ok), Check("extra", broken, critical=False)]
+
+    async def scenario(client: Client) -> None:
+        live = await client.get("/live")
+        assert live.status == 200 and (await live.json())["uptime_s"] >= 0
+        assert (await client.get("/openapi.json")).status == 200
+
+        health = await client.get("/health")
+        body = await health.json()
+        assert health.status == 503 and body["status"] == "unhealthy"
+        assert body["checks"]["broker"]["status"] == "healthy"
+        assert isinstance(body["checks"]["broker"]["duration_ms"], float)
+        assert body["checks"]["extra"] == {
+            "status": "unhealthy",
+            "duration_ms": body["checks"]["extra"]["duration_ms"],
+            "critical": False,
+            "error": "ConnectionError: refused",
+        }
+        ready = await client.get("/ready")
+        assert ready.status == 200
+        assert set((await ready.json())["checks"]) == {"broker", "redis"}
+
+    env.run(scenario)
+
+
+def test_ready_is_503_when_a_critical_check_fails_or_hangs(env: Env) -> None:
+    async def hangs() -> None:
+        await asyncio.sleep(60)
+
+    env.checks = [Check("broker", broken), Check("redis", hangs, timeout_s=0.2)]
+
+    async def scenario(client: Client) -> None:
+        started = time.monotonic()
+        ready = await client.get("/ready")
+        assert time.monotonic() - started < 5
+        body = await ready.json()
+        assert ready.status == 503 and body["status"] == "unhealthy"
+        assert body["checks"]["redis"]["error"] == "no answer within 0.2s"
+
+    env.run(scenario)
+
+
+def test_unknown_routes_and_wrong_methods_answer_json(env: Env) -> None:
+    async def scenario(client: Client) -> None:
+        missing = await client.get("/api/nothing-here", headers=env.auth())
+        assert missing.status == 404 and await missing.json() == {"error": "Not found"}
+        assert (await client.get("/nope")).status == 404
+        wrong = await client.delete("/api/orders", headers=env.auth())
+        assert wrong.status == 405 and await wrong.json() == {"error": "Method not allowed"}
+        assert "POST" in wrong.headers["Allow"]
+
+    env.run(scenario)
+
+
+# --- authentication --------------------------------------------------------------------------------------
+
+
+def test_tokens_are_required_and_checked(env: Env) -> None:
+    expired = token_for(env.settings, "u-1", ttl_s=-3600)
+
+    async def scenario(client: Client) -> None:
+        none = await client.get("/api/dashboard")
+        assert none.status == 401 and await none.json() == {"error": "No token provided"}
+        assert none.headers["WWW-Authenticate"] == 'Bearer realm="order-pipeline"'
+        for header in ("Bearer garbage", f"Bearer {expired}", "Bearer a.b.c"):
+            bad = await client.get("/api/dashboard", headers={"Authorization": header})
+            assert bad.status == 401 and await bad.json() == {"error": "Invalid token"}
+            assert 'error="invalid_token"' in bad.headers["WWW-Authenticate"]
+        posted = await client.post("/api/orders", json=ORDER)
+        assert posted.status == 401
+        assert env.publisher.sent == []
+        assert (await client.get("/api/dashboard", headers=env.auth())).status == 200
+
+    env.run(scenario)
+
+
+# --- bad input -------------------------------------------------------------------------------------------
+
+
+def test_bad_bodies_get_clear_4xx_answers_and_publish_nothing() -> None:
+    env = Env(max_body_bytes=1024)
+
+    async def scenario(client: Client) -> None:
+        headers = {**env.auth(), "Content-Type": "application/json"}
+
+        async def post(data: bytes | str) -> tuple[int, dict[str, Any]]:
+            response = await client.post("/api/orders", data=data, headers=headers)
+            return response.status, await response.json()
+
+        assert await post("") == (400, {"error": "Request body is required: a JSON object"})
+        status, body = await post("{not json")
+        assert status == 400 and body["error"].startswith("Malformed JSON")
+        status, body = await post('{"lines": NaN}')
+        assert status == 400 and "NaN" in body["error"]
+        assert await post("[1, 2]") == (400, {"error": "Request body must be a JSON object, not list"})
+        status, body = await post(b"\xff\xfe{")
+        assert status == 400
+
+        status, body = await post(
+            json.dumps({**ORDER, "lines": [{"sku": "S", "quantity": "2", "unit_price_cents": 1}]})
+        )
+        assert status == 422
+        assert body["error"] == "Invalid request body: lines[0].quantity: Input should be a valid integer"
+        assert body["details"] == [{"field": "lines[0].quantity", "message": "Input should be a valid integer"}]
+        status, body = await post(json.dumps({"payment": ORDER["payment"]}))
+        assert status == 422 and body["details"][0]["field"] == "lines"
+
+        status, body = await post(json.dumps({**ORDER, "note": "x" * 2000}))
+        assert status == 413 and body == {"error": "Request body too large (at most 1024 bytes)"}
+
+        chunked = await client.post(
+            "/api/orders", data=_chunks(json.dumps({**ORDER, "note": "x" * 4000}).encode()), headers=headers
+        )
+        assert chunked.status == 413 and (await chunked.json())["error"].startswith("Request body too large")
+        assert env.publisher.sent == []
+
+    env.run(scenario)
+
+
+async def _chunks(data: bytes) -> Any:
+    for i in range(0, len(data), 512):
+        yield data[i : i + 512]
+
+
+def test_an_encoding_error_is_422() -> None:
+    class Refusing(MemoryPublisher):
+        async def send(self, topic: TopicSpec, record: str, key: str, value: Mapping[str, Any], **kw: Any) -> Envelope:
+            raise InvalidRecord("PlaceOrder v1: field 'lines[0].quantity' expected int, got 'x'")
+
+    env = Env()
+    env.publisher = Refusing()
+
+    async def scenario(client: Client) -> None:
+        response = await client.post("/api/orders", json=ORDER, headers=env.auth())
+        assert response.status == 422
+        assert (await response.json())["error"].startswith("Invalid command: PlaceOrder v1: field")
+
+    env.run(scenario)
+
+
+# --- commands ----------------------------------------------------------------------------------------------
+
+
+def test_placing_an_order_publishes_place_order_keyed_by_the_subject(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+
+    async def scenario(client: Client) -> None:
+        response = await client.post("/api/orders", json=ORDER, headers={**env.auth("u-7"), "traceparent": TRACEPARENT})
+        assert response.status == 202
+        body = await response.json()
+        order_id = body["order_id"]
+        assert uuid.UUID(order_id) and body["status"] == "accepted"
+        assert response.headers["Location"] == f"/api/orders/{order_id}"
+        assert response.headers["RateLimit-Limit"] == "100"
+        assert response.headers["RateLimit-Remaining"] == "99"
+
+        [sent] = env.publisher.sent
+        assert (sent.topic, sent.record, sent.key) == ("orders.commands.v1", "PlaceOrder", "u-7")
+        assert sent.value["user_id"] == "u-7" and sent.value["order_id"] == order_id
+        assert sent.value["idempotency_key"] == order_id
+        assert sent.value["lines"] == ORDER["lines"] and sent.value["payment"] == ORDER["payment"]
+        assert abs(sent.value["requested_at"] - time.time() * 1000) < 60_000
+        assert sent.envelope.correlation_id == order_id
+        # the trace goes on: same trace id, the gateway's own span, in the command's headers and the response
+        assert sent.envelope.traceparent is not None
+        assert sent.envelope.traceparent.startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        assert sent.envelope.traceparent == response.headers["traceparent"]
+        assert ("traceparent", sent.envelope.traceparent.encode()) in sent.envelope.to_headers()
+
+    env.run(scenario)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    [line] = lines
+    assert line["method"] == "POST" and line["path"] == "/api/orders" and line["status"] == 202
+    assert line["subject"] == "u-7" and line["client"] == "127.0.0.1"
+    assert line["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+
+
+def test_every_request_gets_a_trace_and_an_access_line(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+
+    async def scenario(client: Client) -> None:
+        for path in ("/live", "/api/dashboard", "/nope"):
+            response = await client.get(path)
+            assert len(response.headers["traceparent"]) == 55
+
+    env.run(scenario)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    assert [(line["path"], line["status"], line["subject"]) for line in lines] == [
+        ("/live", 200, None),
+        ("/api/dashboard", 401, None),
+        ("/nope", 404, None),
+    ]
+    assert len({line["trace_id"] for line in lines}) == 3
+
+
+def test_registering_a_user_publishes_register_user(env: Env) -> None:
+    async def scenario(client: Client) -> None:
+        body = {"username": "ada", "email": "ada@example.com", "profile": {"city": "London"}}
+        response = await client.post("/api/users", json=body, headers=env.auth())
+        assert response.status == 202
+        answer = await response.json()
+        user_id = answer["user_id"]
+        assert answer == {"user_id": user_id, "status": "accepted"}
+        assert response.headers["Location"] == f"/api/users/{user_id}"
+        [sent] = env.publisher.sent
+        assert (sent.topic, sent.record, sent.key) == ("users.commands.v1", "RegisterUser", user_id)
+        assert sent.value == {"user_id": user_id, **body}
+        bad = await client.post("/api/users", json={"username": "ada", "email": "nope"}, headers=env.auth())
+        assert bad.status == 422 and (await bad.json())["details"][0]["field"] == "email"
+
+    env.run(scenario)
+
+
+def test_an_unreachable_broker_is_503_and_nothing_is_cached(env: Env) -> None:
+    env.publisher.broken = True
+
+    async def scenario(client: Client) -> None:
+        headers = {**env.auth(), "Idempotency-Key": "k-503"}
+        response = await client.post("/api/orders", json=ORDER, headers=headers)
+        assert response.status == 503
+        assert await response.json() == {"error": "Service temporarily unavailable"}
+        assert env.redis.keys_matching("gateway:idem:*") == []
+        env.publisher.broken = False
+        retry = await client.post("/api/orders", json=ORDER, headers=headers)
+        assert retry.status == 202 and "Idempotent-Replayed" not in retry.headers
+        assert len(env.publisher.sent) == 1
+
+    env.run(scenario)
+
+
+# --- idempotency -------------------------------------------------------------------------------------------
+
+
+def test_an_idempotency_key_replays_the_first_answer(env: Env) -> None:
+    async def scenario(client: Client) -> None:
+        headers = {**env.auth("u-1"), "Idempotency-Key": "order-2026-01-01-a"}
+        first = await client.post("/api/orders", json=ORDER, headers=headers)
+        assert first.status == 202
+        reordered = {"payment": ORDER["payment"], "lines": ORDER["lines"]}  # same request, other key order
+        again = await client.post("/api/orders", json=reordered, headers=headers)
+        assert again.status == 202 and again.headers["Idempotent-Replayed"] == "true"
+        assert await again.json() == await first.json()
+        assert again.headers["Location"] == first.headers["Location"]
+        assert len(env.publisher.sent) == 1
+        assert env.publisher.sent[0].value["idempotency_key"] == "order-2026-01-01-a"
+        assert env.redis.keys_matching("gateway:idem:u-1:order-2026-01-01-a")
+
+        other = {**ORDER, "payment": {"method": "card", "token": "tok_decline"}}
+        mismatch = await client.post("/api/orders", json=other, headers=headers)
+        assert mismatch.status == 422
+        assert await mismatch.json() == {"error": "Idempotency-Key was already used with a different request"}
+
+        # the same key from another subject is another request
+        theirs = await client.post(
+            "/api/orders", json=ORDER, headers={**env.auth("u-2"), "Idempotency-Key": headers["Idempotency-Key"]}
+        )
+        assert theirs.status == 202 and (await theirs.json()) != (await first.json())
+        assert len(env.publisher.sent) == 2
+
+        for bad_key in ("", "has space", "x" * 256):
+            bad = await client.post("/api/orders", json=ORDER, headers={**env.auth(), "Idempotency-Key": bad_key})
+            assert bad.status == 400, bad_key
+        assert len(env.publisher.sent) == 2
+
+    env.run(scenario)
+
+
+def test_a_key_still_in_flight_is_409(env: Env) -> None:
+    gate = asyncio.Event()
+
+    class Slow(MemoryPublisher):
+        async def send(self, *args: Any, **kwargs: Any) -> Envelope:
+            await gate.wait()
+            return await super().send(*args, **kwargs)
+
+    env.publisher = Slow()
+
+    async def scenario(client: Client) -> None:
+        headers = {**env.auth(), "Idempotency-Key": "k-slow"}
+        first = asyncio.create_task(client.post("/api/orders", json=ORDER, headers=headers))
+        await _until(lambda: bool(env.redis.keys_matching("gateway:idem:*")))
+        second = await client.post("/api/orders", json=ORDER, headers=headers)
+        assert second.status == 409
+        gate.set()
+        assert (await first).status == 202
+        assert len(env.publisher.sent) == 1
+
+    env.run(scenario)
+
+
+async def _until(condition: Callable[[], bool], within_s: float = 5) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def test_redis_down_fails_the_limiter_open_but_idempotent_posts_closed(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    env.redis.down = True
+    caplog.set_level(logging.WARNING)
+
+    async def scenario(client: Client) -> None:
+        plain = await client.post("/api/orders", json=ORDER, headers=env.auth())
+        assert plain.status == 202  # rate limit could not be asked: admitted (fail open)
+        assert len(env.publisher.sent) == 1
+        keyed = await client.post("/api/orders", json=ORDER, headers={**env.auth(), "Idempotency-Key": "k"})
+        assert keyed.status == 503  # no store to dedupe a retry: refused, nothing published
+        assert len(env.publisher.sent) == 1
+        read = await client.get("/api/dashboard", headers=env.auth())
+        assert read.status == 503 and await read.json() == {"error": "Service temporarily unavailable"}
+
+    env.run(scenario)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.ratelimit"]
+    assert len(warnings) == 1 and "fail open" in warnings[0]
+
+
+# --- rate limit --------------------------------------------------------------------------------------------
+
+
+def test_the_rate_limit_answers_429_with_retry_after_per_client() -> None:
+    env = Env(rate_limit_requests=3, rate_limit_window_s=60)
+
+    async def scenario(client: Client) -> None:
+        for n in range(3):
+            response = await client.get("/api/dashboard", headers=env.auth("u-1"))
+            assert response.status == 200 and response.headers["RateLimit-Remaining"] == str(2 - n)
+        over = await client.get("/api/dashboard", headers=env.auth("u-1"))
+        assert over.status == 429 and await over.json() == {"error": "Too many requests"}
+        assert 1 <= int(over.headers["Retry-After"]) <= 60
+        assert (await client.get("/api/dashboard", headers=env.auth("u-2"))).status == 200
+        # requests without a valid token count against the client address
+        statuses = [(await client.get("/api/dashboard")).status for _ in range(4)]
+        assert statuses == [401, 401, 401, 429]
+        assert (await client.get("/live")).status == 200  # probes are never limited
+
+    env.run(scenario)
+
+
+def test_the_limiter_fails_open_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    redis = DictRedis()
+    redis.down = True
+    limiter = RedisRateLimiter(redis, limit=1, window_s=60)  # type: ignore[arg-type]
+
+    async def hits() -> list[bool]:
+        return [(await limiter.hit("sub:u-1")).degraded for _ in range(3)]
+
+    with caplog.at_level(logging.WARNING, logger="gateway.ratelimit"):
+        assert asyncio.run(hits()) == [True, True, True]
+    assert len(caplog.records) == 1
+
+
+# --- reads -------------------------------------------------------------------------------------------------
+
+
+def test_reading_a_user(env: Env) -> None:
+    env.put_user("u-1", 3, profile={"city": "London"})
+
+    async def scenario(client: Client) -> None:
+        response = await client.get("/api/users/u-1", headers=env.auth("u-1"))
+        assert response.status == 200 and response.headers["ETag"] == '"3"'
+        body = await response.json()
+        assert body["version"] == 3 and body["profile"] == {"city": "London"} and body["stale"] is False
+        other = await client.get("/api/users/u-1", headers=env.auth("u-2"))
+        assert other.status == 403
+        unknown = await client.get("/api/users/u-9", headers=env.auth("u-9"))
+        assert unknown.status == 404 and await unknown.json() == {"error": "User u-9 not found"}
+        bad = await client.get("/api/users/u-1?min_version=abc", headers=env.auth("u-1"))
+        assert bad.status == 400
+
+    env.run(scenario)
+
+
+def test_min_version_waits_for_the_write_or_answers_stale(env: Env) -> None:
+    env.put_user("u-1", 1)
+
+    async def scenario(client: Client) -> None:
+        async def projector_catches_up() -> None:
+            await asyncio.sleep(0.1)
+            env.put_user("u-1", 2)
+
+        catch_up = asyncio.create_task(projector_catches_up())
+        response = await client.get("/api/users/u-1?min_version=2", headers=env.auth("u-1"))
+        await catch_up
+        body = await response.json()
+        assert body["version"] == 2 and body["stale"] is False
+
+        started = time.monotonic()
+        response = await client.get("/api/users/u-1?min_version=5", headers=env.auth("u-1"))
+        assert time.monotonic() - started >= env.settings.read_wait_max_s
+        body = await response.json()
+        assert response.status == 200 and body["version"] == 2 and body["stale"] is True
+
+    env.run(scenario)
+
+
+def test_patching_a_profile_checks_the_version_first(env: Env) -> None:
+    env.put_user("u-1", 4)
+    change = {"profile": {"city": "Paris"}}
+
+    async def scenario(client: Client) -> None:
+        missing = await client.patch("/api/users/u-1", json=change, headers=env.auth("u-1"))
+        assert missing.status == 428 and "If-Match" in (await missing.json())["error"]
+        garbled = await client.patch("/api/users/u-1", json=change, headers={**env.auth("u-1"), "If-Match": "soon"})
+        assert garbled.status == 400 and "If-Match" in (await garbled.json())["error"]
+        conflict = await client.patch("/api/users/u-1", json=change, headers={**env.auth("u-1"), "If-Match": "3"})
+        assert conflict.status == 409
+        assert await conflict.json() == {"error": "Version conflict", "expected": 3, "actual": 4}
+        assert env.publisher.sent == []
+        theirs = await client.patch("/api/users/u-1", json=change, headers={**env.auth("u-2"), "If-Match": "4"})
+        assert theirs.status == 403
+        unknown = await client.patch("/api/users/u-8", json=change, headers={**env.auth("u-8"), "If-Match": "1"})
+        assert unknown.status == 404
+        empty = await client.patch("/api/users/u-1", json={"profile": {}}, headers={**env.auth("u-1"), "If-Match": "4"})
+        assert empty.status == 422
+
+        accepted = await client.patch("/api/users/u-1", json=change, headers={**env.auth("u-1"), "If-Match": '"4"'})
+        assert accepted.status == 202
+        assert await accepted.json() == {
+            "user_id": "u-1",
+            "expected_version": 4,
+            "version": 5,
+            "poll": "/api/users/u-1?min_version=5",
+        }
+        [sent] = env.publisher.sent
+        assert (sent.topic, sent.record, sent.key) == ("users.commands.v1", "UpdateUserProfile", "u-1")
+        assert sent.value == {"user_id": "u-1", "expected_version": 4, "changes": {"city": "Paris"}}
+
+    env.run(scenario)
+
+
+def test_reading_an_order(env: Env) -> None:
+    env.put_order("o-1", "u-1", "PLACED")
+    env.put_order("o-2", "u-2", "CONFIRMED")
+    env.put_order("o-3", None, "STOCK_RESERVED")  # OrderPlaced not projected yet: owner unknown
+
+    async def scenario(client: Client) -> None:
+        mine = await client.get("/api/orders/o-1", headers=env.auth("u-1"))
+        assert mine.status == 200 and (await mine.json())["status"] == "PLACED"
+        theirs = await client.get("/api/orders/o-2", headers=env.auth("u-1"))
+        assert theirs.status == 403 and await theirs.json() == {"error": "You may only access your own orders"}
+        assert (await client.get("/api/orders/o-3", headers=env.auth("u-1"))).status == 404
+        assert (await client.get("/api/orders/o-404", headers=env.auth("u-1"))).status == 404
+        bad = await client.get("/api/orders/o-1?wait_for=SHIPPED", headers=env.auth("u-1"))
+        assert bad.status == 400 and "wait_for" in (await bad.json())["error"]
+
+        async def saga_finishes() -> None:
+            await asyncio.sleep(0.1)
+            env.put_order("o-1", "u-1", "CONFIRMED")
+
+        finish = asyncio.create_task(saga_finishes())
+        waited = await client.get("/api/orders/o-1?wait_for=terminal", headers=env.auth("u-1"))
+        await finish
+        body = await waited.json()
+        assert body["status"] == "CONFIRMED" and body["stale"] is False
+        # a terminal order will not reach another status: answered at once, not stale
+        started = time.monotonic()
+        other = await client.get("/api/orders/o-1?wait_for=CANCELLED", headers=env.auth("u-1"))
+        assert time.monotonic() - started < env.settings.read_wait_max_s
+        assert (await other.json())["stale"] is False
+        env.put_order("o-4", "u-1", "PLACED")
+        stale = await client.get("/api/orders/o-4?wait_for=confirmed", headers=env.auth("u-1"))
+        assert (await stale.json()) == {"order_id": "o-4", "user_id": "u-1", "status": "PLACED", "timeline": [],
+                                       "stale": True}  # fmt: skip
+
+    env.run(scenario)
+
+
+def test_the_dashboard_reads_its_three_views_concurrently(env: Env) -> None:
+    env.put_user("u-1", 2)
+    env.redis.zsets["view:user-orders:u-1"] = {"o-1": 1.0, "o-2": 2.0}
+    env.redis.hashes["view:user-order-summaries:u-1"] = {
+        "o-1": json.dumps({"order_id": "o-1", "status": "CONFIRMED"}),
+        "o-2": json.dumps({"order_id": "o-2", "status": "PLACED"}),
+    }
+    env.redis.lists["view:notifications:u-1"] = [json.dumps({"notification_id": "n-1", "order_id": "o-1"})]
+    in_flight = {"now": 0, "max": 0}
+    for name in ("get", "zrevrange", "lrange"):
+        method = getattr(env.redis, name)
+
+        async def tracked(*args: Any, _method: Any = method) -> Any:
+            in_flight["now"] += 1
+            in_flight["max"] = max(in_flight["max"], in_flight["now"])
+            await asyncio.sleep(0.02)
+            try:
+                return await _method(*args)
+            finally:
+                in_flight["now"] -= 1
+
+        setattr(env.redis, name, tracked)
+
+    async def scenario(client: Client) -> None:
+        response = await client.get("/api/dashboard", headers=env.auth("u-1"))
+        assert response.status == 200
+        body = await response.json()
+        assert body["user_id"] == "u-1" and body["profile"]["version"] == 2
+        assert [o["order_id"] for o in body["orders"]] == ["o-2", "o-1"]
+        assert body["notifications"] == [{"notification_id": "n-1", "order_id": "o-1"}]
+
+    env.run(scenario)
+    assert in_flight["max"] == 3  # the profile, orders and notices reads were in flight together
+
+    empty = Env()
+
+    async def nobody(client: Client) -> None:
+        body = await (await client.get("/api/dashboard", headers=empty.auth("u-new"))).json()
+        assert body == {"user_id": "u-new", "profile": None, "orders": [], "notifications": []}
+
+    empty.run(nobody)
