@@ -459,6 +459,9 @@ async def place_order(request: web.Request) -> web.StreamResponse:
 
     async def act() -> Reply:
         order_id = str(uuid.uuid4())
+        # the customer as this gateway sees it: admission waits until it has seen that version too, so an order
+        # never overtakes the registration or deactivation the caller already saw (None: not in the view yet)
+        seen = await _user_version(gateway.redis, user_id)
         value = {
             "order_id": order_id,
             "user_id": user_id,
@@ -466,11 +469,24 @@ async def place_order(request: web.Request) -> web.StreamResponse:
             "payment": body.payment.model_dump(),
             "idempotency_key": request.headers.get("Idempotency-Key") or order_id,
             "requested_at": _now_ms(),
+            "user_version": seen,
         }
         await gateway.publish(request, ORDER_COMMANDS, "PlaceOrder", user_id, value, correlation_id=order_id)
         return Reply(202, {"order_id": order_id, "status": "accepted"}, {"Location": f"/api/orders/{order_id}"})
 
     return await gateway.idempotent(request, body, act)
+
+
+async def _user_version(redis: aioredis.Redis, user_id: str) -> int | None:
+    """The user's version in the view, or None when the view does not know the user (or Redis is down)."""
+    try:
+        view = await views.get_user_async(redis, user_id)
+    except Exception as exc:
+        if not _is_redis_error(exc):
+            raise
+        log.warning("user view unavailable (%s); the order goes without the user's version", exc)
+        return None
+    return int(view["version"]) if view is not None else None
 
 
 def _rank(view: dict[str, Any]) -> int:

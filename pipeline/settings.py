@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     data_dir: str = Field(default=".cache/faust", description="where Faust workers keep local table state")
     worker_log_level: str = Field(default="warning", description="log level of Faust workers")
     saga_timeout_s: float = Field(default=30.0, gt=0, description="a saga not terminal after this is cancelled")
+    admission_hold_s: float = Field(
+        default=10.0, gt=0, description="an order waits this long at most for a user event its sender saw"
+    )
     deadline_sweep_s: float = Field(default=1.0, gt=0, description="how often workers look for passed deadlines")
     stall_timeout_s: float = Field(
         default=30.0, gt=0, description="a worker with waiting input and no progress for this long stops"

@@ -4,6 +4,7 @@
 service        agent                consumes                                        table (key)
 =============  ===================  ==============================================  =======================
 orders         admit_orders         users.events.v1, orders.commands.v1             orders_customers (user)
+                                                                                    + orders_admission_holds
 orders         run_order_sagas      orders.events.v1, inventory.events.v1,          orders_sagas (order)
                                     payments.events.v1, orders.deadlines.v1         + orders_deadlines
 inventory      reserve_inventory    orders.events.v1, inventory.events.v1           inventory_reservations
@@ -44,7 +45,7 @@ from streams.domain.core import (
     StepContext,
     UsersConfig,
 )
-from streams.domain.messages import Message, OrderDeadlineReached, from_record, to_record
+from streams.domain.messages import Message, OrderDeadlineReached, ReleaseHeldOrders, from_record, to_record
 from streams.domain.saga import (
     ADMISSION,
     EMAILS,
@@ -81,6 +82,7 @@ DEADLINE_RESEND_S = 5.0
 def saga_config(settings: Settings) -> SagaConfig:
     return SagaConfig(
         saga_timeout=timedelta(seconds=settings.saga_timeout_s),
+        admission_hold=timedelta(seconds=settings.admission_hold_s),
         max_refund_attempts=settings.max_refund_attempts,
         refund_backoff_base=timedelta(seconds=settings.refund_backoff_base_s),
         refund_backoff_cap=timedelta(seconds=settings.refund_backoff_cap_s),
@@ -134,7 +136,18 @@ def wire(built: ServiceApp, settings: Settings, codec: AvroCodec) -> None:
 
 
 def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:
-    _add(built, codec, _step("admit_orders", ADMISSION, config), (USER_EVENTS, ORDER_COMMANDS), "orders_customers")
+    holds = new_table(built.app, table("orders", "orders_admission_holds"))
+    built.tables["orders_admission_holds"] = holds
+
+    def track_held_orders(user_id: str, state: Any) -> None:
+        due = state.hold_expires_at(config.admission_hold) if state is not None else None
+        if due is not None:
+            holds[user_id] = int(due.timestamp() * 1000)
+        elif user_id in holds:
+            del holds[user_id]
+
+    admit = _step("admit_orders", ADMISSION, config, after_write=track_held_orders)
+    _add(built, codec, admit, (USER_EVENTS, ORDER_COMMANDS), "orders_customers")
 
     deadlines = new_table(built.app, table("orders", "orders_deadlines"))
     built.tables["orders_deadlines"] = deadlines
@@ -156,7 +169,8 @@ def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config
 
     @built.app.timer(interval=settings.deadline_sweep_s)  # type: ignore[untyped-decorator]
     async def sweep_deadlines() -> None:
-        """Report every passed deadline; the saga agent decides (and ignores it if the order finished)."""
+        """Report every passed saga deadline and every customer whose held orders are due; the agents decide
+        (and ignore a report that is no longer true)."""
         now = datetime.now(UTC)
         now_ms = int(now.timestamp() * 1000)
         clock = time.monotonic()
@@ -174,6 +188,16 @@ def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config
             )
         for order_id in [k for k in reported if k not in deadlines]:
             del reported[order_id]
+        for user_id, due_ms in list(holds.items()):
+            if due_ms > now_ms or clock - reported.get(f"hold/{user_id}", -DEADLINE_RESEND_S) < DEADLINE_RESEND_S:
+                continue
+            reported[f"hold/{user_id}"] = clock
+            release = ReleaseHeldOrders(user_id=user_id, requested_at=now)
+            await outbox.send_all(
+                [(release.record_name, to_record(release))], cause=None, cause_id=f"admission-hold/{user_id}/{due_ms}"
+            )
+        for key in [k for k in reported if k.startswith("hold/") and k[5:] not in holds]:
+            del reported[key]
 
 
 def _wire_inventory(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:

@@ -50,7 +50,7 @@ class TopicSpec:
 
 ORDER_COMMANDS = TopicSpec(
     "orders.commands.v1",
-    records=("PlaceOrder",),
+    records=("PlaceOrder", "ReleaseHeldOrders"),
     description="Commands to the order service, keyed by user id: orders are admitted per customer, against the "
     "order service's own view of that customer.",
     key_field="user_id",
@@ -246,6 +246,7 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("orders", "orders_customers", "each customer as the order service sees them (user id)"),
     TableSpec("orders", "orders_sagas", "each order's saga state and timeline (order id)"),
     TableSpec("orders", "orders_deadlines", "deadlines of sagas not yet terminal (order id)"),
+    TableSpec("orders", "orders_admission_holds", "when each customer's oldest held order is due (user id)"),
     TableSpec("inventory", "inventory_reservations", "each order's line reservations (order id)"),
     TableSpec("inventory", "inventory_stock", "each SKU's stock levels and recent additions (SKU)"),
     TableSpec("inventory", "inventory_holds", "what each SKU holds or held for each order (SKU/order id)"),

@@ -24,6 +24,8 @@ class SagaConfig:
     """How long an order may stay unfinished before its deadline cancels it."""
     default_currency: str = "EUR"
     """Currency of an order whose command names none (PlaceOrder v1 names none)."""
+    admission_hold: timedelta = timedelta(seconds=10)
+    """How long admission holds an order for a user event it has not seen (see ``admission``)."""
     default_channel: str = "api"
     """``OrderPlaced.channel`` of orders admitted from ``orders.commands.v1``."""
     max_refund_attempts: int = 5

@@ -89,6 +89,18 @@ class PlaceOrder(Message):
     payment: PaymentDetails
     idempotency_key: str
     requested_at: datetime
+    user_version: int | None = None
+    """Decide only once the customer is known at least at this version (v2; None: no such wish)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseHeldOrders(Message):
+    """Command from the orders worker's timer: decide the customer's held orders that are due."""
+
+    KEY_FIELD: ClassVar[str] = "user_id"
+    TIME_FIELD: ClassVar[str] = "requested_at"
+    user_id: str
+    requested_at: datetime
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -647,6 +659,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.__name__: cls
     for cls in (
         PlaceOrder,
+        ReleaseHeldOrders,
         OrderPlaced,
         OrderRejected,
         OrderConfirmed,

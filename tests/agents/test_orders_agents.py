@@ -193,3 +193,20 @@ async def test_nothing_connects_to_the_broker_before_the_app_starts(faust_servic
         assert "o-1" in orders.table("orders_deadlines")
         with pytest.raises(TimeoutError):  # give any background connect a moment to show up
             await asyncio.wait_for(asyncio.get_running_loop().sock_accept(broker), timeout=0.2)
+
+
+async def test_an_order_for_a_customer_not_known_yet_is_held_and_its_due_time_kept(
+    faust_service: FaustServiceFactory,
+) -> None:
+    orders = faust_service("orders")
+    holds = orders.table("orders_admission_holds")
+    async with orders.agent("admit_orders") as agent:
+        await agent.deliver(place_order())
+        assert orders.recorder.sent == [], "held, not refused: the registration may be on its way"
+        (due_ms,) = holds.values()
+        assert set(holds) == {"u-1"} and due_ms > deadline_ms(datetime.now(UTC))
+        await agent.deliver(UserRegistered(user_id="u-1", version=1, username="ann", email="a@x", registered_at=NOW))
+        assert "u-1" not in holds, "nothing held any more"
+
+    (placed,) = orders.recorder.sent
+    assert placed.topic == "orders.events.v1" and placed.decoded().name == "OrderPlaced"

@@ -39,6 +39,7 @@ def pipeline(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
         settings,
         workdir,
         PIPELINE_SAGA_TIMEOUT_S=str(SAGA_TIMEOUT_S),
+        PIPELINE_ADMISSION_HOLD_S="2",
         PIPELINE_PAYMENT_SLOW_S=str(SAGA_TIMEOUT_S + 4),
         PIPELINE_PAYMENT_LATENCY_MS="2",
         PIPELINE_MAX_REFUND_ATTEMPTS=str(MAX_REFUND_ATTEMPTS),
@@ -73,14 +74,21 @@ def add_stock(publisher: EventPublisher, sku: str, quantity: int) -> None:
 
 
 def place_order(
-    publisher: EventPublisher, user_id: str, lines: list[tuple[str, int]], *, token: str = "tok_ok", order_id: str = ""
+    publisher: EventPublisher,
+    user_id: str,
+    lines: list[tuple[str, int]],
+    *,
+    token: str = "tok_ok",
+    order_id: str = "",
+    user_version: int | None = None,
 ) -> str:
     order_id = order_id or uid("o")
     publisher.publish(
         ORDER_COMMANDS, "PlaceOrder", user_id,
         {"order_id": order_id, "user_id": user_id,
          "lines": [{"sku": sku, "quantity": q, "unit_price_cents": 1000} for sku, q in lines],
-         "payment": {"method": "card", "token": token}, "idempotency_key": order_id, "requested_at": now_ms()},
+         "payment": {"method": "card", "token": token}, "idempotency_key": order_id, "requested_at": now_ms(),
+         "user_version": user_version},
     )  # fmt: skip
     publisher.flush()
     return order_id
@@ -256,7 +264,8 @@ def test_orders_of_unknown_or_inactive_users_are_rejected(
     publisher.publish(USER_COMMANDS, "DeactivateUser", customer, {"user_id": customer, "reason": "test"})
     publisher.flush()
     wait_until(lambda: views.get_user(store, customer)["active"] is False, timeout=60, what="deactivated")  # type: ignore[index]
-    inactive = place_order(publisher, customer, [(sku, 1)])
+    seen = views.get_user(store, customer)["version"]  # type: ignore[index]
+    inactive = place_order(publisher, customer, [(sku, 1)], user_version=seen)
     view = wait_for_order(pipeline, store, inactive)
     assert view["status"] == "REJECTED"
     assert "inactive" in json.dumps(view["timeline"])

@@ -154,14 +154,16 @@ def test_a_deactivated_user_s_orders_are_rejected(
     register(publisher, user_id)
     wait_user(pipeline, store, user_id, lambda v: v["version"] >= 2, "registered")
     command(publisher, "DeactivateUser", user_id, expected_version=None, reason="asked to leave")
-    wait_user(pipeline, store, user_id, lambda v: v["active"] is False, "deactivated")
+    seen = wait_user(pipeline, store, user_id, lambda v: v["active"] is False, "deactivated")
 
+    # the order names the version its sender saw, so admission decides it only once it has seen that version
+    # too (user events and orders travel on different topics)
     order_id = uid("o")
     publisher.publish(ORDER_COMMANDS, "PlaceOrder", user_id,
                       {"order_id": order_id, "user_id": user_id,
                        "lines": [{"sku": "sku-x", "quantity": 1, "unit_price_cents": 100}],
                        "payment": {"method": "card", "token": "tok_ok"}, "idempotency_key": order_id,
-                       "requested_at": int(time.time() * 1000)})  # fmt: skip
+                       "requested_at": int(time.time() * 1000), "user_version": seen["version"]})  # fmt: skip
     publisher.flush()
     wait_until(lambda: (views.get_order(store, order_id) or {}).get("status") == "REJECTED", timeout=60,
                what="order rejected")  # fmt: skip

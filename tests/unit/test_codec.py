@@ -190,24 +190,24 @@ def invalid(name: str, value: Any, version: int | None = None) -> str:
 def test_wrong_type_names_the_field_path() -> None:
     lines = [{"sku": "A", "quantity": 1, "unit_price_cents": 5}, {"sku": "B", "quantity": "x", "unit_price_cents": 5}]
     assert invalid("PlaceOrder", place_order(lines=lines)) == (
-        "PlaceOrder v1: field 'lines[1].quantity' expected int, got 'x'"
+        "PlaceOrder v2: field 'lines[1].quantity' expected int, got 'x'"
     )
 
 
 def test_missing_field() -> None:
     value = place_order()
     del value["user_id"]
-    assert invalid("PlaceOrder", value) == "PlaceOrder v1: missing required field 'user_id'"
+    assert invalid("PlaceOrder", value) == "PlaceOrder v2: missing required field 'user_id'"
 
 
 def test_missing_nested_field() -> None:
     message = invalid("PlaceOrder", place_order(payment={"method": "card"}))
-    assert message == "PlaceOrder v1: missing required field 'payment.token'"
+    assert message == "PlaceOrder v2: missing required field 'payment.token'"
 
 
 def test_extra_keys_are_refused_not_dropped() -> None:
     message = invalid("PlaceOrder", place_order(coupon="X", payment={"method": "card", "token": "t", "cvv": "1"}))
-    assert message.startswith("PlaceOrder v1: ")
+    assert message.startswith("PlaceOrder v2: ")
     assert "unknown field 'coupon'" in message and "unknown field 'payment.cvv'" in message
 
 
@@ -254,7 +254,7 @@ def test_optional_and_map_values() -> None:
 
 
 def test_not_a_mapping() -> None:
-    assert invalid("PlaceOrder", None) == "PlaceOrder v1: expected record pipeline.orders.PlaceOrder, got None"
+    assert invalid("PlaceOrder", None) == "PlaceOrder v2: expected record pipeline.orders.PlaceOrder, got None"
 
 
 def test_encoding_an_older_version_checks_that_version() -> None:
@@ -299,13 +299,13 @@ def test_every_truncation_is_a_decode_error() -> None:
     for size in range(len(GOOD)):
         error = decode_error(GOOD[:size])
         assert isinstance(error, CorruptPayload if size >= HEADER_SIZE else NotSingleObjectEncoded), size
-    assert "PlaceOrder v1: body does not decode (corrupt or truncated): " in str(decode_error(GOOD[:-1]))
+    assert "PlaceOrder v2: body does not decode (corrupt or truncated): " in str(decode_error(GOOD[:-1]))
 
 
 def test_trailing_bytes() -> None:
     error = decode_error(GOOD + b"\x00\x01")
     assert isinstance(error, CorruptPayload)
-    assert str(error) == "PlaceOrder v1: 2 trailing byte(s) after the record"
+    assert str(error) == "PlaceOrder v2: 2 trailing byte(s) after the record"
 
 
 def test_invalid_utf8() -> None:
@@ -335,7 +335,7 @@ def test_huge_declared_lengths_fail_fast(length: int) -> None:
 def test_unexpected_record_is_checked_before_the_body() -> None:
     error = decode_error(GOOD, expected=("OrderPlaced", "OrderCancelled"))
     assert isinstance(error, UnexpectedRecord)
-    assert str(error) == "unexpected record PlaceOrder v1; expected one of: OrderCancelled, OrderPlaced"
+    assert str(error) == "unexpected record PlaceOrder v2; expected one of: OrderCancelled, OrderPlaced"
     assert isinstance(decode_error(GOOD[:HEADER_SIZE] + b"\xff", expected=()), UnexpectedRecord)
 
 

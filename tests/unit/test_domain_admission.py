@@ -18,6 +18,7 @@ from streams.domain.messages import (
     OrderRejected,
     PaymentDetails,
     PlaceOrder,
+    ReleaseHeldOrders,
     UserDeactivated,
     UserReactivated,
     UserRegistered,
@@ -86,15 +87,59 @@ def test_config_sets_currency_and_deadline() -> None:
     assert (placed.currency, placed.deadline_at) == ("CHF", NOW + timedelta(seconds=30))
 
 
-@pytest.mark.parametrize(
-    ("state", "reason"),
-    [(None, "unknown_user"), (customer(active=False), "user_inactive")],
-    ids=["unknown", "inactive"],
-)
-def test_who_may_not_order_is_rejected(state: CustomerState | None, reason: str) -> None:
-    decision = decide(state, place(), CTX)
-    assert decision.events == (OrderRejected(order_id="o-1", user_id="u-1", reason=reason, rejected_at=NOW),)
+def test_an_inactive_customer_s_order_is_rejected() -> None:
+    decision = decide(customer(active=False), place(), CTX)
+    assert decision.events == (OrderRejected(order_id="o-1", user_id="u-1", reason="user_inactive", rejected_at=NOW),)
     assert decision.state is not None and decision.state.outcomes["k-1"] == decision.events[0]
+
+
+HOLD = timedelta(seconds=10)
+DUE = StepContext(now=NOW + HOLD)
+
+
+def release(ctx: StepContext = DUE) -> ReleaseHeldOrders:
+    return ReleaseHeldOrders(user_id="u-1", requested_at=ctx.now)
+
+
+def test_an_unknown_customer_s_order_is_held_then_refused_once_the_hold_is_over() -> None:
+    held = decide(None, place(), CTX)
+    assert held.events == () and held.state is not None and len(held.state.held) == 1
+    assert held.state.hold_expires_at(HOLD) == NOW + HOLD
+    early = decide(held.state, release(StepContext(now=NOW + HOLD / 2)), StepContext(now=NOW + HOLD / 2))
+    assert early.events == () and early.state == held.state, "not due yet"
+    due = decide(held.state, release(), DUE)
+    assert due.events == (OrderRejected(order_id="o-1", user_id="u-1", reason="unknown_user", rejected_at=DUE.now),)
+    assert due.state is not None and due.state.held == () and due.state.outcomes["k-1"] == due.events[0]
+
+
+def test_a_held_order_is_admitted_when_the_registration_arrives() -> None:
+    held = decide(None, place(), CTX).state
+    again = decide(held, place(), CTX)
+    assert again.events == () and again.state == held, "a repeat of a held order waits with it"
+    registered_now = decide(held, registered(), LATER)
+    (placed,) = registered_now.events
+    assert isinstance(placed, OrderPlaced) and placed.placed_at == LATER.now
+    assert registered_now.state is not None and registered_now.state.held == ()
+    assert decide(registered_now.state, place(), LATER).events == (placed,), "answered once, then remembered"
+
+
+def test_an_order_waits_for_the_customer_version_its_sender_saw() -> None:
+    deactivation = UserDeactivated(user_id="u-1", version=2, reason="x", deactivated_at=NOW)
+    held = decide(customer(), replace(place(), user_version=2), CTX)
+    assert held.events == (), "admission knows version 1; the sender saw 2"
+    (rejected,) = decide(held.state, deactivation, LATER).events
+    assert isinstance(rejected, OrderRejected) and rejected.reason == "user_inactive"
+    (placed,) = decide(customer(), replace(place(), user_version=1), CTX).events
+    assert isinstance(placed, OrderPlaced), "a version admission has seen needs no wait"
+
+
+def test_a_redelivered_release_re_emits_what_it_decided() -> None:
+    held = decide(None, place(), CTX).state
+    ctx = StepContext(now=LATER.now, message_id="registration-1")
+    first = decide(held, registered(), ctx)
+    again = decide(first.state, registered(), ctx)
+    assert again.events == first.events and again.state == first.state
+    assert decide(first.state, registered(), StepContext(now=LATER.now, message_id="other")).events == ()
 
 
 BAD_LINES = {
@@ -122,7 +167,8 @@ def test_a_free_line_is_valid() -> None:
 
 
 def test_unknown_user_is_checked_before_the_lines() -> None:
-    (event,) = decide(None, place(lines=()), CTX).events
+    held = decide(None, place(lines=()), CTX).state
+    (event,) = decide(held, release(), DUE).events
     assert isinstance(event, OrderRejected) and event.reason == "unknown_user"
 
 

@@ -48,6 +48,7 @@ from streams.domain.messages import (
     RecordLogin,
     RegisterUser,
     ReleaseEmail,
+    ReleaseHeldOrders,
     ReleaseStock,
     ReserveStock,
     ShortLine,
@@ -94,6 +95,7 @@ SAMPLES: list[Message] = [
         payment=PaymentDetails(method="card", token="tok"),
         idempotency_key="k-1",
         requested_at=WHEN,
+        user_version=3,
     ),
     OrderPlaced(
         order_id="o-1",
@@ -188,6 +190,7 @@ SAMPLES: list[Message] = [
     EmailClaimRefused(
         user_id="u-1", email="b@x.io", request_id="u-1/claim/2", reason="e-mail already in use", refused_at=WHEN
     ),
+    ReleaseHeldOrders(user_id="u-1", requested_at=WHEN),
 ]
 WITH_NULLS: list[Message] = [
     OrderPlaced(
