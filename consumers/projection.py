@@ -12,7 +12,8 @@ the five topics in different orders, so each order view must not depend on it):
   is recomputed from that timeline by :func:`summarize`. Applying the same event twice is a no-op; applying
   events in another order gives the same view.
 * Status only moves forward: the derived status is the highest-ranked one any event implies
-  (``PLACED`` < ``STOCK_RESERVED`` < ``CONFIRMED`` | ``CANCELLED`` | ``REJECTED`` < ``COMPENSATION_FAILED``),
+  (``PLACED`` < ``STOCK_RESERVED`` < ``PAYMENT_PENDING`` < ``CONFIRMED`` | ``CANCELLED`` | ``REJECTED`` <
+  ``COMPENSATION_FAILED``),
   so a late ``OrderPlaced`` after ``OrderConfirmed`` changes nothing. Terminal states never revert: of two
   conflicting terminal events (a saga bug), the earliest by event time stays.
 * The secondary views (a user's order summaries, needs-attention) are functions of the order view, rewritten
@@ -113,16 +114,18 @@ STATUS_BY_RECORD: Mapping[str, str] = {
     "OrderCancelled": "CANCELLED",
     "OrderRejected": "REJECTED",
     "OrderCompensationFailed": "COMPENSATION_FAILED",
+    "PaymentPending": "PAYMENT_PENDING",
 }
 STATUS_RANK: Mapping[str, int] = {
     "PLACED": 1,
     "STOCK_RESERVED": 2,
-    "CONFIRMED": 3,
-    "CANCELLED": 3,
-    "REJECTED": 3,
-    "COMPENSATION_FAILED": 4,
+    "PAYMENT_PENDING": 3,
+    "CONFIRMED": 4,
+    "CANCELLED": 4,
+    "REJECTED": 4,
+    "COMPENSATION_FAILED": 5,
 }
-TERMINAL_RANK = 3
+TERMINAL_RANK = 4
 
 SAGA_ORDER: tuple[str, ...] = (
     "OrderPlaced",
@@ -131,6 +134,7 @@ SAGA_ORDER: tuple[str, ...] = (
     "StockLineRejected",
     "InventoryReserved",
     "InventoryReservationFailed",
+    "PaymentPending",
     "PaymentSucceeded",
     "PaymentFailed",
     "OrderDeadlineReached",
@@ -163,6 +167,7 @@ TIME_FIELDS: Mapping[str, str] = {
     "InventoryCommitted": "committed_at",
     "PaymentSucceeded": "charged_at",
     "PaymentFailed": "failed_at",
+    "PaymentPending": "pending_at",
     "PaymentRefunded": "refunded_at",
     "PaymentRefundFailed": "failed_at",
     "StockLineReserved": "reserved_at",

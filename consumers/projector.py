@@ -15,7 +15,8 @@ event times in epoch milliseconds, JSON is canonical (sorted keys, no spaces), n
 key                                             type    content
 ==============================================  ======  =========================================================
 ``view:order:{order_id}``                       string  JSON order view: ``order_id``, ``status`` (PLACED,
-                                                        STOCK_RESERVED, CONFIRMED, CANCELLED, REJECTED,
+                                                        STOCK_RESERVED, PAYMENT_PENDING, CONFIRMED, CANCELLED,
+                                                        REJECTED,
                                                         COMPENSATION_FAILED; null until a status-bearing event),
                                                         ``user_id``, ``lines``, ``total_cents``, ``currency``,
                                                         ``placed_at``, ``deadline_at``, ``channel``, ``note``,

@@ -486,6 +486,37 @@ def stock_view(sku: str) -> None:
     )
 
 
+@main.group()
+def provider() -> None:
+    """The simulated payment provider (an external system; its ledger lives in Redis under provider:*)."""
+
+
+@provider.command("outage")
+@click.argument("state", type=click.Choice(["on", "off"]))
+def provider_outage(state: str) -> None:
+    """Take the provider down (every charge and refund fails, nothing moves) or bring it back."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from streams.payment_provider import set_outage
+
+    settings = get_settings()
+
+    async def switch() -> None:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            await set_outage(client, state == "on")
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(switch())
+    except Exception as exc:
+        raise CliError(f"cannot reach Redis at {settings.redis_url}: {exc}") from exc
+    click.echo(f"payment provider {'down' if state == 'on' else 'up'}")
+
+
 @main.command("user")
 @click.argument("user_id")
 @click.option("--json", "as_json", is_flag=True, help="print the view as JSON")

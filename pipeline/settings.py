@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     refund_backoff_cap_s: float = Field(default=1.0, gt=0, description="longest refund retry delay")
     user_snapshot_every: int = Field(default=5, ge=1, description="a user snapshot every N events of a user")
 
+    # calling the payment provider: retries within a call, the circuit breaker, parked charges
+    provider_call_attempts: int = Field(default=3, ge=1, description="tries per provider call (transient errors)")
+    provider_retry_base_s: float = Field(default=0.05, gt=0, description="first backoff between tries (jittered)")
+    breaker_failure_threshold: int = Field(default=5, ge=1, description="failed calls in a row that open the breaker")
+    breaker_reset_s: float = Field(default=5.0, gt=0, description="open this long, then one probe call (half-open)")
+    payment_retry_interval_s: float = Field(default=1.0, gt=0, description="how often parked charges are retried")
+
     # the simulated payment provider (an external system: its ledger lives in Redis under provider:*)
     payment_latency_ms: float = Field(default=5.0, ge=0, description="latency of each provider call")
     payment_failure_rate: float = Field(default=0.0, ge=0, le=1, description="share of charges declined")

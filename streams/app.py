@@ -20,6 +20,7 @@ import faust
 from pipeline.settings import Settings
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
+from streams.resilience import CircuitBreaker
 from streams.runtime import Incoming, Outbox, StateStore, StateTable, Step, StepRunner, normalise_headers
 from streams.topics import APP_PREFIX, PARTITIONS, TableSpec, TopicSpec
 from streams.watchdog import Watchdog, stop_stalled_process
@@ -40,6 +41,7 @@ class ServiceApp:
     runners: dict[str, StepRunner] = field(default_factory=dict)
     tables: dict[str, Any] = field(default_factory=dict)
     outbox: Outbox | None = None
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
     write_timeout_s: float = 30.0
 

@@ -23,6 +23,13 @@ import redis.asyncio as aioredis
 
 LEDGER = "provider:charges"
 REFUNDS = "provider:refunds"
+OUTAGE = "provider:outage"
+"""While this key exists the provider is down: every call fails with :class:`ProviderUnavailable` and moves no
+money (``pipeline provider outage on|off``; tests set it to drive the circuit breaker)."""
+
+
+class ProviderUnavailable(Exception):
+    """The provider did not take the call (down, overloaded): nothing was charged or refunded; try later."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,7 @@ class SimulatedPaymentProvider:
         b = self._behaviour
         flags = token_flags(token)
         await asyncio.sleep(b.slow_s if "slow" in flags else b.latency_s)
+        await self._check_up()
         existing = await self._redis.hget(LEDGER, idempotency_key)
         if existing is not None:
             return _charge_from(json.loads(existing))
@@ -88,10 +96,15 @@ class SimulatedPaymentProvider:
         stored = await self._redis.hget(LEDGER, idempotency_key)
         return _charge_from(json.loads(stored if stored is not None else json.dumps(entry)))
 
+    async def _check_up(self) -> None:
+        if await self._redis.exists(OUTAGE):
+            raise ProviderUnavailable("payment provider unavailable (503)")
+
     async def refund(self, *, idempotency_key: str, payment_id: str, attempt: int) -> RefundResult:
         """Refund a charge once; refunding an already refunded charge succeeds again without money moving."""
         b = self._behaviour
         await asyncio.sleep(b.latency_s)
+        await self._check_up()
         raw = await self._redis.hget(LEDGER, idempotency_key)
         if raw is None or json.loads(raw)["payment_id"] != payment_id:
             return RefundResult(False, f"no charge {payment_id} for {idempotency_key}")
@@ -107,6 +120,14 @@ class SimulatedPaymentProvider:
         await self._redis.hset(LEDGER, idempotency_key, json.dumps(entry))
         await self._redis.hincrby(REFUNDS, idempotency_key, 1)
         return RefundResult(True)
+
+
+async def set_outage(client: aioredis.Redis, down: bool) -> None:
+    """Take the simulated provider down (every call fails) or bring it back."""
+    if down:
+        await client.set(OUTAGE, "1")
+    else:
+        await client.delete(OUTAGE)
 
 
 def _charge_from(entry: dict[str, Any]) -> ChargeResult:

@@ -10,7 +10,8 @@ orders         run_order_sagas      orders.events.v1, inventory.events.v1,      
 inventory      reserve_inventory    orders.events.v1, inventory.events.v1           inventory_reservations
 inventory      keep_stock           inventory.commands.v1                           inventory_stock (SKU)
                                                                                     + inventory_holds
-payments       settle_payments      orders.events.v1, inventory.events.v1           payments_payments
+payments       settle_payments      orders.events.v1, inventory.events.v1,          payments_payments
+                                    payments.commands.v1 (its timer's retries)      + payments_parked
 notifications  notify_customers     orders.events.v1                                notifications_notices
 users          handle_user_commands users.commands.v1 (commands and claim answers)  users_users (user)
 users          own_emails           users.emails.v1                                 users_emails (e-mail)
@@ -25,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -41,11 +42,19 @@ from streams.domain.core import (
     ChargePayment,
     Decision,
     RefundOutcome,
+    RefundPayment,
     SagaConfig,
     StepContext,
     UsersConfig,
 )
-from streams.domain.messages import Message, OrderDeadlineReached, ReleaseHeldOrders, from_record, to_record
+from streams.domain.messages import (
+    Message,
+    OrderDeadlineReached,
+    ReleaseHeldOrders,
+    RetryPayment,
+    from_record,
+    to_record,
+)
 from streams.domain.saga import (
     ADMISSION,
     EMAILS,
@@ -58,7 +67,8 @@ from streams.domain.saga import (
     USERS,
     Service,
 )
-from streams.payment_provider import ProviderBehaviour, SimulatedPaymentProvider
+from streams.payment_provider import ProviderBehaviour, ProviderUnavailable, SimulatedPaymentProvider
+from streams.resilience import BreakerState, CircuitBreaker, CircuitOpen, RetryPolicy, retry
 from streams.runtime import Incoming, Step
 from streams.stores import StockStore
 from streams.topics import (
@@ -67,6 +77,7 @@ from streams.topics import (
     ORDER_COMMANDS,
     ORDER_DEADLINES,
     ORDER_EVENTS,
+    PAYMENT_COMMANDS,
     PAYMENT_EVENTS,
     USER_COMMANDS,
     USER_EMAILS,
@@ -74,6 +85,8 @@ from streams.topics import (
     TopicSpec,
     table,
 )
+
+T = TypeVar("T")
 
 DEADLINE_RESEND_S = 5.0
 """A deadline already reported is reported again after this long if its saga is still open."""
@@ -217,6 +230,47 @@ def _wire_payments(built: ServiceApp, settings: Settings, codec: AvroCodec, conf
         slow_s=settings.payment_slow_s,
     )
     provider = SimulatedPaymentProvider(aioredis.Redis.from_url(settings.redis_url), behaviour)
+    breaker = CircuitBreaker(
+        "payment-provider",
+        failure_threshold=settings.breaker_failure_threshold,
+        reset_timeout_s=settings.breaker_reset_s,
+    )
+    built.breakers[breaker.name] = breaker
+    policy = RetryPolicy(attempts=settings.provider_call_attempts, base_s=settings.provider_retry_base_s)
+
+    def unavailable(exc: Exception) -> bool:
+        return isinstance(exc, ProviderUnavailable)
+
+    async def guarded(operation: Callable[[], Awaitable[T]]) -> T:
+        """A provider call through the breaker, transient failures retried (with jitter) within the call."""
+        return await breaker.call(lambda: retry(operation, policy, transient=unavailable), is_failure=unavailable)
+
+    async def charge(effect: ChargePayment) -> ChargeOutcome:
+        try:
+            charged = await guarded(
+                lambda: provider.charge(
+                    idempotency_key=effect.idempotency_key,
+                    amount_cents=effect.amount_cents,
+                    currency=effect.currency,
+                    token=effect.token,
+                )
+            )
+        except (CircuitOpen, ProviderUnavailable) as exc:
+            return ChargeOutcome(False, reason=str(exc), unavailable=True)
+        return ChargeOutcome(charged.ok, charged.payment_id, charged.reason)
+
+    async def refund(effect: RefundPayment) -> RefundOutcome:
+        if effect.retry_at is not None:
+            await asyncio.sleep(max(0.0, (effect.retry_at - datetime.now(UTC)).total_seconds()))
+        try:
+            refunded = await guarded(
+                lambda: provider.refund(
+                    idempotency_key=effect.order_id, payment_id=effect.payment_id, attempt=effect.attempt
+                )
+            )
+        except (CircuitOpen, ProviderUnavailable) as exc:
+            return RefundOutcome(False, str(exc), effect.attempt)
+        return RefundOutcome(refunded.ok, refunded.reason, effect.attempt)
 
     async def run_payment_effects(decision: Decision[Any], ctx: StepContext, message: Message) -> Decision[Any]:
         """Carry out charges and refunds, folding each answer back through the pure step."""
@@ -224,33 +278,49 @@ def _wire_payments(built: ServiceApp, settings: Settings, codec: AvroCodec, conf
         while effects:
             effect = effects.pop(0)
             if isinstance(effect, ChargePayment):
-                charged = await provider.charge(
-                    idempotency_key=effect.idempotency_key,
-                    amount_cents=effect.amount_cents,
-                    currency=effect.currency,
-                    token=effect.token,
-                )
-                now = replace(ctx, now=datetime.now(UTC))
-                outcome = payments.on_charge_result(
-                    state, ChargeOutcome(charged.ok, charged.payment_id, charged.reason), now
-                )
+                outcome = payments.on_charge_result(state, await charge(effect), replace(ctx, now=datetime.now(UTC)))
             else:
-                if effect.retry_at is not None:
-                    await asyncio.sleep(max(0.0, (effect.retry_at - datetime.now(UTC)).total_seconds()))
-                refunded = await provider.refund(
-                    idempotency_key=effect.order_id, payment_id=effect.payment_id, attempt=effect.attempt
-                )
-                now = replace(ctx, now=datetime.now(UTC))
-                outcome = payments.on_refund_result(
-                    state, RefundOutcome(refunded.ok, refunded.reason, effect.attempt), now
-                )
+                outcome = payments.on_refund_result(state, await refund(effect), replace(ctx, now=datetime.now(UTC)))
             state = outcome.state
             events.extend(outcome.events)
             effects.extend(outcome.effects)
         return Decision(state, tuple(events))
 
-    step = _step("settle_payments", PAYMENTS, config, run_effects=run_payment_effects)
-    _add(built, codec, step, (ORDER_EVENTS, INVENTORY_EVENTS), "payments_payments")
+    parked = new_table(built.app, table("payments", "payments_parked"))
+    built.tables["payments_parked"] = parked
+
+    def track_parked(order_id: str, state: Any) -> None:
+        if payments.is_parked(state):
+            if order_id not in parked:
+                parked[order_id] = int(datetime.now(UTC).timestamp() * 1000)
+        elif order_id in parked:
+            del parked[order_id]
+
+    step = _step("settle_payments", PAYMENTS, config, run_effects=run_payment_effects, after_write=track_parked)
+    _add(built, codec, step, (ORDER_EVENTS, INVENTORY_EVENTS, PAYMENT_COMMANDS), "payments_payments")
+
+    outbox = built.outbox
+    if outbox is None:
+        raise RuntimeError("payments: build the outbox before wiring the retry timer")
+    asked: dict[str, float] = {}
+
+    @built.app.timer(interval=settings.payment_retry_interval_s)  # type: ignore[untyped-decorator]
+    async def retry_parked_charges() -> None:
+        """Once the breaker would let a call through, ask for the parked charges again (one while half-open)."""
+        if not parked or not breaker.would_allow():
+            return
+        budget = 1 if breaker.state is BreakerState.HALF_OPEN else len(parked)
+        clock = time.monotonic()
+        for order_id in sorted(parked, key=lambda o: (parked[o], o))[:budget]:
+            if clock - asked.get(order_id, -DEADLINE_RESEND_S) < DEADLINE_RESEND_S:
+                continue
+            asked[order_id] = clock
+            command = RetryPayment(order_id=order_id, requested_at=datetime.now(UTC))
+            await outbox.send_all(
+                [(command.record_name, to_record(command))], cause=None, cause_id=f"retry-payment/{order_id}/{clock}"
+            )
+        for order_id in [o for o in asked if o not in parked]:
+            del asked[order_id]
 
 
 def _wire_notifications(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:

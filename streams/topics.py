@@ -98,9 +98,15 @@ INVENTORY_EVENTS = TopicSpec(
     retention_ms=-1,
     key_field="order_id",
 )
+PAYMENT_COMMANDS = TopicSpec(
+    "payments.commands.v1",
+    records=("RetryPayment",),
+    description="Commands to the payment service, keyed by order id: its timer's retries of parked charges.",
+    key_field="order_id",
+)
 PAYMENT_EVENTS = TopicSpec(
     "payments.events.v1",
-    records=("PaymentSucceeded", "PaymentFailed", "PaymentRefunded", "PaymentRefundFailed"),
+    records=("PaymentSucceeded", "PaymentFailed", "PaymentPending", "PaymentRefunded", "PaymentRefundFailed"),
     description="Charges and refunds at the payment provider, keyed by order id.",
     retention_ms=-1,
     key_field="order_id",
@@ -167,6 +173,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     INVENTORY_COMMANDS,
     INVENTORY_STOCK,
     INVENTORY_EVENTS,
+    PAYMENT_COMMANDS,
     PAYMENT_EVENTS,
     NOTIFICATION_EVENTS,
     USER_COMMANDS,
@@ -251,6 +258,7 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("inventory", "inventory_stock", "each SKU's stock levels and recent additions (SKU)"),
     TableSpec("inventory", "inventory_holds", "what each SKU holds or held for each order (SKU/order id)"),
     TableSpec("payments", "payments_payments", "each order's charge and refunds (order id)"),
+    TableSpec("payments", "payments_parked", "charges parked while the provider is down, since when (order id)"),
     TableSpec("notifications", "notifications_notices", "which notices each order has had (order id)"),
     TableSpec("users", "users_users", "each user's newest snapshot, events since, claim in flight (user id)"),
     TableSpec("users", "users_emails", "who owns each e-mail address (lower-cased address)"),

@@ -132,6 +132,8 @@ class ChargeOutcome:
     ok: bool
     payment_id: str | None = None
     reason: str = ""
+    unavailable: bool = False
+    """The provider did not take the call (down, or its circuit breaker open): nothing was charged."""
 
 
 @dataclass(frozen=True)

@@ -387,6 +387,27 @@ class PaymentFailed(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
+class PaymentPending(Message):
+    """Event: the provider is unavailable; the charge waits (nothing charged) and is retried later."""
+
+    KEY_FIELD: ClassVar[str] = "order_id"
+    TIME_FIELD: ClassVar[str] = "pending_at"
+    order_id: str
+    reason: str
+    pending_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPayment(Message):
+    """Command from the payments worker's timer: try the order's parked charge again."""
+
+    KEY_FIELD: ClassVar[str] = "order_id"
+    TIME_FIELD: ClassVar[str] = "requested_at"
+    order_id: str
+    requested_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
 class PaymentRefunded(Message):
     """Event: compensation; the charge of a cancelled order was refunded."""
 
@@ -681,6 +702,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         InventoryCommitted,
         PaymentSucceeded,
         PaymentFailed,
+        PaymentPending,
+        RetryPayment,
         PaymentRefunded,
         PaymentRefundFailed,
         NotificationSent,

@@ -13,6 +13,10 @@ the edge feeds the provider's answers back through :func:`on_charge_result` and 
   PaymentRefundFailed tells the saga the order needs a person.
 * :func:`pending_effects` lists the effect still waiting for an answer, so the edge can re-drive it after
   a restart.
+* A charge the provider did not take (it is down, or the edge's circuit breaker is open) is **parked**: the
+  charge becomes UNAVAILABLE and PaymentPending says so (once). RetryPayment, from the payments worker's timer
+  once the provider looks available again, asks for the charge again; a cancellation meanwhile (the saga's
+  deadline) ends it with nothing to refund, since nothing was charged.
 
 Redelivery: each input kind is applied once (OrderPlaced, InventoryReserved, OrderCancelled). Applied again,
 it changes nothing and re-emits what its chain produced so far: the ChargePayment effect while the charge is
@@ -42,9 +46,11 @@ from streams.domain.messages import (
     OrderCancelled,
     OrderPlaced,
     PaymentFailed,
+    PaymentPending,
     PaymentRefunded,
     PaymentRefundFailed,
     PaymentSucceeded,
+    RetryPayment,
 )
 
 __all__ = [
@@ -61,11 +67,13 @@ __all__ = [
     "on_inventory_reserved",
     "on_order_cancelled",
     "on_order_placed",
+    "is_parked",
     "on_refund_result",
+    "on_retry_payment",
     "pending_effects",
 ]
 
-HANDLES = frozenset({"OrderPlaced", "InventoryReserved", "OrderCancelled"})
+HANDLES = frozenset({"OrderPlaced", "InventoryReserved", "OrderCancelled", "RetryPayment"})
 
 CHARGE_RESULT = "charge_result"
 """``refund_trigger`` when the charge's own answer found the order cancelled."""
@@ -74,6 +82,8 @@ CHARGE_RESULT = "charge_result"
 class ChargeStatus(StrEnum):
     NONE = "NONE"
     REQUESTED = "REQUESTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    """Parked: the provider did not take the charge; RetryPayment asks again."""
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
 
@@ -103,6 +113,8 @@ class PaymentState(JsonState):
     """Record name of the input that asked for the charge (its redelivery re-emits the charge chain)."""
     payment_id: str | None = None
     charge_result: PaymentSucceeded | PaymentFailed | None = None
+    pending: PaymentPending | None = None
+    """The PaymentPending emitted when the charge was first parked (re-emitted on redelivery)."""
     refund: RefundStatus = RefundStatus.NONE
     refund_trigger: str | None = None
     """``OrderCancelled``, or :data:`CHARGE_RESULT` when a late successful charge started the refund."""
@@ -120,6 +132,8 @@ def decide(state: PaymentState | None, message: Message, ctx: StepContext) -> De
             return on_inventory_reserved(state, message, ctx)
         case OrderCancelled():
             return on_order_cancelled(state, message, ctx)
+        case RetryPayment():
+            return on_retry_payment(state, message, ctx)
     return Decision(state)
 
 
@@ -162,6 +176,13 @@ def on_charge_result(state: PaymentState | None, outcome: ChargeOutcome, ctx: St
     """Record the provider's answer to the charge; a success for a cancelled order is refunded at once."""
     if state is None or state.charge is not ChargeStatus.REQUESTED:
         return _replay_charge(state) if state is not None else Decision(state)
+    if outcome.unavailable:
+        state = replace(state, charge=ChargeStatus.UNAVAILABLE)
+        if state.cancelled or state.pending is not None:
+            return Decision(state)  # announced once; a cancelled order needs no charge any more
+        pending = PaymentPending(order_id=state.order_id, reason=outcome.reason or "provider unavailable",
+                                 pending_at=ctx.now)  # fmt: skip
+        return Decision(replace(state, pending=pending), (pending,))
     if not outcome.ok:
         failed = PaymentFailed(order_id=state.order_id, reason=outcome.reason or "charge declined", failed_at=ctx.now)
         return Decision(replace(state, charge=ChargeStatus.FAILED, charge_result=failed), (failed,))
@@ -174,6 +195,23 @@ def on_charge_result(state: PaymentState | None, outcome: ChargeOutcome, ctx: St
     if state.cancelled:
         return _start_refund(state, CHARGE_RESULT, (succeeded,))
     return Decision(state, (succeeded,))
+
+
+def on_retry_payment(state: PaymentState | None, command: RetryPayment, ctx: StepContext) -> Decision[PaymentState]:
+    """Ask for a parked charge again; anything else (a late or repeated retry) replays the charge chain."""
+    if state is None:
+        return Decision(state)
+    if state.charge is ChargeStatus.UNAVAILABLE and not state.cancelled:
+        state = replace(state, charge=ChargeStatus.REQUESTED)
+        return Decision(state, (), (_charge_effect(state),))
+    if state.charge is ChargeStatus.UNAVAILABLE:
+        return Decision(state)
+    return _replay_charge(state)
+
+
+def is_parked(state: PaymentState | None) -> bool:
+    """The charge waits for the provider to come back (the edge's timer retries it)."""
+    return state is not None and state.charge is ChargeStatus.UNAVAILABLE and not state.cancelled
 
 
 def on_refund_result(state: PaymentState | None, outcome: RefundOutcome, ctx: StepContext) -> Decision[PaymentState]:
@@ -247,6 +285,8 @@ def _replay_charge(state: PaymentState) -> Decision[PaymentState]:
         effects = (_charge_effect(state),)
     elif state.charge_result is not None:
         events = (state.charge_result,)
+    elif state.charge is ChargeStatus.UNAVAILABLE and state.pending is not None:
+        events = (state.pending,)
     if state.refund_trigger == CHARGE_RESULT:
         refund_events, refund_effects = _refund_outputs(state)
         events, effects = events + refund_events, effects + refund_effects

@@ -40,6 +40,7 @@ from streams.domain.messages import (
     OrderRejected,
     PaymentDetails,
     PaymentFailed,
+    PaymentPending,
     PaymentRefunded,
     PaymentRefundFailed,
     PaymentSucceeded,
@@ -51,6 +52,7 @@ from streams.domain.messages import (
     ReleaseHeldOrders,
     ReleaseStock,
     ReserveStock,
+    RetryPayment,
     ShortLine,
     StockAdded,
     StockLine,
@@ -191,6 +193,8 @@ SAMPLES: list[Message] = [
         user_id="u-1", email="b@x.io", request_id="u-1/claim/2", reason="e-mail already in use", refused_at=WHEN
     ),
     ReleaseHeldOrders(user_id="u-1", requested_at=WHEN),
+    PaymentPending(order_id="o-1", reason="provider unavailable", pending_at=WHEN),
+    RetryPayment(order_id="o-1", requested_at=WHEN),
 ]
 WITH_NULLS: list[Message] = [
     OrderPlaced(

@@ -24,9 +24,11 @@ from streams.domain.messages import (
     OrderLine,
     OrderPlaced,
     PaymentFailed,
+    PaymentPending,
     PaymentRefunded,
     PaymentRefundFailed,
     PaymentSucceeded,
+    RetryPayment,
     StockLine,
 )
 from streams.domain.payments import ChargeStatus, PaymentState, RefundStatus, decide, on_charge_result, on_refund_result
@@ -208,3 +210,47 @@ def test_state_survives_json() -> None:
     state = on_refund_result(decide(charged(), CANCELLED, at(4)).state, RefundOutcome(ok=False), at(5)).state
     assert state is not None and state.refund_retry_at is not None
     assert PaymentState.from_json(json.loads(json.dumps(state.to_json()))) == state
+
+
+DOWN = ChargeOutcome(ok=False, reason="payment provider unavailable (503)", unavailable=True)
+
+
+def parked() -> PaymentState:
+    asked = decide(decide(None, PLACED, at(1)).state, RESERVED, at(2)).state
+    result = on_charge_result(asked, DOWN, at(3)).state
+    assert result is not None
+    return result
+
+
+def test_a_charge_the_provider_did_not_take_is_parked_and_announced_once() -> None:
+    asked = decide(decide(None, PLACED, at(1)).state, RESERVED, at(2)).state
+    decision = on_charge_result(asked, DOWN, at(3))
+    pending = PaymentPending(order_id="o-1", reason="payment provider unavailable (503)", pending_at=at(3).now)
+    assert decision.events == (pending,) and decision.effects == ()
+    assert payments.is_parked(decision.state) and payments.pending_effects(decision.state) == ()
+    assert decide(decision.state, RESERVED, at(4)).events == (pending,), "a redelivered trigger re-announces it"
+
+    retried = decide(decision.state, RetryPayment(order_id="o-1", requested_at=at(10).now), at(10))
+    assert retried.effects == (CHARGE,) and not payments.is_parked(retried.state)
+    again_down = on_charge_result(retried.state, DOWN, at(11))
+    assert again_down.events == () and payments.is_parked(again_down.state), "announced once per order"
+    back = on_charge_result(
+        decide(again_down.state, RetryPayment(order_id="o-1", requested_at=at(20).now), at(20)).state, OK, at(21)
+    )
+    assert back.events == (PaymentSucceeded(order_id="o-1", payment_id="p-1", amount_cents=500, charged_at=at(21).now),)
+
+
+def test_a_parked_charge_of_a_cancelled_order_is_dropped_with_nothing_to_refund() -> None:
+    cancelled = decide(parked(), CANCELLED, at(30))
+    assert cancelled.events == () and cancelled.effects == ()
+    assert not payments.is_parked(cancelled.state)
+    late = decide(cancelled.state, RetryPayment(order_id="o-1", requested_at=at(31).now), at(31))
+    assert late.events == () and late.effects == (), "no charge for a cancelled order"
+
+
+def test_a_retry_for_a_charge_that_is_not_parked_only_replays() -> None:
+    done = charged()
+    replay = decide(done, RetryPayment(order_id="o-1", requested_at=at(9).now), at(9))
+    assert replay.state == done and replay.effects == ()
+    assert [type(e) for e in replay.events] == [PaymentSucceeded]
+    assert decide(None, RetryPayment(order_id="o-1", requested_at=at(9).now), at(9)).events == ()

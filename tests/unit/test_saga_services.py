@@ -39,7 +39,7 @@ def test_names_and_tables_are_unique() -> None:
 
 def test_every_record_is_consumed_or_is_an_outcome() -> None:
     consumed = set().union(*(s.handles for s in EVERY_SERVICE))
-    outcomes = {"OrderRejected", "OrderCompensationFailed", "NotificationSent", "StockAdded"}
+    outcomes = {"OrderRejected", "OrderCompensationFailed", "NotificationSent", "StockAdded", "PaymentPending"}
     user_outcomes = {
         "UserProfileUpdated",
         "UserLoggedIn",
