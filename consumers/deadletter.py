@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from consumers.toolkit import Consumed
+from consumers.toolkit import Consumed, EventConsumer
 from pipeline.envelope import dead_letter_headers as envelope_dead_letter_headers
 from pipeline.settings import Settings
 from producers.toolkit import producer_config
-from streams.topics import UnknownTopic, topic
+from streams.topics import TOPICS, UnknownTopic, topic
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +117,106 @@ class DeadLetters:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+# --- reading and replaying (``pipeline dlq``) -----------------------------------------------------------------
+
+DLQ_HEADER_PREFIX = "dlq_"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A parked message as ``pipeline dlq list`` shows it: where it sits, where it came from, and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    original_headers: tuple[tuple[str, bytes], ...]
+    """The message's own headers (its envelope), without the ``dlq_*`` ones."""
+    error: str
+    agent: str
+    attempts: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    parked_at: str
+
+    @property
+    def position(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "key": (self.key or b"").decode(errors="replace"),
+            "source": f"{self.source_topic}:{self.source_partition}:{self.source_offset}",
+            "agent": self.agent,
+            "attempts": self.attempts,
+            "error": self.error,
+            "parked_at": self.parked_at,
+            "bytes": len(self.value or b""),
+        }
+
+
+def dead_letter_topics() -> list[str]:
+    """Every declared dead-letter topic."""
+    return [spec.dead_letter_name for spec in TOPICS if spec.dead_letter]
+
+
+def as_dead_letter(message: Consumed) -> DeadLetter:
+    """Read the ``dlq_*`` headers of a message on a dead-letter topic."""
+    raw = tuple((k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in message.raw_headers)
+    dlq = {k: v.decode(errors="replace") for k, v in raw if k.startswith(DLQ_HEADER_PREFIX)}
+    source = dlq.get("dlq_source_topic") or message.topic.removesuffix(".dlq")
+    return DeadLetter(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.raw_key,
+        value=message.value,
+        original_headers=tuple((k, v) for k, v in raw if not k.startswith(DLQ_HEADER_PREFIX)),
+        error=dlq.get("dlq_error", "(no reason recorded)"),
+        agent=dlq.get("dlq_agent", "?"),
+        attempts=int(dlq.get("dlq_attempts", "1") or 1),
+        source_topic=source,
+        source_partition=int(dlq.get("dlq_source_partition", "-1") or -1),
+        source_offset=int(dlq.get("dlq_source_offset", "-1") or -1),
+        parked_at=dlq.get("dlq_time", ""),
+    )
+
+
+def read_dead_letters(settings: Settings, topics: Sequence[str] | None = None) -> list[DeadLetter]:
+    """Every message now in the given dead-letter topics (default: all of them), oldest first per partition."""
+    names = list(topics) if topics else dead_letter_topics()
+    with EventConsumer.reader(settings) as consumer:
+        return [as_dead_letter(message) for message in consumer.read_log(names, idle_timeout=10)]
+
+
+def replay(settings: Settings, letters: Iterable[DeadLetter]) -> int:
+    """Publish each letter back to its source topic (original key, value and headers, plus ``dlq_replayed_from``)
+    and wait for every ack; returns how many. A replayed message that fails again is parked again, with
+    ``dlq_attempts`` counting on; consumers deduplicate by event id, so replaying one twice is harmless."""
+    producer = Producer(producer_config(settings))
+    failures: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failures.append(err.str())
+
+    count = 0
+    for letter in letters:
+        topic(letter.source_topic)  # an undeclared source is refused before anything is sent
+        headers: list[tuple[str, str | bytes | None]] = [
+            *letter.original_headers,
+            ("dlq_replayed_from", letter.position.encode()),
+            ("dlq_attempts", str(letter.attempts).encode()),
+        ]
+        producer.produce(letter.source_topic, key=letter.key, value=letter.value, headers=headers,
+                         on_delivery=on_delivery)  # fmt: skip
+        count += 1
+    remaining = producer.flush(settings.delivery_timeout_s)
+    if remaining or failures:
+        raise DeadLetterFailed(f"replay not acknowledged: {'; '.join(failures) or f'{remaining} pending'}")
+    return count

@@ -487,6 +487,75 @@ def stock_view(sku: str) -> None:
 
 
 @main.group()
+def dlq() -> None:
+    """Dead letters: messages a consumer could not decode or handle, parked in <topic>.dlq with the reason."""
+
+
+@dlq.command("list")
+@click.argument("topics", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per dead letter")
+def dlq_list(topics: tuple[str, ...], as_json: bool) -> None:
+    """Show the dead letters in TOPICS (dead-letter topics, or their sources; default: all)."""
+    from consumers.deadletter import dead_letter_topics, read_dead_letters
+
+    names = [t if t.endswith(".dlq") else f"{t}.dlq" for t in topics]
+    unknown = sorted(set(names) - set(dead_letter_topics()))
+    if unknown:
+        raise CliError(f"not a dead-letter topic: {', '.join(unknown)}")
+    letters = read_dead_letters(get_settings(), names or None)
+    for letter in letters:
+        if as_json:
+            click.echo(json.dumps(letter.as_dict(), sort_keys=True))
+        else:
+            click.echo(
+                f"{letter.position}  from {letter.source_topic}:{letter.source_partition}:{letter.source_offset}"
+                f"  key={(letter.key or b'').decode(errors='replace')!r}  by {letter.agent}"
+                f" (attempt {letter.attempts}, {letter.parked_at})\n    {letter.error}"
+            )
+    if not as_json:
+        click.echo(f"{len(letters)} dead letter(s)", err=True)
+
+
+@dlq.command("replay")
+@click.argument("topic")
+@click.option(
+    "--at", "positions", multiple=True, metavar="PARTITION:OFFSET", help="a dead letter to replay (repeatable)"
+)
+@click.option("--all", "replay_all", is_flag=True, help="replay every dead letter of TOPIC")
+@click.option("--dry-run", is_flag=True, help="show what would be replayed; publish nothing")
+def dlq_replay(topic: str, positions: tuple[str, ...], replay_all: bool, dry_run: bool) -> None:
+    """Publish chosen dead letters of TOPIC back to their source topic, once what failed them is fixed."""
+    from consumers.deadletter import dead_letter_topics, read_dead_letters, replay
+
+    name = topic if topic.endswith(".dlq") else f"{topic}.dlq"
+    if name not in dead_letter_topics():
+        raise CliError(f"not a dead-letter topic: {name}")
+    if not positions and not replay_all:
+        raise CliError(
+            "choose what to replay: --at PARTITION:OFFSET (repeatable, as `pipeline dlq list` shows) or --all"
+        )
+    wanted: set[tuple[int, int]] = set()
+    for position in positions:
+        partition, _, offset = position.partition(":")
+        if not (partition.isdigit() and offset.isdigit()):
+            raise CliError(f"--at takes PARTITION:OFFSET, not {position!r}; nothing replayed")
+        wanted.add((int(partition), int(offset)))
+    settings = get_settings()
+    chosen = [
+        letter
+        for letter in read_dead_letters(settings, [name])
+        if replay_all or (letter.partition, letter.offset) in wanted
+    ]
+    missing = sorted(wanted - {(letter.partition, letter.offset) for letter in chosen})
+    if missing:
+        raise CliError(f"no dead letter at {', '.join(f'{p}:{o}' for p, o in missing)} of {name}; nothing replayed")
+    for letter in chosen:
+        click.echo(f"{'would replay' if dry_run else 'replaying'} {letter.position} -> {letter.source_topic}")
+    if not dry_run:
+        click.echo(f"replayed {replay(settings, chosen)} message(s)")
+
+
+@main.group()
 def provider() -> None:
     """The simulated payment provider (an external system; its ledger lives in Redis under provider:*)."""
 
@@ -608,6 +677,90 @@ def token_command(subject: str, ttl: int) -> None:
             ttl_s=ttl,
         )
     )
+
+
+# --- benchmark ----------------------------------------------------------------------------------------------
+
+
+def _stages(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
+    from bench.figures import STAGES
+
+    chosen = tuple(s.strip() for s in value.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown or not chosen:
+        raise click.BadParameter(f"choose among {', '.join(STAGES)} (comma-separated), got {value!r}")
+    return chosen
+
+
+def _rates(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    from bench.figures import parse_rates
+
+    if value is None:
+        return None
+    try:
+        return parse_rates(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@main.command("bench")
+@click.option("--quick", is_flag=True, help="small sizes (under 3 minutes); the default full run takes under 15")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="the JSON results (default .cache/bench/<timestamp>.json; the PNG plot goes beside it)",
+)
+@click.option(
+    "--stages",
+    callback=_stages,
+    default="raw,faust,pipeline,codec,query",
+    show_default=True,
+    help="which stages to run, comma-separated",
+)
+@click.option(
+    "--bootstrap", default=None, help="use this running Kafka (e.g. make run's 127.0.0.1:9092) instead of starting one"
+)
+@click.option("--redis", "redis_url", default=None, help="use this running Redis instead of starting one")
+@click.option(
+    "--kafka-container",
+    default=None,
+    help="the broker's container for kafka-producer-perf-test (default: the one publishing the port)",
+)
+@click.option(
+    "--external-workers",
+    is_flag=True,
+    help="the workers already run against the stack (make run's): do not start any, do not profile",
+)
+@click.option("--rates", callback=_rates, default=None, help="offered orders/s per step, rising (e.g. 4,8,16)")
+@click.option("--step-seconds", "step_s", type=click.FloatRange(min=1), default=None, help="seconds per step")
+@click.option(
+    "--connections",
+    type=click.IntRange(1, 512),
+    default=16,
+    show_default=True,
+    help="concurrent HTTP connections of the query stage",
+)
+@click.option(
+    "--profile/--no-profile",
+    default=True,
+    show_default=True,
+    help="profile every worker with py-spy in an extra step at the saturation rate",
+)
+def bench_command(**options: Any) -> None:
+    """Measure the raw Kafka ceiling, the Faust ceiling, the pipeline, the codec and the gateway's reads.
+
+    Prints a summary with the ratios between the layers and writes every figure to a JSON file and a plot of
+    latency percentiles against the offered rate (PNG, with the optional `bench` dependency group).
+    """  # fmt: skip
+    from rich.console import Console
+
+    from bench.run import BenchOptions, run_bench
+
+    try:
+        run_bench(BenchOptions(**options), Console())
+    except (RuntimeError, TimeoutError) as exc:
+        raise CliError(str(exc)) from exc
 
 
 if __name__ == "__main__":

@@ -131,6 +131,14 @@ def dead_letter_headers(
     dead-letters (Faust agents, the projector) writes exactly these, so ``pipeline dlq`` reads them one way.
     """
     moment = (now or datetime.now(UTC)).astimezone(UTC)
+    # a replayed dead letter (``pipeline dlq replay``) that fails again: count on, keep one set of dlq_* headers
+    kept = list(original)
+    previous = [v for k, v in kept if k == "dlq_attempts"]
+    if previous:
+        raw = previous[-1]
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        attempts = max(attempts, (int(text) if text.isdigit() else 0) + 1)
+    kept = [(k, v) for k, v in kept if not k.startswith("dlq_")]
     extra = {
         "dlq_error": error,
         "dlq_agent": agent,
@@ -140,4 +148,4 @@ def dead_letter_headers(
         "dlq_source_offset": str(offset),
         "dlq_time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
-    return [*original, *((k, v.encode()) for k, v in extra.items())]
+    return [*kept, *((k, v.encode()) for k, v in extra.items())]

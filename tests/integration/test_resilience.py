@@ -4,21 +4,28 @@ retried when the provider is back, or cancelled (nothing charged) when the saga'
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from confluent_kafka import Producer
 
 from consumers import views
 from pipeline.admin import admin_client, apply_topics
+from pipeline.envelope import dead_letter_headers
 from pipeline.settings import Settings
-from producers.toolkit import EventPublisher
+from producers.toolkit import EventPublisher, producer_config
 from schemas.catalog import SchemaCatalog
+from schemas.codec import AvroCodec
 from streams.payment_provider import LEDGER
-from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS
+from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, TOPICS
+from streams.topics import topic as topic_by_name
 from tests.seeding import register_users
 from tests.stack import wait_until
 from tests.workers import Pipeline, run_cli, running_pipeline
@@ -121,3 +128,96 @@ def test_a_charge_still_waiting_at_the_deadline_is_cancelled_with_nothing_charge
     assert store.hget(LEDGER, order_id) is None and cancelled["charged_cents"] == 0
     wait_until(lambda: (views.stock(store, sku) or {}).get("available") == 5, timeout=30,
                what="the reservation released")  # fmt: skip
+
+
+# --- poison messages and dead letters -----------------------------------------------------------------------
+
+KCAT = shutil.which("kcat") or "kcat"
+CONSUMED_TOPICS = sorted(spec.name for spec in TOPICS if spec.dead_letter)
+"""Every topic someone consumes has a dead-letter topic (users.snapshots.v1, read only to load, has none)."""
+
+
+def kcat_produce(bootstrap: str, topic: str, key: str, payload: bytes, workdir: Path) -> None:
+    """One message, as a person would send it: kcat with a file argument sends the file's bytes as one message."""
+    path = workdir / f"{key}.bin"
+    path.write_bytes(payload)
+    subprocess.run([KCAT, "-b", bootstrap, "-P", "-t", topic, "-k", key, str(path)],
+                   capture_output=True, timeout=60, check=True)  # fmt: skip
+
+
+def poison(codec: AvroCodec) -> dict[str, tuple[bytes, tuple[str, ...]]]:
+    """Three kinds of bad bytes, each with the decode errors it may be parked with (a truncated AddStock on a
+    topic that does not carry AddStock is refused for its record before its body is read)."""
+    good = codec.encode("AddStock", {"sku": "s", "quantity": 1, "reason": "x"})
+    return {
+        "garbage": (b"\x00\xffnot avro at all", ("NotSingleObjectEncoded",)),
+        "truncated": (good[: len(good) - 3], ("CorruptPayload", "UnexpectedRecord")),
+        "unknown-fingerprint": (b"\xc3\x01" + bytes(range(8)) + good[10:], ("UnknownFingerprint",)),
+    }
+
+
+def test_poison_in_every_consumed_topic_is_dead_lettered_and_orders_still_complete(
+    pipeline: Pipeline,
+    publisher: EventPublisher,
+    store: redis.Redis,
+    settings: Settings,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    codec = AvroCodec(SchemaCatalog.load())
+    kinds = poison(codec)
+    for topic_name in CONSUMED_TOPICS:
+        for kind, (payload, _) in kinds.items():
+            kcat_produce(settings.kafka_bootstrap, topic_name, f"poison-{run}-{kind}", payload, tmp_path)
+
+    order_id, _ = order_for_a_new_customer(pipeline, publisher, store)
+    wait_status(pipeline, store, order_id, "CONFIRMED")
+
+    def parked() -> dict[tuple[str, str], set[str]]:
+        listed = run_cli(cli_env, "dlq", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        found: dict[tuple[str, str], set[str]] = {}
+        for line in listed.stdout.splitlines():
+            letter = json.loads(line)
+            if letter["key"].startswith(f"poison-{run}-"):
+                source = letter["source"].rsplit(":", 2)[0]
+                found.setdefault((source, letter["key"].removeprefix(f"poison-{run}-")), set()).add(letter["error"])
+        return found
+
+    expected = {(t, kind) for t in CONSUMED_TOPICS for kind in kinds}
+    wait_until(lambda: expected <= set(parked()), timeout=90,
+               what=lambda: f"dead letters missing: {sorted(expected - set(parked()))}")  # fmt: skip
+    for (topic_name, kind), errors in parked().items():
+        assert all(error.startswith(kinds[kind][1]) for error in errors), (topic_name, kind, errors)
+        if kind == "truncated" and "AddStock" in topic_by_name(topic_name).records:
+            assert all(error.startswith("CorruptPayload") for error in errors), (topic_name, errors)
+
+
+def test_a_dead_letter_is_replayed_to_its_source_once_asked(
+    pipeline: Pipeline, settings: Settings, store: redis.Redis, cli_env: dict[str, str]
+) -> None:
+    sku = uid("sku")
+    codec = AvroCodec(SchemaCatalog.load())
+    parked_value = codec.encode("AddStock", {"sku": sku, "quantity": 7, "reason": "restock"})
+    # a message parked earlier (say while a bug was being fixed), with the headers an agent writes
+    headers = dead_letter_headers(
+        [], topic=INVENTORY_COMMANDS.name, partition=0, offset=0, error="RuntimeError in keep_stock: fixed since",
+        agent="keep_stock", attempts=1,
+    )  # fmt: skip
+    raw = Producer(producer_config(settings))  # the toolkit's settings: acks=all, murmur2 partitioner
+    raw.produce(INVENTORY_COMMANDS.dead_letter_name, key=sku.encode(), value=parked_value, headers=headers)
+    assert raw.flush(30) == 0
+    letters = [json.loads(line) for line in run_cli(cli_env, "dlq", "list", INVENTORY_COMMANDS.name, "--json")
+               .stdout.splitlines()]  # fmt: skip
+    [letter] = [entry for entry in letters if entry["key"] == sku]
+    at = letter["position"].split(":", 1)[1]  # PARTITION:OFFSET
+
+    refused = run_cli(cli_env, "dlq", "replay", INVENTORY_COMMANDS.name)
+    assert refused.returncode != 0 and "--at" in refused.stderr, "nothing chosen: nothing replayed"
+    dry = run_cli(cli_env, "dlq", "replay", INVENTORY_COMMANDS.name, "--at", at, "--dry-run")
+    assert dry.returncode == 0 and "would replay" in dry.stdout
+    assert views.stock(store, sku) is None
+    replayed = run_cli(cli_env, "dlq", "replay", INVENTORY_COMMANDS.name, "--at", at)
+    assert replayed.returncode == 0 and "replayed 1 message" in replayed.stdout, replayed.stderr
+    wait_until(lambda: (views.stock(store, sku) or {}).get("available") == 7, timeout=60, what="replayed stock")
