@@ -470,6 +470,44 @@ def order_view(order_id: str, as_json: bool) -> None:
         click.echo(f"  {_ms_iso(entry['at'])}  {entry['event']:<26} {entry['service'] or '-':<14} {detail}")
 
 
+@main.command("trace")
+@click.argument("order_id")
+@click.option("--width", type=click.IntRange(min=10), default=40, show_default=True, help="width of the bars")
+def trace_view(order_id: str, width: int) -> None:
+    """Show ORDER_ID's saga as a waterfall: each step's service, event and time since the order began."""
+    from consumers.views import get_order
+
+    settings = get_settings()
+    view = get_order(_query_redis(settings), order_id)
+    if view is None:
+        raise CliError(f"no order {order_id!r} in the views at {settings.redis_url} (is `pipeline project` running?)")
+    for line in waterfall(view.get("timeline") or [], width):
+        click.echo(line)
+    click.echo(
+        f"{order_id}: {view.get('status')}" + (f" ({view['cancel_reason']})" if view.get("cancel_reason") else "")
+    )
+
+
+def waterfall(timeline: list[dict[str, Any]], width: int) -> list[str]:
+    """One row per saga step: offset from the first event, the gap since the step before, and a bar."""
+    if not timeline:
+        return ["(no events yet)"]
+    start = int(timeline[0]["at"])
+    total = max(1, int(timeline[-1]["at"]) - start)
+    rows, previous = [], start
+    for entry in timeline:
+        at = int(entry["at"])
+        begin = round((previous - start) / total * width)
+        end = max(begin + 1, round((at - start) / total * width))
+        bar = " " * begin + "█" * (end - begin)
+        rows.append(
+            f"{at - start:>7} ms {'+' + str(at - previous):>8} ms  {str(entry.get('service') or '-'):<13} "
+            f"{entry['event']:<26} |{bar:<{width}}|"
+        )
+        previous = at
+    return rows
+
+
 @main.command("stock")
 @click.argument("sku")
 def stock_view(sku: str) -> None:

@@ -468,6 +468,11 @@ def test_projector_builds_views_dead_letters_garbage_and_rebuild_is_identical(
     assert shown.returncode == 0, shown.stderr
     assert f"order {confirmed}  CONFIRMED" in shown.stdout
     assert "StockLineCommitted" in shown.stdout and "inventory" in shown.stdout
+    traced = run_cli(cli_env, "trace", confirmed)
+    assert traced.returncode == 0, traced.stderr
+    steps = [line.split() for line in traced.stdout.splitlines() if "|" in line]
+    assert steps[0][5] == "OrderPlaced" and "█" in traced.stdout
+    assert any(row[4:6] == ["orders", "OrderConfirmed"] for row in steps)
     unknown = run_cli(cli_env, "order", f"o-{run}-never")
     assert unknown.returncode == 1
     assert "no order" in unknown.stderr
