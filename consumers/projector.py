@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import redis
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -92,6 +93,7 @@ from consumers.projection import (
 )
 from consumers.toolkit import Consumed, EventConsumer
 from pipeline.settings import Settings
+from pipeline.telemetry import context_from, tracer
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
@@ -246,7 +248,27 @@ class Projector:
         self.stats = stats if stats is not None else ProjectionStats()
 
     def handle(self, message: Consumed) -> Outcome:
-        """Project ``message``; when this returns, its offset may be stored."""
+        """Project ``message``; when this returns, its offset may be stored. One span per message, a child of
+        the step that sent it (its ``traceparent``): the last hop of an order's trace."""
+        envelope = message.envelope
+        with tracer().start_as_current_span(
+            f"project {envelope.short_type if envelope else message.topic}",
+            context=context_from(envelope.traceparent if envelope else None),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": message.topic,
+                "messaging.kafka.message.offset": message.offset,
+                "pipeline.event_id": envelope.event_id if envelope else "",
+            },
+        ) as span:
+            outcome = self._handle(message)
+            span.set_attribute("pipeline.outcome", outcome)
+            if outcome == "dead-lettered":
+                span.set_status(Status(StatusCode.ERROR, "dead-lettered"))
+            return outcome
+
+    def _handle(self, message: Consumed) -> Outcome:
         try:
             event = self._event(message)
         except (DecodeError, CannotProject) as exc:

@@ -31,18 +31,21 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from consumers import views
 from consumers.projection import STATUS_RANK, TERMINAL_RANK
 from gateway.auth import AuthError, Principal, TokenPolicy, authenticate
-from gateway.health import Check, broker_check, health_report, redis_check
 from gateway.idempotency import IdempotencyStore, InvalidIdempotencyKey, StoredResponse, check_key, fingerprint
 from gateway.models import PlaceOrderRequest, RegisterUserRequest, UpdateProfileRequest
 from gateway.openapi import build_document
 from gateway.ratelimit import Decision, RateLimiter, RedisRateLimiter
 from gateway.tracing import TraceContext
+from pipeline.health import Check, broker_check, health_report, redis_check
 from pipeline.settings import DEV_JWT_SECRET, Settings
+from pipeline.telemetry import HTTP_REQUESTS, HTTP_SECONDS, context_from, setup_tracing, tracer
 from producers.toolkit import PublishError, RecordNotAllowed
 from schemas.errors import InvalidRecord
 from streams.topics import ORDER_COMMANDS, USER_COMMANDS, TopicSpec
@@ -55,7 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/live", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/live", "/openapi.json", "/metrics"})
 UNAVAILABLE = "Service temporarily unavailable"
 READ_POLL_S = 0.05
 """How often a read that waits (``?min_version``, ``?wait_for``) looks at Redis again."""
@@ -244,7 +247,23 @@ async def access_middleware(
 ) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     started = time.perf_counter()
-    trace = TraceContext.from_header(request.headers.get("traceparent"))
+    header = request.headers.get("traceparent")
+    trace = TraceContext.from_header(header)
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "(unmatched)"
+    span = tracer().start_span(
+        f"{request.method} {route}",
+        context=context_from(header if trace.parent_span_id else None),
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "http.route": route, "url.path": request.path},
+    )
+    context = span.get_span_context()
+    if span.is_recording() and context.is_valid:  # the gateway's own span (OpenTelemetry installed)
+        trace = TraceContext(
+            trace_id=f"{context.trace_id:032x}",
+            span_id=f"{context.span_id:016x}",
+            flags=f"{int(context.trace_flags):02x}",
+            parent_span_id=trace.parent_span_id,
+        )
     request[_TRACE] = trace
     response: web.StreamResponse
     try:
@@ -263,6 +282,13 @@ async def access_middleware(
         else:
             log.exception("%s %s: unhandled error", request.method, request.path)
             response = json_response({"error": "Internal server error"}, status=500)
+    span.set_attribute("http.response.status_code", response.status)
+    if response.status >= 500:
+        span.set_status(Status(StatusCode.ERROR, f"HTTP {response.status}"))
+    span.end()
+    elapsed = time.perf_counter() - started
+    HTTP_REQUESTS.labels(request.method, route, str(response.status)).inc()
+    HTTP_SECONDS.labels(request.method, route).observe(elapsed)
     if not response.prepared:
         response.headers["traceparent"] = trace.traceparent
         decision = request.get(_RATE)
@@ -555,7 +581,12 @@ async def openapi(request: web.Request) -> web.StreamResponse:
     return json_response(request.app[GATEWAY].document)
 
 
+async def metrics(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
+    ("GET", "/metrics", metrics),
     ("GET", "/health", health),
     ("GET", "/ready", ready),
     ("GET", "/live", live),
@@ -645,6 +676,7 @@ async def build_app(settings: Settings) -> web.Application:
 def run(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
     """Serve until SIGINT / SIGTERM, then finish in-flight requests (graceful shutdown) and close the clients."""
     configure_logging()
+    setup_tracing("gateway", settings.otel_exporter, settings.otel_endpoint)
     host = host or settings.gateway_host
     port = settings.gateway_port if port is None else port
     log.info("gateway listening on http://%s:%d (broker %s, redis %s)", host, port, settings.kafka_bootstrap,

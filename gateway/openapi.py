@@ -115,6 +115,15 @@ _READ: dict[int, tuple[str, Body]] = {
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "get",
+        "/metrics",
+        "metrics",
+        "Prometheus metrics: requests by route and status, durations",
+        "health",
+        {200: ("Prometheus text exposition format", {"content": {"text/plain": {"schema": {"type": "string"}}}})},
+        public=True,
+    ),
+    Operation(
+        "get",
         "/health",
         "health",
         "Full health: every check (broker metadata, Redis PING) with its duration",
@@ -291,6 +300,8 @@ def _response(description: str, body: Body, headers: dict[str, str]) -> dict[str
     out: dict[str, Any] = {"description": description}
     if isinstance(body, type):
         out["content"] = {"application/json": {"schema": {"$ref": REF.format(model=body.__name__)}}}
+    elif body is not None and "content" in body:
+        out["content"] = body["content"]  # a media type other than JSON, given whole
     elif body is not None:
         out["content"] = {"application/json": {"schema": body}}
     if headers:

@@ -255,9 +255,11 @@ def worker(service: str) -> None:
     """Run the Faust worker of SERVICE (its agents, tables and timers) until interrupted."""
     import faust
 
+    from pipeline.telemetry import setup_tracing
     from streams.app import create_app
 
     settings = get_settings()
+    setup_tracing(service, settings.otel_exporter, settings.otel_endpoint)
     built = create_app(service, settings)
     faust.Worker(built.app, loglevel=settings.worker_log_level, quiet=True).execute_from_commandline()
 
@@ -371,10 +373,12 @@ def project(idle_exit: float | None) -> None:
     from consumers.deadletter import DeadLetterFailed
     from consumers.projector import GROUP_ID, PROJECTED_TOPICS, ProjectorWorker
     from consumers.toolkit import ConsumeError
+    from pipeline.telemetry import setup_tracing
     from schemas.errors import SchemaError
 
     settings = get_settings()
     _query_redis(settings)
+    setup_tracing("projector", settings.otel_exporter, settings.otel_endpoint)
     try:
         worker = ProjectorWorker(settings)
     except SchemaError as exc:
@@ -791,13 +795,14 @@ def bench_command(**options: Any) -> None:
     Prints a summary with the ratios between the layers and writes every figure to a JSON file and a plot of
     latency percentiles against the offered rate (PNG, with the optional `bench` dependency group).
     """  # fmt: skip
+    from confluent_kafka import KafkaException
     from rich.console import Console
 
     from bench.run import BenchOptions, run_bench
 
     try:
         run_bench(BenchOptions(**options), Console())
-    except (RuntimeError, TimeoutError) as exc:
+    except (RuntimeError, TimeoutError, KafkaException) as exc:
         raise CliError(str(exc)) from exc
 
 

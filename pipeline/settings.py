@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="a worker with waiting input and no progress for this long stops"
     )
     watchdog_interval_s: float = Field(default=5.0, gt=0, description="how often a worker checks its own progress")
+    worker_http_host: str = Field(default="127.0.0.1", description="where a worker serves /metrics, /health…")
+    worker_http_port: int = Field(default=0, ge=0, le=65535, description="worker endpoint port (0: none)")
+    ready_max_lag: int = Field(default=1000, ge=0, description="a worker is ready only with less lag than this")
+    worker_memory_limit_mb: float = Field(default=1024, gt=0, description="health: resident memory above is unhealthy")
+    otel_exporter: str = Field(default="none", description="tracing exporter: none, console, otlp or file:<path>")
+    otel_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint (default: the SDK's)")
     max_refund_attempts: int = Field(default=5, ge=1, description="refund tries before a saga needs attention")
     refund_backoff_base_s: float = Field(default=0.05, gt=0, description="first refund retry delay")
     refund_backoff_cap_s: float = Field(default=1.0, gt=0, description="longest refund retry delay")

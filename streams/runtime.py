@@ -30,7 +30,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
 from pipeline.envelope import Envelope, dead_letter_headers
+from pipeline.telemetry import EVENTS, SAGA_OUTCOMES, STEP_SECONDS, context_from, traceparent_of, tracer
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
@@ -253,26 +256,48 @@ class StepRunner:
         """The topics the agent around this runner reads (set when it is registered)."""
 
     async def handle(self, incoming: Incoming) -> None:
-        """Handle one message; never raises for a message's content (it dead-letters instead)."""
+        """Handle one message; never raises for a message's content (it dead-letters instead).
+
+        Each message is one span, a child of the span that sent it (the ``traceparent`` header), and the
+        parent of everything it causes."""
         self.busy_since = time.monotonic()
-        try:
-            await self._handle(incoming)
-        finally:
-            self.busy_since = None
-            self.last_progress = time.monotonic()
+        envelope = incoming.envelope
+        attributes: dict[str, str | int] = {
+            "messaging.system": "kafka",
+            "messaging.destination.name": incoming.topic,
+            "messaging.kafka.destination.partition": incoming.partition,
+            "messaging.kafka.message.offset": incoming.offset,
+            "messaging.kafka.message.key": (incoming.key or b"").decode(errors="replace"),
+            "pipeline.event_id": incoming.event_id,
+            "pipeline.event_type": envelope.event_type if envelope else "",
+        }
+        with tracer().start_as_current_span(
+            self.step.agent,
+            context=context_from(envelope.traceparent if envelope else None),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        ) as span:
+            try:
+                await self._handle(incoming, span)
+            finally:
+                STEP_SECONDS.labels(self.step.agent).observe(time.monotonic() - self.busy_since)
+                self.busy_since = None
+                self.last_progress = time.monotonic()
 
     def busy_for(self) -> float:
         """How long the step now running has been running (0 when idle)."""
         return 0.0 if self.busy_since is None else time.monotonic() - self.busy_since
 
-    async def _handle(self, incoming: Incoming) -> None:
+    async def _handle(self, incoming: Incoming, span: Span) -> None:
         step = self.step
         try:
             decoded = self._codec.decode(incoming.value or b"", expected=topic(incoming.topic).records)
         except DecodeError as exc:
-            await self._park(incoming, f"{type(exc).__name__}: {exc}")
+            await self._park(incoming, f"{type(exc).__name__}: {exc}", span, "?")
             return
+        span.update_name(f"{step.agent} {decoded.name}")
         if decoded.name not in step.handles:
+            EVENTS.labels(step.agent, decoded.name, "ignored").inc()
             return
         try:
             message = step.message_from_record(decoded.name, decoded.value)
@@ -283,17 +308,15 @@ class StepRunner:
             if step.run_effects is not None and decision.effects:
                 decision = await step.run_effects(decision, ctx, message)
             records = [(e.record_name, step.message_to_record(e)) for e in decision.events]
-            envelope = incoming.envelope
             outgoing = self._outbox.prepare(
-                records,
-                cause=incoming,
-                cause_id=incoming.event_id,
-                traceparent=envelope.traceparent if envelope else None,
+                records, cause=incoming, cause_id=incoming.event_id, traceparent=traceparent_of(span)
             )
         except Exception as exc:  # a bug in a step must not lose the event: park it with the reason
             log.exception("%s failed on %s", step.agent, decoded.name)
-            await self._park(incoming, f"{type(exc).__name__} in {step.agent}: {exc}")
+            span.record_exception(exc)
+            await self._park(incoming, f"{type(exc).__name__} in {step.agent}: {exc}", span, decoded.name)
             return
+        span.set_attribute("pipeline.emitted", [name for name, _ in records])
         changed = decision.state != state
         if changed:
             self._store.save(key, state, decision.state)
@@ -301,9 +324,24 @@ class StepRunner:
                 step.after_write(key, decision.state)
             if outgoing:
                 await self._make_durable()
+            count_outcomes(decision.events)
         await self._outbox.send_prepared(outgoing)
+        EVENTS.labels(step.agent, decoded.name, "processed").inc()
         self.processed += 1
 
-    async def _park(self, incoming: Incoming, error: str) -> None:
+    async def _park(self, incoming: Incoming, error: str, span: Span, record: str) -> None:
         self.dead_lettered += 1
+        span.set_status(Status(StatusCode.ERROR, error))
+        EVENTS.labels(self.step.agent, record, "dead_lettered").inc()
         await self._outbox.dead_letter(incoming, agent=self.step.agent, error=error)
+
+
+TERMINAL_OUTCOMES = {"OrderConfirmed": "confirmed", "OrderCancelled": "cancelled", "OrderRejected": "rejected"}
+
+
+def count_outcomes(events: Iterable[Any]) -> None:
+    """Saga outcomes for the metrics: each terminal event a step decided for the first time."""
+    for event in events:
+        outcome = TERMINAL_OUTCOMES.get(getattr(event, "record_name", ""))
+        if outcome is not None:
+            SAGA_OUTCOMES.labels(outcome, str(getattr(event, "reason", "") or "")).inc()

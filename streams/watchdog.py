@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartiti
 from confluent_kafka.admin import AdminClient
 
 from pipeline.settings import LIBRDKAFKA_LOGGER, Settings
+from pipeline.telemetry import CONSUMER_LAG
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ class StallDetector:
     stall_timeout_s: float
     _last_committed: dict[TopicPart, int] | None = None
     _still_since: float | None = None
+
+    def still_for(self, now: float) -> float:
+        """How long partitions have been behind without their committed offsets moving (0: not stalled)."""
+        return 0.0 if self._still_since is None else now - self._still_since
 
     def observe(self, now: float, committed: dict[TopicPart, int], ends: dict[TopicPart, int]) -> bool:
         """Record one look; True once the partitions behind have not moved for the whole timeout."""
@@ -73,6 +78,8 @@ class Watchdog:
         self._busy_for = busy_for
         self._ready = ready
         self._detector = StallDetector(settings.stall_timeout_s)
+        self.lag: dict[str, int] | None = None
+        """Messages behind per source topic at the last look (None: not looked yet, or the broker is away)."""
         self._clients: tuple[AdminClient, Consumer] | None = None
         self._started = time.monotonic()
 
@@ -103,6 +110,10 @@ class Watchdog:
         ends = {tp: consumer.get_watermark_offsets(TopicPartition(*tp), timeout=10)[1] for tp in partitions}
         return committed, ends
 
+    def stalled_for(self) -> float:
+        """How long the worker has had waiting messages and no progress (0: it is moving or has nothing to do)."""
+        return self._detector.still_for(time.monotonic())
+
     async def check(self) -> bool:
         """One look; True when the worker is stalled (the caller stops it)."""
         if not self._ready():
@@ -110,18 +121,30 @@ class Watchdog:
         if self._busy_for() >= self._settings.stall_timeout_s:
             log.critical("a step has been running for %.0fs", self._busy_for())
             return True
-        if time.monotonic() - self._started < self._settings.stall_timeout_s:
-            return False  # joining the group and recovering tables is not a stall
         try:
             committed, ends = await asyncio.to_thread(self._offsets)
         except Exception as exc:  # the broker is away: that is not this worker's stall
             log.warning("watchdog could not read offsets: %r", exc)
+            self.lag = None
             return False
+        self.lag = lag_by_topic(committed, ends)
+        for topic_name, behind_by in self.lag.items():
+            CONSUMER_LAG.labels(self._group_id, topic_name).set(behind_by)
         stalled = self._detector.observe(time.monotonic(), committed, ends)
+        if time.monotonic() - self._started < self._settings.stall_timeout_s:
+            return False  # joining the group and recovering tables is not a stall
         if stalled:
             behind = {tp: end - committed.get(tp, 0) for tp, end in ends.items() if committed.get(tp, -1) < end}
             log.critical("no progress for %.0fs with messages waiting: %s", self._settings.stall_timeout_s, behind)
         return stalled
+
+
+def lag_by_topic(committed: dict[TopicPart, int], ends: dict[TopicPart, int]) -> dict[str, int]:
+    """How many messages of each topic the group has not committed yet."""
+    lag: dict[str, int] = {}
+    for (topic_name, partition), end in ends.items():
+        lag[topic_name] = lag.get(topic_name, 0) + max(0, end - max(committed.get((topic_name, partition), 0), 0))
+    return lag
 
 
 def stop_stalled_process() -> None:

@@ -20,7 +20,7 @@ from pipeline.admin import admin_client, groups_not_ready, worker_groups
 from pipeline.settings import Settings
 from streams.topics import SERVICES
 from streams.watchdog import STALLED_EXIT_CODE
-from tests.stack import wait_until
+from tests.stack import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = str(ROOT / ".venv" / "bin" / "pipeline")
@@ -80,6 +80,8 @@ class Pipeline:
     env: dict[str, str]
     processes: dict[str, Process] = field(default_factory=dict)
     watchdog_restarts: int = 0
+    http_ports: dict[str, int] = field(default_factory=dict)
+    """Each worker's /metrics, /health, /ready, /live port (``running_pipeline(worker_http=True)``)."""
 
     def assert_alive(self) -> None:
         """Act as the supervisor: restart a worker its watchdog stopped; fail on any other exit (a bug)."""
@@ -116,12 +118,21 @@ def worker_env(settings: Settings, data_dir: Path, **overrides: str) -> dict[str
 
 
 @contextmanager
-def running_pipeline(settings: Settings, workdir: Path, **env_overrides: str) -> Iterator[Pipeline]:
-    """Start every service's worker and the projector; stop them all afterwards (logs kept in ``workdir``)."""
+def running_pipeline(
+    settings: Settings, workdir: Path, *, worker_http: bool = False, **env_overrides: str
+) -> Iterator[Pipeline]:
+    """Start every service's worker and the projector; stop them all afterwards (logs kept in ``workdir``).
+
+    With ``worker_http`` each worker serves /metrics, /health, /ready and /live on a port of its own
+    (``Pipeline.http_ports``)."""
     env = worker_env(settings, workdir / "faust", **env_overrides)
     pipeline = Pipeline(settings, env)
     for service in SERVICES:
-        pipeline.processes[service] = Process(service, [PIPELINE, "worker", service], env, workdir / f"{service}.log")
+        own = dict(env)
+        if worker_http:
+            pipeline.http_ports[service] = free_port()
+            own["PIPELINE_WORKER_HTTP_PORT"] = str(pipeline.http_ports[service])
+        pipeline.processes[service] = Process(service, [PIPELINE, "worker", service], own, workdir / f"{service}.log")
     pipeline.processes["projector"] = Process("projector", [PIPELINE, "project"], env, workdir / "projector.log")
     try:
         for process in pipeline.processes.values():

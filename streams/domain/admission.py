@@ -31,6 +31,9 @@ from streams.domain.messages import (
     PlaceOrder,
     ReleaseHeldOrders,
     UserDeactivated,
+    UserEmailChanged,
+    UserLoggedIn,
+    UserProfileUpdated,
     UserReactivated,
     UserRegistered,
 )
@@ -39,7 +42,12 @@ UNKNOWN_USER = "unknown_user"
 USER_INACTIVE = "user_inactive"
 INVALID_ORDER = "invalid_order"
 
-HANDLES = frozenset({"PlaceOrder", "ReleaseHeldOrders", "UserRegistered", "UserDeactivated", "UserReactivated"})
+ACTIVITY_EVENTS = frozenset({"UserProfileUpdated", "UserEmailChanged", "UserLoggedIn"})
+"""User events that change nothing admission cares about but advance the user's version (which a held
+order may be waiting for)."""
+HANDLES = frozenset(
+    {"PlaceOrder", "ReleaseHeldOrders", "UserRegistered", "UserDeactivated", "UserReactivated", *ACTIVITY_EVENTS}
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +99,9 @@ def decide(state: CustomerState | None, message: Message, ctx: StepContext) -> D
             return on_user_deactivated(state, message, ctx)
         case UserReactivated():
             return on_user_reactivated(state, message, ctx)
+        case UserProfileUpdated() | UserEmailChanged() | UserLoggedIn():
+            active = state.active if state is not None and state.known else True
+            return _apply_user_event(state, message.user_id, message.version, ctx, active=active)
     return Decision(state)
 
 

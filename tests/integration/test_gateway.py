@@ -32,7 +32,7 @@ from schemas.codec import AvroCodec
 from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
 from tests.gateway_support import token_for
 from tests.seeding import register_users
-from tests.stack import free_port, wait_until
+from tests.stack import free_port, redis_node, wait_until
 from tests.workers import PIPELINE, Pipeline, Process, running_pipeline
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -121,15 +121,24 @@ def topics(settings: Settings) -> None:
 
 @pytest.fixture(scope="module")
 def gateway(settings: Settings, topics: None, workdir: Path) -> Iterator[Gateway]:
-    running = start_gateway(settings, workdir, "gateway", PIPELINE_READ_WAIT_MAX_S="10")
+    running = start_gateway(settings, workdir, "gateway", PIPELINE_READ_WAIT_MAX_S="10", **tracing(workdir))
     yield running
     stop_gateway(running)
 
 
+def tracing(workdir: Path) -> dict[str, str]:
+    """Every process of the module appends its finished spans to one JSON-lines file."""
+    return {"PIPELINE_OTEL_EXPORTER": f"file:{workdir / 'spans.jsonl'}"}
+
+
 @pytest.fixture(scope="module")
-def pipeline(settings: Settings, topics: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    workdir = tmp_path_factory.mktemp("gateway-workers")
-    with running_pipeline(settings, workdir, PIPELINE_SAGA_TIMEOUT_S="20") as running:
+def pipeline(
+    settings: Settings, topics: None, workdir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
+    workers = tmp_path_factory.mktemp("gateway-workers")
+    with running_pipeline(
+        settings, workers, worker_http=True, PIPELINE_SAGA_TIMEOUT_S="20", **tracing(workdir)
+    ) as running:
         yield running
 
 
@@ -221,7 +230,12 @@ def test_bad_input_gets_4xx_json(gateway: Gateway) -> None:
 
 
 def test_a_placed_order_is_confirmed_and_shows_on_the_dashboard(
-    gateway: Gateway, pipeline: Pipeline, publisher: EventPublisher, settings: Settings, store: redis.Redis
+    gateway: Gateway,
+    pipeline: Pipeline,
+    publisher: EventPublisher,
+    settings: Settings,
+    store: redis.Redis,
+    workdir: Path,
 ) -> None:
     user, sku = uid("u"), uid("sku")
     register_users(publisher, store, [user], alive=pipeline.assert_alive, city="London")
@@ -261,13 +275,58 @@ def test_a_placed_order_is_confirmed_and_shows_on_the_dashboard(
     assert gateway.get(f"/api/orders/{order_id}", subject=uid("u")).status == 403
 
     # the command carried the caller's trace on, with the gateway's own span
-    [(message, value)] = [(m, v) for m, v in commands(settings, ORDER_COMMANDS.name, user) if v["order_id"] == order_id]
+    [(message, value)] = [
+        (m, v) for m, v in commands(settings, ORDER_COMMANDS.name, user) if v.get("order_id") == order_id
+    ]
     assert value["user_id"] == user and value["idempotency_key"] == order_id
     envelope = message.envelope
     assert envelope is not None and envelope.traceparent is not None
     assert envelope.traceparent.startswith("00-0af7651916cd43dd8448eb211c80319c-")
     assert envelope.traceparent != TRACEPARENT and envelope.source == "/order-pipeline/gateway"
     assert envelope.correlation_id == order_id
+
+    # one order is one trace: the caller's span → the gateway → every saga hop → the projection
+    spans_file = workdir / "spans.jsonl"
+
+    def trace_spans() -> list[dict[str, Any]]:
+        lines = spans_file.read_text().splitlines() if spans_file.exists() else []
+        return [span for span in map(json.loads, lines) if span["trace_id"] == "0af7651916cd43dd8448eb211c80319c"]
+
+    def names(spans: list[dict[str, Any]]) -> set[str]:
+        return {span["name"] for span in spans}
+
+    wanted = {
+        "POST /api/orders", "admit_orders PlaceOrder", "reserve_inventory OrderPlaced", "keep_stock ReserveStock",
+        "settle_payments InventoryReserved", "run_order_sagas PaymentSucceeded", "project OrderConfirmed",
+    }  # fmt: skip
+
+    def missing() -> str:
+        return f"spans of the order's trace (missing {sorted(wanted - names(trace_spans()))})"
+
+    wait_until(lambda: wanted <= names(trace_spans()), timeout=60, what=missing)
+    spans = trace_spans()
+    by_id = {span["span_id"]: span for span in spans}
+    [root] = [span for span in spans if span["name"] == "POST /api/orders"]
+    assert root["parent_id"] == "b7ad6b7169203331" and root["service"] == "order-pipeline-gateway"
+    assert envelope.traceparent.split("-")[2] == root["span_id"], "the command names the gateway's span"
+
+    def chain(span: dict[str, Any]) -> list[str]:
+        names_up = [span["name"]]
+        while span.get("parent_id") in by_id:
+            span = by_id[span["parent_id"]]
+            names_up.append(span["name"])
+        return names_up
+
+    [confirmed_projection] = [span for span in spans if span["name"] == "project OrderConfirmed"]
+    hops = chain(confirmed_projection)
+    assert hops[-1] == "POST /api/orders" and len(hops) >= 5, hops
+    assert {"admit_orders PlaceOrder", "run_order_sagas PaymentSucceeded"} <= set(hops), hops
+    assert {span["service"] for span in spans} >= {
+        "order-pipeline-gateway", "order-pipeline-orders", "order-pipeline-inventory", "order-pipeline-payments",
+        "order-pipeline-projector",
+    }  # fmt: skip
+    [admitted] = [span for span in spans if span["name"] == "admit_orders PlaceOrder"]
+    assert admitted["attributes"]["pipeline.event_id"] == envelope.event_id
 
 
 def test_an_idempotency_key_replays_the_first_answer(gateway: Gateway, settings: Settings, store: redis.Redis) -> None:
@@ -352,3 +411,47 @@ def test_an_unreachable_broker_is_503_and_nothing_is_cached(
     finally:
         stop_gateway(broken)
     assert commands(settings, ORDER_COMMANDS.name, user) == []
+
+
+def test_every_worker_serves_health_readiness_liveness_and_metrics(pipeline: Pipeline) -> None:
+    for service, port in pipeline.http_ports.items():
+        base = f"http://127.0.0.1:{port}"
+
+        def ready(url: str = base) -> bool:
+            pipeline.assert_alive()
+            return http("GET", url + "/ready").status == 200
+
+        wait_until(ready, timeout=60, what=f"{service} ready on {base}")
+        health = http("GET", base + "/health")
+        assert health.status == 200 and health.body["status"] == "healthy", health.body
+        assert {"broker", "redis", "memory"} <= set(health.body["checks"])
+        assert all(c["duration_ms"] >= 0 for c in health.body["checks"].values())
+        if service == "payments":
+            assert health.body["checks"]["payment-provider"]["status"] == "healthy"
+        assert health.body["worker"]["partitions"] > 0
+        live = http("GET", base + "/live")
+        assert live.status == 200 and live.body["status"] == "alive"
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+            exposition = response.read().decode()
+        assert "pipeline_step_seconds_bucket" in exposition
+        assert "pipeline_consumer_lag{" in exposition
+
+
+def test_readiness_fails_while_redis_is_down_and_recovers(settings: Settings, topics: None, workdir: Path) -> None:
+    with redis_node() as own_redis:
+        gateway = start_gateway(
+            settings.model_copy(update={"redis_url": own_redis.url}), workdir, "gateway-own-redis",
+            PIPELINE_REDIS_URL=own_redis.url,
+        )  # fmt: skip
+        try:
+            assert gateway.get("/ready").status == 200
+            container = own_redis.container.get_wrapped_container()
+            container.stop(timeout=5)
+            wait_until(lambda: gateway.get("/ready").status == 503, timeout=30, what="not ready without Redis")
+            body = gateway.get("/ready").body
+            assert body["checks"]["redis"]["status"] == "unhealthy" and "error" in body["checks"]["redis"]
+            assert gateway.get("/live").status == 200, "alive all the same"
+            container.start()
+            wait_until(lambda: gateway.get("/ready").status == 200, timeout=60, what="ready again with Redis back")
+        finally:
+            stop_gateway(gateway)

@@ -20,6 +20,7 @@ from streams.domain.messages import (
     PlaceOrder,
     ReleaseHeldOrders,
     UserDeactivated,
+    UserProfileUpdated,
     UserReactivated,
     UserRegistered,
 )
@@ -233,3 +234,10 @@ def test_state_survives_json() -> None:
     assert state is not None
     assert CustomerState.from_json(json.loads(json.dumps(state.to_json()))) == state
     assert replace(state, outcomes={}) != state
+
+
+def test_any_user_event_advances_the_version_a_held_order_waits_for() -> None:
+    held = decide(customer(), replace(place(), user_version=2), CTX).state
+    updated = UserProfileUpdated(user_id="u-1", version=2, changes={"pref.language": "en"}, updated_at=NOW)
+    (placed,) = decide(held, updated, LATER).events
+    assert isinstance(placed, OrderPlaced), "a profile update is version 2 too: the order goes on"

@@ -19,9 +19,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from gateway.health import Check
 from gateway.ratelimit import RedisRateLimiter
 from pipeline.envelope import Envelope
+from pipeline.health import Check
 from pipeline.settings import Settings
 from schemas.errors import InvalidRecord
 from streams.topics import TopicSpec

@@ -1,4 +1,6 @@
-"""Health checks: each a named probe with a timeout; ``/health`` runs all, ``/ready`` the critical ones.
+"""Health checks of every process (gateway, workers): each a named probe with a timeout; ``/health`` runs all,
+``/ready`` the critical ones. The report has the shape of the seed's HealthCheckService:
+``{status, checks: {name: {status, duration_ms, critical, error?}}, uptime_s}``.
 
 A probe is an async function that returns when its dependency answers and raises otherwise. Probes run
 concurrently, each bounded by its timeout, so a hung dependency costs one timeout, not the sum of them.
@@ -72,10 +74,12 @@ def broker_check(settings: Settings, *, critical: bool = True, timeout_s: float 
     """The broker answers a metadata request with at least one broker, within ``timeout_s``."""
     from pipeline.admin import admin_client
 
-    quiet = logging.getLogger("gateway.health.librdkafka")  # a probe of a dead broker must not flood the log
+    quiet = logging.getLogger("pipeline.health.librdkafka")  # a probe of a dead broker must not flood the log
     quiet.propagate = False
     quiet.addHandler(logging.NullHandler())
-    admin = admin_client(settings, logger=quiet, **{"client.id": f"{settings.client_id}-gateway-health"})
+    admin = admin_client(
+        settings, logger=quiet, **{"client.id": f"{settings.client_id}-{settings.service_name}-health"}
+    )
 
     async def probe() -> None:
         metadata = await asyncio.to_thread(admin.list_topics, timeout=timeout_s)
@@ -83,3 +87,26 @@ def broker_check(settings: Settings, *, critical: bool = True, timeout_s: float 
             raise ConnectionError("no brokers in metadata")
 
     return Check("broker", probe, critical, timeout_s + 0.5)
+
+
+def memory_check(limit_mb: float, *, critical: bool = False) -> Check:
+    """This process's resident memory (Linux /proc) stays under ``limit_mb``."""
+
+    async def probe() -> None:
+        rss_mb = resident_mb()
+        if rss_mb > limit_mb:
+            raise MemoryError(f"resident {rss_mb:.0f} MiB > {limit_mb:.0f} MiB")
+
+    return Check("memory", probe, critical)
+
+
+def resident_mb() -> float:
+    """Resident set size of this process in MiB (0 where /proc is missing)."""
+    import os
+
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

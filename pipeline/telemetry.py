@@ -1,0 +1,150 @@
+"""Tracing and metrics, the same way in every process (gateway, workers, projector).
+
+**Tracing** is OpenTelemetry. The W3C ``traceparent`` travels in every Kafka message's headers (the envelope),
+so one order is one trace: the gateway's request span is the parent of admission's step span, which is the
+parent of every step its events cause, down to the last projection. Each process names itself as a service
+(``order-pipeline-<name>``). The exporter is chosen by ``PIPELINE_OTEL_EXPORTER``:
+
+* ``none`` (default): spans are made (ids travel on) but not exported;
+* ``console``: spans printed as JSON on stdout;
+* ``otlp``: OTLP over HTTP to ``PIPELINE_OTEL_ENDPOINT`` (Jaeger, the OpenTelemetry collector…);
+* ``file:<path>``: one JSON line per finished span appended to ``<path>`` (the integration tests merge the
+  files of every process and check the whole trace).
+
+**Metrics** are Prometheus counters, histograms and gauges defined once here and served on ``/metrics`` by each
+process's HTTP endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.trace import Span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import Counter, Gauge, Histogram
+
+TRACER_NAME = "order-pipeline"
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+# --- metrics -------------------------------------------------------------------------------------------------
+
+EVENTS = Counter(
+    "pipeline_events_total",
+    "Messages an agent handled, by outcome (processed, dead_lettered, ignored).",
+    ["agent", "record", "outcome"],
+)
+STEP_SECONDS = Histogram(
+    "pipeline_step_seconds",
+    "Time an agent spent on one message: decide, effects, durable state, acknowledged events.",
+    ["agent"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+SAGA_OUTCOMES = Counter(
+    "pipeline_saga_outcomes_total",
+    "Orders that reached a terminal state, by outcome and reason.",
+    ["outcome", "reason"],
+)
+CONSUMER_LAG = Gauge(
+    "pipeline_consumer_lag",
+    "Messages not yet committed by the worker's group, per source topic (as the broker sees it).",
+    ["group", "topic"],
+)
+BREAKER_STATE = Gauge(
+    "pipeline_circuit_breaker_state",
+    "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+    ["breaker"],
+)
+HTTP_REQUESTS = Counter(
+    "pipeline_http_requests_total", "Gateway requests by method, route and status.", ["method", "route", "status"]
+)
+HTTP_SECONDS = Histogram("pipeline_http_request_seconds", "Gateway request duration.", ["method", "route"])
+
+# --- tracing -------------------------------------------------------------------------------------------------
+
+
+class JsonLinesExporter(SpanExporter):
+    """Appends one JSON object per finished span to a file (several processes may share a directory)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = [json.dumps(span_record(span), sort_keys=True) for span in spans]
+        with self._lock, self._path.open("a", encoding="utf-8") as out:
+            out.write("".join(line + "\n" for line in lines))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+def span_record(span: ReadableSpan) -> dict[str, Any]:
+    """A finished span as plain JSON: ids in hex, times in ns, its service, attributes and status."""
+    context = span.get_span_context()
+    parent = span.parent
+    return {
+        "trace_id": f"{context.trace_id:032x}" if context else None,
+        "span_id": f"{context.span_id:016x}" if context else None,
+        "parent_id": f"{parent.span_id:016x}" if parent else None,
+        "name": span.name,
+        "service": span.resource.attributes.get("service.name"),
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "attributes": dict(span.attributes or {}),
+        "status": span.status.status_code.name,
+        "events": [event.name for event in span.events],
+    }
+
+
+def setup_tracing(service: str, exporter: str, endpoint: str | None = None) -> TracerProvider:
+    """Install this process's tracer provider with the configured exporter (see the module doc)."""
+    provider = TracerProvider(resource=Resource.create({"service.name": f"order-pipeline-{service}"}))
+    if exporter == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    elif exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter())
+        )
+    elif exporter.startswith("file:"):
+        provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(exporter.removeprefix("file:"))))
+    elif exporter != "none":
+        raise ValueError(f"unknown OpenTelemetry exporter {exporter!r}: none, console, otlp or file:<path>")
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def context_from(traceparent: str | None) -> Context | None:
+    """The remote parent a ``traceparent`` header names (None: start a new trace)."""
+    if not traceparent:
+        return None
+    return _PROPAGATOR.extract({"traceparent": traceparent})
+
+
+def traceparent_of(span: Span) -> str | None:
+    """The ``traceparent`` header that makes ``span`` the parent of what a message causes."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent")
