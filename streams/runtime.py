@@ -37,9 +37,13 @@ from pipeline.telemetry import EVENTS, SAGA_OUTCOMES, STEP_SECONDS, context_from
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
+from streams.resilience import RetryPolicy, retry
 from streams.topics import topic, topic_for_record
 
 log = logging.getLogger(__name__)
+
+STEP_RETRY = RetryPolicy(attempts=3, base_s=0.1, cap_s=1.0)
+"""A step that raises is tried this often in all (with jittered backoff) before its message is parked."""
 
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c1e4a-58a4-4a36-9a1e-8f0a4b1f5f21")
 
@@ -242,8 +246,10 @@ class StepRunner:
         codec: AvroCodec,
         outbox: Outbox,
         make_durable: Callable[[], Awaitable[None]],
+        retry_policy: RetryPolicy = STEP_RETRY,
     ) -> None:
         self.step = step
+        self.retry_policy = retry_policy
         self._store: StateStore = store if isinstance(store, StateStore) else TableStore(store, step.load_state)
         self._codec = codec
         self._outbox = outbox
@@ -299,7 +305,12 @@ class StepRunner:
         if decoded.name not in step.handles:
             EVENTS.labels(step.agent, decoded.name, "ignored").inc()
             return
-        try:
+
+        def attempt_failed(exc: Exception) -> bool:
+            log.warning("%s failed on %s (will retry): %r", step.agent, decoded.name, exc)
+            return True
+
+        async def attempt() -> tuple[str, Any, Any, Any, list[tuple[str, dict[str, Any]]], list[Outgoing]]:
             message = step.message_from_record(decoded.name, decoded.value)
             key = str(message.key)
             state = self._store.load(key, message)
@@ -311,10 +322,24 @@ class StepRunner:
             outgoing = self._outbox.prepare(
                 records, cause=incoming, cause_id=incoming.event_id, traceparent=traceparent_of(span)
             )
+            return key, state, message, decision, records, outgoing
+
+        try:
+            # a failure (a dependency's hiccup, or a bug) is retried with backoff a bounded number of times, then
+            # the message is parked with the reason, so the partition never waits on it for longer than that
+            key, state, _, decision, records, outgoing = await retry(
+                attempt, self.retry_policy, transient=attempt_failed
+            )
         except Exception as exc:  # a bug in a step must not lose the event: park it with the reason
             log.exception("%s failed on %s", step.agent, decoded.name)
             span.record_exception(exc)
-            await self._park(incoming, f"{type(exc).__name__} in {step.agent}: {exc}", span, decoded.name)
+            await self._park(
+                incoming,
+                f"{type(exc).__name__} in {step.agent}: {exc}",
+                span,
+                decoded.name,
+                attempts=self.retry_policy.attempts,
+            )
             return
         span.set_attribute("pipeline.emitted", [name for name, _ in records])
         changed = decision.state != state
@@ -329,11 +354,11 @@ class StepRunner:
         EVENTS.labels(step.agent, decoded.name, "processed").inc()
         self.processed += 1
 
-    async def _park(self, incoming: Incoming, error: str, span: Span, record: str) -> None:
+    async def _park(self, incoming: Incoming, error: str, span: Span, record: str, attempts: int = 1) -> None:
         self.dead_lettered += 1
         span.set_status(Status(StatusCode.ERROR, error))
         EVENTS.labels(self.step.agent, record, "dead_lettered").inc()
-        await self._outbox.dead_letter(incoming, agent=self.step.agent, error=error)
+        await self._outbox.dead_letter(incoming, agent=self.step.agent, error=error, attempts=attempts)
 
 
 TERMINAL_OUTCOMES = {"OrderConfirmed": "confirmed", "OrderCancelled": "cancelled", "OrderRejected": "rejected"}

@@ -24,6 +24,7 @@ from streams.domain.messages import (
 from streams.domain.reservations import OrderReservation
 from streams.domain.saga import RESERVATIONS, STOCK
 from streams.domain.stock import Stock
+from streams.resilience import RetryPolicy
 from streams.runtime import Incoming
 from tests.agents.harness import T0, TRACEPARENT, Edge, encoded, incoming
 
@@ -149,3 +150,38 @@ def test_the_test_messages_are_what_the_topics_carry() -> None:
     assert encoded(ADD)[:2] == b"\xc3\x01"
     assert incoming(ADD).topic == "inventory.commands.v1"
     assert incoming(TWO_LINES).key == b"o-1"
+
+
+async def test_a_step_that_fails_for_a_while_is_retried_then_succeeds() -> None:
+    """A dependency's hiccup (the payment provider's Redis, say) costs a retry, not a dead letter."""
+    edge = Edge.build("keep_stock", STOCK)
+    edge.runner.retry_policy = RetryPolicy(attempts=3, base_s=0.001, cap_s=0.001)
+    real_decide, failures = edge.runner.step.decide, [ConnectionError("blip"), ConnectionError("blip")]
+
+    def flaky(state: Stock | None, message: object, ctx: object) -> Decision[Stock]:
+        if failures:
+            raise failures.pop()
+        return real_decide(state, message, ctx)
+
+    edge.runner.step = replace(edge.runner.step, decide=flaky)
+    await edge.runner.handle(incoming(ADD))
+    assert [s.topic for s in edge.recorder.sent] == ["inventory.stock.v1"]
+    assert edge.runner.dead_lettered == 0 and failures == []
+
+
+async def test_a_step_that_keeps_failing_is_parked_after_its_attempts() -> None:
+    edge = Edge.build("keep_stock", STOCK)
+    edge.runner.retry_policy = RetryPolicy(attempts=3, base_s=0.001, cap_s=0.001)
+    calls = []
+
+    def broken(state: Stock | None, message: object, ctx: object) -> Decision[Stock]:
+        calls.append(1)
+        raise ConnectionError("still down")
+
+    edge.runner.step = replace(edge.runner.step, decide=broken)
+    await edge.runner.handle(incoming(ADD))
+    assert len(calls) == 3
+    [parked] = edge.recorder.sent
+    assert parked.topic == "inventory.commands.v1.dlq" and parked.header["dlq_attempts"] == "3"
+    assert parked.header["dlq_error"] == "ConnectionError in keep_stock: still down"
+    assert edge.table == {}
