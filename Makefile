@@ -1,6 +1,6 @@
 # One entry point for people and CI. `make help` lists the targets.
 .DEFAULT_GOAL := help
-.PHONY: help run test down setup unit agents integration lint format
+.PHONY: help run test down setup unit agents integration lint format bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -10,6 +10,9 @@ run: ## the main job: stack and workers up, sample orders streamed through the s
 
 test: ## the whole suite: lint, types, schema check, unit, agent and integration tests (real Kafka and Redis)
 	infra/test.sh
+
+bench: ## the benchmark: Kafka, Faust, pipeline, codec and gateway figures, JSON + plot (ARGS=--quick: < 3 min)
+	infra/bench.sh $(ARGS)
 
 down: ## stop everything `make run` started (`make down ARGS=-v` also drops the volumes)
 	infra/compose.sh --profile app down $(ARGS)

@@ -2,7 +2,7 @@
 # Brings a machine to the point where the pipeline runs: a Docker engine, the Kafka and Redis images,
 # host tools (kcat) and the Python environment. Every step is idempotent and cached; a second run is fast.
 #
-#   infra/setup.sh [all|docker|images|app-image|tools|python|env]
+#   infra/setup.sh [all|docker|images|app-image|tools|python|bench|env]
 #
 # Where no Docker engine answers and the machine is Debian with root, Debian's docker.io is installed and
 # dockerd started with published ports bound to 127.0.0.1. Where images cannot be pulled, they are built
@@ -185,14 +185,26 @@ ensure_python() {
   echo "$stamp" > "$venv/.stamp"
 }
 
+# `make bench` only: the benchmark's dependency group (the latency plot's matplotlib, the py-spy profiler).
+ensure_bench_python() {
+  ensure_python
+  local venv=$root/.venv stamp
+  stamp=$(sha256sum "$root/pyproject.toml" | cut -c1-16)
+  if [ -f "$venv/.stamp-bench" ] && [ "$(cat "$venv/.stamp-bench")" = "$stamp" ]; then return; fi
+  log "installing the benchmark's dependency group (pyproject.toml: bench)"
+  "$venv/bin/pip" install -q --group "$root/pyproject.toml:bench"
+  echo "$stamp" > "$venv/.stamp-bench"
+}
+
 case "${1:-all}" in
   docker) ensure_docker ;;
   images) ensure_images ;;
   app-image) ensure_python; ensure_app_image ;;
   tools) ensure_tools ;;
   python) ensure_python ;;
+  bench) ensure_bench_python ;;
   all) ensure_python; ensure_tools; ensure_images ;;
   env)
     printf 'PIPELINE_KAFKA_IMAGE=%s\nPIPELINE_REDIS_IMAGE=%s\nPIPELINE_APP_IMAGE=%s\n' "$KAFKA_IMAGE" "$REDIS_IMAGE" "$APP_IMAGE" ;;
-  *) echo "usage: $0 [all|docker|images|app-image|tools|python|env]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|docker|images|app-image|tools|python|bench|env]" >&2; exit 2 ;;
 esac

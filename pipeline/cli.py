@@ -794,7 +794,7 @@ def bench_command(**options: Any) -> None:
 
     Prints a summary with the ratios between the layers and writes every figure to a JSON file and a plot of
     latency percentiles against the offered rate (PNG, with the optional `bench` dependency group).
-    """  # fmt: skip
+    """
     from confluent_kafka import KafkaException
     from rich.console import Console
 

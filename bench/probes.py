@@ -1,0 +1,131 @@
+"""What the benchmark reads off the running system: CPU time of processes, containers and the machine, and
+Kafka offsets (messages written per topic, consumed per group)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User plus system CPU seconds of ``pid`` (Linux), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14 and 15 of stat)
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, over every core."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    total = sum(values[:8])
+    return (total - idle) / _TICK, total / _TICK
+
+
+def container_cpu_s(container_id: str) -> float | None:
+    """CPU seconds a container used so far (cgroup accounting through the Docker API)."""
+    try:
+        import docker
+
+        stats: Any = docker.from_env().containers.get(container_id).stats(stream=False, one_shot=True)
+        return float(stats["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
+    except Exception:  # noqa: BLE001 - a figure we can do without
+        return None
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    at: float
+    processes: dict[str, float]
+    containers: dict[str, float]
+    machine_busy: float
+    machine_total: float
+
+    @classmethod
+    def take(cls, pids: Mapping[str, int], containers: Mapping[str, str]) -> CpuSnapshot:
+        procs = {name: cpu for name, pid in pids.items() if (cpu := process_cpu_s(pid)) is not None}
+        boxes = {name: cpu for name, cid in containers.items() if (cpu := container_cpu_s(cid)) is not None}
+        busy, total = machine_cpu()
+        return cls(time.monotonic(), procs, boxes, busy, total)
+
+    def since(self, before: CpuSnapshot) -> dict[str, Any]:
+        """Cores used in between (1.0 = one core fully busy), per process and container, and the machine's
+        busy share of all its cores."""
+        wall = self.at - before.at
+
+        def cores(now: Mapping[str, float], then: Mapping[str, float]) -> dict[str, float]:
+            return {k: round((now[k] - then[k]) / wall, 3) for k in now if k in then} if wall > 0 else {}
+
+        total = self.machine_total - before.machine_total
+        return {
+            "wall_s": round(wall, 2),
+            "process_cores": cores(self.processes, before.processes),
+            "container_cores": cores(self.containers, before.containers),
+            "machine_busy_share": round((self.machine_busy - before.machine_busy) / total, 3) if total > 0 else None,
+        }
+
+
+@dataclass
+class Offsets:
+    """End offsets per topic (summed over partitions) and committed offsets per consumer group."""
+
+    topics: dict[str, int] = field(default_factory=dict)
+    groups: dict[str, int] = field(default_factory=dict)
+    lag: dict[str, int] = field(default_factory=dict)
+
+
+def end_offsets(admin: AdminClient, topics: Iterable[str], timeout: float = 10) -> dict[TopicPartition, int]:
+    names = list(topics)
+    meta = admin.list_topics(timeout=timeout).topics
+    request = {
+        TopicPartition(name, p): OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        for name in names
+        if name in meta
+        for p in meta[name].partitions
+    }
+    if not request:
+        return {}
+    result = admin.list_offsets(request, request_timeout=timeout)
+    return {tp: int(future.result().offset) for tp, future in result.items()}
+
+
+def committed(admin: AdminClient, group: str, timeout: float = 10) -> dict[TopicPartition, int]:
+    futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=timeout)
+    answer = futures[group].result()
+    return {
+        TopicPartition(tp.topic, tp.partition): int(tp.offset)
+        for tp in answer.topic_partitions or []
+        if tp.offset is not None and tp.offset >= 0
+    }
+
+
+def read_offsets(admin: AdminClient, topics: Iterable[str], groups: Iterable[str]) -> Offsets:
+    ends = end_offsets(admin, topics)
+    offsets = Offsets()
+    for tp, end in ends.items():
+        offsets.topics[tp.topic] = offsets.topics.get(tp.topic, 0) + end
+    group_ends = end_offsets(admin, {tp.topic for g in groups for tp in committed(admin, g)})
+    for group in groups:
+        done = committed(admin, group)
+        offsets.groups[group] = sum(done.values())
+        offsets.lag[group] = sum(max(0, group_ends.get(tp, off) - off) for tp, off in done.items())
+    return offsets
+
+
+def deltas(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}

@@ -1,0 +1,204 @@
+"""Kafka and Redis started through testcontainers from compose.yaml's own service definitions.
+
+The service definitions (image, environment, command) are read from compose.yaml, so what the benchmark and
+the integration tests run is the documented stack; only the published port changes (a free one of 127.0.0.1),
+so parallel runs and a running `make run` do not collide. Containers carry a label and are removed on exit;
+a killed run's leftovers are removed by label next time (Ryuk is off where its image cannot be pulled).
+``tests/stack.py`` re-exports this module with the tests' own label.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from testcontainers.core.container import DockerContainer
+
+ROOT = Path(__file__).resolve().parent.parent
+LABEL = "org.order-pipeline.bench"
+"""The label of the benchmark's containers (the tests use their own, so neither removes the other's)."""
+COMPOSE_FILE = ROOT / "compose.yaml"
+_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def testcontainers_env() -> None:
+    """Reach containers through 127.0.0.1 only; no Ryuk (its image cannot be pulled everywhere)."""
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    os.environ.setdefault("TC_HOST", "127.0.0.1")
+    os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+
+
+def compose_service(name: str, compose_file: Path = COMPOSE_FILE) -> dict[str, Any]:
+    """One service of compose.yaml with ``${VAR:-default}`` expanded from the environment."""
+    services = yaml.safe_load(compose_file.read_text())["services"]
+    service: dict[str, Any] = services[name]
+
+    def expand(value: Any) -> Any:
+        if isinstance(value, str):
+            return _VAR.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+        if isinstance(value, list):
+            return [expand(v) for v in value]
+        if isinstance(value, dict):
+            return {k: expand(v) for k, v in value.items()}
+        return value
+
+    return expand(service)  # type: ignore[no-any-return]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    check: Callable[[], bool], *, timeout: float, what: str | Callable[[], str], interval: float = 0.2
+) -> None:
+    """Poll ``check`` until it holds; fail with ``what`` (text, or a function giving it then) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except AssertionError:
+            raise  # a broken invariant (a dead process, say) is not "not yet"
+        except Exception as exc:  # noqa: BLE001 - the condition is not there yet
+            last_error = exc
+        time.sleep(interval)
+    described = what() if callable(what) else what
+    raise TimeoutError(f"{described} not reached within {timeout:.0f}s (last error: {last_error!r})")
+
+
+def remove_stale_containers(label: str = LABEL) -> None:
+    """Remove containers with ``label`` that a killed earlier run left behind."""
+    import docker
+
+    client = docker.from_env()
+    for container in client.containers.list(all=True, filters={"label": label}):
+        container.remove(force=True, v=True)
+
+
+@dataclass
+class KafkaNode:
+    container: DockerContainer
+    bootstrap: str
+
+    @property
+    def container_id(self) -> str:
+        return str(self.container.get_wrapped_container().id)
+
+    def stop_broker(self) -> None:
+        self.container.get_wrapped_container().stop(timeout=10)
+
+    def start_broker(self) -> None:
+        self.container.get_wrapped_container().start()
+        wait_kafka(self.bootstrap)
+
+
+@dataclass
+class RedisNode:
+    container: DockerContainer
+    url: str
+
+
+def wait_kafka(bootstrap: str, timeout: float = 120) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    wait_until(lambda: bool(admin.list_topics(timeout=2).brokers), timeout=timeout, what=f"Kafka at {bootstrap}")
+
+
+def _container(service: dict[str, Any], label: str) -> DockerContainer:
+    """A container from a compose service; ports are published by the caller, on 127.0.0.1 only."""
+    testcontainers_env()
+    from testcontainers.core.container import DockerContainer
+
+    kwargs: dict[str, Any] = {"labels": {label: "1"}}
+    if service.get("hostname"):
+        kwargs["hostname"] = service["hostname"]
+    container = DockerContainer(service["image"]).with_kwargs(**kwargs)
+    for key, value in (service.get("environment") or {}).items():
+        container = container.with_env(key, str(value))
+    if service.get("command"):
+        container = container.with_command(service["command"])
+    return container
+
+
+@contextmanager
+def _logs_on_failure(container: DockerContainer) -> Iterator[None]:
+    """A container that fails to come up says why: its last log lines join the error."""
+    try:
+        yield
+    except TimeoutError as exc:
+        out, err = container.get_logs()
+        tail = b"\n".join((out + err).splitlines()[-30:]).decode(errors="replace")
+        raise TimeoutError(f"{exc}\n--- container log ---\n{tail}") from None
+
+
+@contextmanager
+def kafka_node(*, label: str = LABEL, heap: str | None = None) -> Iterator[KafkaNode]:
+    """A single KRaft node as compose.yaml declares it, its client listener moved to a free host port.
+
+    The broker advertises 127.0.0.1:PORT and the container publishes PORT on 127.0.0.1:PORT, so the
+    advertised address works from the host and from inside the container alike. ``heap`` replaces
+    compose.yaml's ``KAFKA_HEAP_OPTS`` (the tests run a smaller broker).
+    """
+    port = free_port()
+    service = compose_service("kafka")
+    env = service["environment"]
+    for key in ("KAFKA_LISTENERS", "KAFKA_ADVERTISED_LISTENERS"):
+        env[key] = env[key].replace(":9092", f":{port}")
+    if heap is not None:
+        env["KAFKA_HEAP_OPTS"] = heap
+    container = _container(service, label)
+    container.ports[f"{port}/tcp"] = ("127.0.0.1", port)  # type: ignore[assignment]
+    container.start()
+    try:
+        node = KafkaNode(container, f"127.0.0.1:{port}")
+        with _logs_on_failure(container):
+            wait_kafka(node.bootstrap)
+        yield node
+    finally:
+        container.stop()
+
+
+@contextmanager
+def redis_node(*, label: str = LABEL) -> Iterator[RedisNode]:
+    """Redis as compose.yaml declares it, on a free port of 127.0.0.1."""
+    import redis
+
+    port = free_port()
+    service = compose_service("redis")
+    container = _container(service, label)
+    container.ports["6379/tcp"] = ("127.0.0.1", port)  # type: ignore[assignment]
+    container.start()
+    try:
+        node = RedisNode(container, f"redis://127.0.0.1:{port}/0")
+        client = redis.Redis.from_url(node.url, socket_timeout=2)
+        with _logs_on_failure(container):
+            wait_until(lambda: bool(client.ping()), timeout=60, what=f"Redis at {node.url}")
+        yield node
+    finally:
+        container.stop()
+
+
+def container_publishing(port: int) -> str | None:
+    """The id of the running container that publishes ``port`` on the host (the broker of a running stack)."""
+    import docker
+
+    for container in docker.from_env().containers.list():
+        for bindings in (container.ports or {}).values():
+            if any(str(b.get("HostPort")) == str(port) for b in bindings or []):
+                return str(container.id)
+    return None
