@@ -40,6 +40,9 @@ from typing import Any
 # --- keys ---------------------------------------------------------------------------------------------------
 
 VIEW_PREFIX = "view:"
+REBUILDING_KEY = "views-meta:rebuilding"
+"""Set (outside ``view:*``, so the rebuild does not drop it) while ``pipeline views rebuild`` runs: readers
+mark what they show as stale. It expires on its own if a rebuild dies."""
 ATTENTION_KEY = "view:attention"
 SKUS_KEY = "view:skus"
 NOTIFICATIONS_KEPT = 100

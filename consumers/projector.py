@@ -76,6 +76,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from consumers.deadletter import DeadLetters
 from consumers.projection import (
+    REBUILDING_KEY,
     VIEW_PREFIX,
     CannotProject,
     Event,
@@ -113,6 +114,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GROUP_ID = "order-pipeline-projector"
+REBUILDING_TTL_S = 120
+"""The rebuilding mark outlives a dead rebuild by at most this long (it is renewed while the rebuild runs)."""
 AGENT = "projector"
 PROJECTED_TOPICS = (ORDER_EVENTS, INVENTORY_EVENTS, INVENTORY_STOCK, PAYMENT_EVENTS, NOTIFICATION_EVENTS, USER_EVENTS)
 
@@ -409,12 +412,21 @@ def rebuild_views(
     Messages that do not decode are skipped, not dead-lettered again (the live projector parked them).
     Stop the live projector first: the two would otherwise write the same keys while the views are dropped.
     """
-    store = ViewStore(_redis(settings, client))
+    redis_client = _redis(settings, client)
+    store = ViewStore(redis_client)
     projector = Projector(store, AvroCodec(catalog or SchemaCatalog.load()), dead_letters=None)
-    with EventConsumer.reader(settings) as consumer:
-        dropped = store.drop_all()
-        for message in consumer.read_log([t.name for t in PROJECTED_TOPICS], idle_timeout=idle_timeout):
-            projector.handle(message)
-        ends = consumer.ends
-        missing = [f"{t}[{p}]" for t, p in consumer.unfinished]
+    redis_client.set(REBUILDING_KEY, "1", ex=REBUILDING_TTL_S)
+    try:
+        with EventConsumer.reader(settings) as consumer:
+            dropped = store.drop_all()
+            for n, message in enumerate(
+                consumer.read_log([t.name for t in PROJECTED_TOPICS], idle_timeout=idle_timeout)
+            ):
+                projector.handle(message)
+                if n % 1000 == 0:
+                    redis_client.expire(REBUILDING_KEY, REBUILDING_TTL_S)
+            ends = consumer.ends
+            missing = [f"{t}[{p}]" for t, p in consumer.unfinished]
+    finally:
+        redis_client.delete(REBUILDING_KEY)
     return RebuildReport(dropped=dropped, keys=store.count(), stats=projector.stats, ends=ends, incomplete=missing)

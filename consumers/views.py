@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from consumers.projection import (
     ATTENTION_KEY,
+    REBUILDING_KEY,
     REGISTERED_KEY,
     SKUS_KEY,
     STOCK_FIELDS,
@@ -239,3 +240,8 @@ async def user_rejections_async(client: aioredis.Redis, user_id: str, limit: int
     if limit <= 0:
         return []
     return [json.loads(v) for v in await client.lrange(user_rejections_key(user_id), 0, limit - 1)]
+
+
+async def rebuilding_async(client: aioredis.Redis) -> bool:
+    """True while ``pipeline views rebuild`` runs: the views may be missing or behind."""
+    return bool(await client.exists(REBUILDING_KEY))

@@ -550,12 +550,14 @@ async def get_order(request: web.Request) -> web.StreamResponse:
 async def dashboard(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     user_id = principal_of(request).subject
-    profile, orders, notices = await asyncio.gather(
+    profile, orders, notices, rebuilding = await asyncio.gather(
         views.get_user_async(gateway.redis, user_id),
         views.recent_orders_async(gateway.redis, user_id),
         views.notifications_async(gateway.redis, user_id),
+        views.rebuilding_async(gateway.redis),
     )
-    return json_response({"user_id": user_id, "profile": profile, "orders": orders, "notifications": notices})
+    body = {"user_id": user_id, "profile": profile, "orders": orders, "notifications": notices, "stale": rebuilding}
+    return json_response(body)
 
 
 # --- handlers: health and meta ------------------------------------------------------------------------------

@@ -152,6 +152,8 @@ class Dashboard(BaseModel):
     profile: dict[str, Any] | None
     orders: list[dict[str, Any]]
     notifications: list[dict[str, Any]]
+    stale: bool
+    """True while the views are being rebuilt from the log (``pipeline views rebuild``)."""
 
 
 class CheckResult(BaseModel):

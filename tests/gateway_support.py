@@ -144,6 +144,10 @@ class DictRedis:
             self.expiry.pop(key, None)
         return True
 
+    async def exists(self, *keys: str) -> int:
+        self._check("EXISTS")
+        return sum(k in self.strings for k in keys)
+
     async def delete(self, *keys: str) -> int:
         self._check("DEL")
         return sum(self.strings.pop(k, None) is not None for k in keys)

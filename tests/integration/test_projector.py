@@ -485,6 +485,7 @@ def test_projector_builds_views_dead_letters_garbage_and_rebuild_is_identical(
     rebuilt = run_cli(cli_env, "views", "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert f"rebuilt {len(before)} view keys" in rebuilt.stdout
+    assert not client.exists("views-meta:rebuilding"), "readers stop marking views stale once the rebuild is done"
     after = dump(client)
     assert len(views.dump_views(client)) == len(after)
     assert sorted(after) == sorted(before)
