@@ -21,6 +21,8 @@ from typing import Any
 import jwt
 import pytest
 import redis
+import schemathesis
+from hypothesis import HealthCheck, given, settings
 
 from consumers import views
 from consumers.toolkit import Consumed, EventConsumer
@@ -455,3 +457,39 @@ def test_readiness_fails_while_redis_is_down_and_recovers(settings: Settings, to
             wait_until(lambda: gateway.get("/ready").status == 200, timeout=60, what="ready again with Redis back")
         finally:
             stop_gateway(gateway)
+
+
+@pytest.fixture(scope="module")
+def unlimited_gateway(settings: Settings, topics: None, workdir: Path) -> Iterator[Gateway]:
+    """A gateway whose rate limit a fuzzer does not reach."""
+    running = start_gateway(settings, workdir, "gateway-fuzzed", PIPELINE_RATE_LIMIT_REQUESTS="1000000")
+    yield running
+    stop_gateway(running)
+
+
+def test_fuzzing_every_operation_from_the_openapi_document_finds_no_server_error(unlimited_gateway: Gateway) -> None:
+    """Schemathesis generates requests (valid and invalid) from the gateway's own document: never a 5xx."""
+    gateway = unlimited_gateway
+    document = gateway.get("/openapi.json").body
+    schema = schemathesis.openapi.from_dict(document)
+    auth = gateway.auth(uid("fuzz"))
+    server_errors: list[str] = []
+    statuses: list[int] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= {"POST /api/orders", "PATCH /api/users/{user_id}", "GET /api/dashboard"}
+
+    for operation in operations:
+
+        @settings(max_examples=25, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @given(case=operation.as_strategy())
+        def no_server_error(case: Any) -> None:
+            response = case.call(base_url=gateway.url, headers={**(case.headers or {}), **auth}, timeout=30)
+            statuses.append(response.status_code)
+            if response.status_code >= 500:
+                server_errors.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text}")
+
+        no_server_error()
+    assert server_errors == []
+    assert len(statuses) >= 5 * len(operations), "the fuzzer really called every operation"
+    assert {202, 422} <= set(statuses), f"accepted and refused requests both seen: {sorted(set(statuses))}"
