@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.tables import TableManager
+from faust.tables.recovery import Recovery
 
 from pipeline.settings import Settings
 from schemas.catalog import SchemaCatalog
@@ -75,6 +77,73 @@ class DurableTable(faust.Table):  # type: ignore[type-arg]
         return taken
 
 
+class SeekThenResumeRecovery(Recovery):
+    """Faust's table recovery, but a stream partition is fetched only once it is positioned at its committed offset.
+
+    The Faust build we run ends a recovery by resuming the stream partitions *first* and then, while agents
+    already receive their messages, seeking them to the committed offsets and resuming flow control, which
+    clears every agent's queue. Messages fetched in that window are lost in three ways: dropped from the
+    queue unprocessed and unacked; re-fetched after the seek but discarded as already read (the read offset
+    is reset only after the seek); and the hole this leaves is then recorded as an offset *gap*, which the
+    commit counts as done. So a restarted worker skipped inputs for good (an ``OrderCancelled``, a
+    ``StockLineReserved``: stock stayed reserved), or, when two lost messages blocked a partition's commit,
+    stood still until its watchdog restarted it. Here the order is: seek (streams still paused), mark
+    recovery complete, resume flow control (clearing queues that hold nothing of these streams), and only
+    then resume the stream partitions, so their first fetch starts at the committed offset.
+    """
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        app = self.app
+        consumer = app.consumer
+        self.log.info("Restore complete!")
+        await app.on_rebalance_complete.send()
+        self._set_recovery_ended()
+        callbacks = [
+            asyncio.ensure_future(
+                table.on_recovery_completed(self.actives_for_table[table], self.standbys_for_table[table])
+            )
+            for table in self.tables.values()
+        ]
+        if callbacks:
+            await asyncio.wait(callbacks)
+        assignment = consumer.assignment()
+        if self._superseded(generation_id):
+            return
+        streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
+        if assignment:
+            self.log.info("Seek stream partitions to committed offsets.")
+            await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        if self._superseded(generation_id):
+            return
+        self.completed.set()
+        app.flow_control.resume()
+        consumer.resume_partitions(streams)
+        consumer.resume_flow()
+        await app._fetcher.maybe_start()  # type: ignore[attr-defined]
+        self.tables.on_actives_ready()
+        if not app.assignor.assigned_standbys():
+            self.tables.on_standbys_ready()
+        app.on_rebalance_end()
+        self.log.info("Worker ready")
+
+    def _superseded(self, generation_id: int) -> bool:
+        """A newer rebalance began: leave the streams paused for the recovery it starts."""
+        current = self.app.consumer_generation_id
+        if current != generation_id:
+            self.log.warning("Recovery rebalancing again (generation %r, now %r)", generation_id, current)
+        return current != generation_id
+
+
+class SeekThenResumeTableManager(TableManager):
+    """Faust's table manager with :class:`SeekThenResumeRecovery` as its recovery service."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = SeekThenResumeRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
+
+
 def new_faust_app(service: str, settings: Settings) -> faust.App:
     """A Faust app with the pipeline's at-least-once settings."""
     brokers = [f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",") if b.strip()]
@@ -100,6 +169,7 @@ def new_faust_app(service: str, settings: Settings) -> faust.App:
         autodiscover=False,
         key_serializer="raw",
         value_serializer="json",
+        TableManager=SeekThenResumeTableManager,
     )
 
 
@@ -187,7 +257,10 @@ def create_app(service: str, settings: Settings) -> ServiceApp:
     built = ServiceApp(service, app, write_timeout_s=settings.delivery_timeout_s)
     built.outbox = Outbox(codec, catalog, faust_sender(app), source=f"/order-pipeline/{service}")
     wire(built, settings, codec)
-    add_watchdog(built, settings)
+    watchdog = add_watchdog(built, settings)
+    from streams.endpoint import add_http_endpoint
+
+    add_http_endpoint(built, settings, watchdog)
     return built
 
 

@@ -23,8 +23,11 @@ from consumers.toolkit import EventConsumer
 from pipeline.settings import Settings
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
+from schemas.codec import AvroCodec
+from streams.domain.reservations import HANDLES as RESERVATION_INPUTS
 from streams.payment_provider import LEDGER
-from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, table
+from streams.stores import hold_key
+from streams.topics import INVENTORY_COMMANDS, INVENTORY_EVENTS, ORDER_COMMANDS, ORDER_EVENTS, table
 from tests.seeding import register_users
 from tests.stack import wait_until
 
@@ -80,16 +83,34 @@ class OrderLoad:
     def terminal_count(self, store: redis.Redis) -> int:
         return sum((views.get_order(store, o) or {}).get("status") in TERMINAL for o in self.ordered)
 
+    def unrefunded(self, store: redis.Redis) -> dict[str, str | None]:
+        """Orders charged at the provider that are neither confirmed nor parked for attention (a refund that kept
+        failing), with their status: refunds still due."""
+        ledger = {k.decode(): json.loads(v) for k, v in store.hgetall(LEDGER).items()}
+        charged = [o for o in self.ordered if (ledger.get(o) or {}).get("status") == "charged"]
+        statuses = {o: (views.get_order(store, o) or {}).get("status") for o in charged}
+        return {o: status for o, status in statuses.items() if status not in ("CONFIRMED", "COMPENSATION_FAILED")}
+
     def wait_settled(self, store: redis.Redis, alive: Callable[[], None], timeout: float = 600) -> None:
-        """Wait until every order is terminal and no SKU holds reserved units (``alive`` raises if a process died)."""
+        """Wait for the quiet point: every order terminal, no SKU holding reserved units, every charge of an order
+        that is not confirmed refunded (``alive`` raises if a process died). On timeout, print what is stuck."""
 
         def settled() -> bool:
             alive()
             if self.terminal_count(store) < len(self.ordered):
                 return False
-            return all(int((views.stock(store, s) or {}).get("reserved", -1)) == 0 for s in self.sku_ids)
+            if any(int((views.stock(store, s) or {}).get("reserved", -1)) != 0 for s in self.sku_ids):
+                return False
+            return not self.unrefunded(store)
 
-        wait_until(settled, timeout=timeout, what="every order terminal and no stock left reserved", interval=1.0)
+        try:
+            wait_until(
+                settled, timeout=timeout, what="every order terminal, no stock reserved, refunds done", interval=1.0
+            )
+        except TimeoutError:
+            print(f"\norders charged, not confirmed and not refunded: {self.unrefunded(store)}")
+            print(self.explain_leaks(store))
+            raise
 
     def check_promises(self, store: redis.Redis) -> Counter[str]:
         """Assert every promise; return the outcomes (status:reason) for the test's report."""
@@ -144,6 +165,233 @@ class OrderLoad:
                 int(level["available"]), int(level["reserved"]), int(level["sold"]),
             )  # fmt: skip
         return outcomes
+
+    def explain_leaks(self, store: redis.Redis) -> str:
+        """Why stock stays reserved: per SKU the holds still RESERVED, and for each such order everything that
+        was said about it (view, reservation state, every message on the inventory and order topics), with the
+        inputs its steps never applied marked ``<-- not applied``."""
+        out: list[str] = ["", "=== stock left reserved: evidence ==="]
+        levels_log = changelog_history(self.settings, "inventory", "inventory_stock")
+        levels = _latest(levels_log)
+        holds_log = changelog_history(self.settings, "inventory", "inventory_holds")
+        holds = _latest(holds_log)
+        reservations_log = changelog_history(self.settings, "inventory", "inventory_reservations")
+        reservations = _latest(reservations_log)
+        messages: dict[str, list[_Logged]] | None = None
+        missed: list[str] = []
+        for sku in self.sku_ids:
+            view = views.stock(store, sku) or {}
+            state = levels.get(sku) or {}
+            held = {k: v for k, v in holds.items() if k.startswith(f"{sku}/") and v and v.get("status") == "RESERVED"}
+            out.append(
+                f"{sku}: view available {view.get('available')} reserved {view.get('reserved')} sold {view.get('sold')}"
+                f" v{view.get('stock_version')} | inventory_stock changelog available {state.get('available')}"
+                f" reserved {state.get('reserved')} sold {state.get('sold')} v{state.get('version')}"
+                f" | holds RESERVED: {len(held)} = {sum(int(v.get('quantity', 0)) for v in held.values())} units"
+            )
+            regressions = _regressions(levels_log.get(sku, []), lambda v: int(v.get("version", 0)))
+            out.extend(f"  inventory_stock changelog went back: {r}" for r in regressions)
+            orphans = _unanswered_versions(levels_log.get(sku, []), holds_log, sku)
+            out.extend(f"  inventory_stock version no hold answers for: {o}" for o in orphans)
+            odd = {
+                k: v
+                for k, h in holds_log.items()
+                if k.startswith(f"{sku}/") and (v := holds.get(k)) is not None and k not in held and _odd_hold(h)
+            }
+            if int(view.get("reserved", 0) or 0) <= 0 and not held and not odd and not regressions and not orphans:
+                continue
+            for key, hold in sorted({**held, **odd}.items()):
+                order_id = key.split("/", 1)[1]
+                out.append(f"  hold {key}{' (odd history)' if key in odd else ''}: {json.dumps(hold)[:300]}")
+                out.extend(
+                    f"    holds changelog p{p}@{o} {_ts(ts)} {_hold_summary(value)}"
+                    for p, o, ts, value in holds_log.get(key, [])
+                )
+                order = views.get_order(store, order_id) or {}
+                out.append(f"  order {order_id}: view status {order.get('status')} reason {order.get('cancel_reason')}")
+                out.extend(
+                    f"    timeline {_ts(int(e.get('at', 0)))} {e.get('event')} ({e.get('service')})"
+                    f" {json.dumps(e.get('detail') or {})[:120]}"
+                    for e in order.get("timeline", [])
+                )
+                reservation = reservations.get(order_id)
+                out.append(f"    inventory_reservations now: {_reservation_summary(reservation)}")
+                out.extend(
+                    f"    reservations changelog p{p}@{o} {_ts(ts)} {_reservation_summary(value)}"
+                    for p, o, ts, value in reservations_log.get(order_id, [])
+                )
+                if messages is None:
+                    messages = self._messages_by_order()
+                for logged in messages.get(order_id, []):
+                    skipped = _not_applied(logged, reservation, holds)
+                    if skipped:
+                        missed.append(f"{logged.where} {logged.name} ({order_id})")
+                    out.append(f"    {logged}{'   <-- not applied' if skipped else ''}")
+        out.insert(2, f"inputs of leaked orders their step never applied ({len(missed)}):")
+        out[3:3] = [f"  {m}" for m in sorted(set(missed))]
+        return "\n".join(out)
+
+    def _messages_by_order(self) -> dict[str, list[_Logged]]:
+        """Every message on the inventory and order topics by order id (its correlation id), in time order."""
+        codec = AvroCodec(SchemaCatalog.load())
+        found: dict[str, list[_Logged]] = {}
+        with EventConsumer.reader(self.settings) as consumer:
+            for m in consumer.read_log([INVENTORY_COMMANDS.name, INVENTORY_EVENTS.name, ORDER_EVENTS.name]):
+                headers = m.headers
+                order_id = headers.get("ce_correlationid") or m.key or ""
+                if order_id not in self.ordered:
+                    continue
+                try:
+                    decoded = codec.decode(m.value or b"")
+                    name, value = decoded.name, decoded.value
+                except Exception as exc:  # noqa: BLE001 - report what cannot be read
+                    name, value = f"undecodable {exc!r}", {}
+                found.setdefault(order_id, []).append(
+                    _Logged(m.timestamp_ms, m.topic, m.partition, m.offset, name, value, headers)
+                )
+        return {order_id: sorted(rows) for order_id, rows in found.items()}
+
+
+@dataclass(frozen=True, order=True)
+class _Logged:
+    """One message about an order, as the log holds it."""
+
+    timestamp_ms: int
+    topic: str
+    partition: int
+    offset: int
+    name: str
+    value: dict[str, Any] = field(compare=False)
+    headers: dict[str, str] = field(compare=False)
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+    def __str__(self) -> str:
+        detail = " ".join(f"{k}={self.value[k]}" for k in ("sku", "quantity", "requested", "reason") if k in self.value)
+        ids = f"ce_id={self.headers.get('ce_id', '')[:8]} cause={self.headers.get('ce_causationid', '')[:8]}"
+        return f"{_ts(self.timestamp_ms)} {self.where} {self.name} {detail} {ids}"
+
+
+_ANSWERS = {"ReserveStock": "reserve_answer", "ReleaseStock": "release_answer", "CommitStock": "commit_answer"}
+
+
+def _not_applied(logged: _Logged, reservation: Any, holds: dict[str, Any]) -> bool:
+    """Whether the step that consumes ``logged`` shows no trace of it: the reservation step remembers every
+    input it applied (``outputs``), the SKU step the answer it gave to each command."""
+    if logged.topic == INVENTORY_COMMANDS.name:
+        answer = _ANSWERS.get(logged.name)
+        hold = holds.get(hold_key(str(logged.value.get("sku")), str(logged.value.get("order_id"))))
+        return answer is not None and not (hold or {}).get(answer)
+    if logged.name not in RESERVATION_INPUTS:
+        return False
+    sku = logged.value.get("sku")
+    trigger = f"{logged.name}:{sku}" if sku is not None else logged.name
+    return trigger not in ((reservation or {}).get("outputs") or {})
+
+
+def _ts(ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
+
+
+def _latest(history: dict[str, list[tuple[int, int, int, Any]]]) -> dict[str, Any]:
+    return {k: v[-1][3] for k, v in history.items() if v and v[-1][3] is not None}
+
+
+def _regressions(history: list[tuple[int, int, int, Any]], version: Callable[[Any], int]) -> list[str]:
+    """Records of one key whose version is not newer than the one before (state written from an old view)."""
+    found = []
+    previous: tuple[int, int, int, Any] | None = None
+    for record in history:
+        if previous is not None and record[3] is not None and previous[3] is not None:
+            if version(record[3]) <= version(previous[3]):
+                found.append(
+                    f"@{previous[1]} v{version(previous[3])} -> @{record[1]} {_ts(record[2])} v{version(record[3])}"
+                )
+        previous = record
+    return found
+
+
+def _unanswered_versions(
+    levels: list[tuple[int, int, int, Any]], holds: dict[str, list[tuple[int, int, int, Any]]], sku: str
+) -> list[str]:
+    """Versions of a SKU's levels that no stock addition and no order's hold accounts for.
+
+    Every change of the levels is made by one command, and the hold of the order it served records the answer
+    with the levels and version after it (an addition records its event in the levels themselves). A version
+    no answer names is a levels write whose hold write was lost: a replay of that command then applies it again.
+    """
+    answered: set[int] = set()
+    for key, history in holds.items():
+        if key.startswith(f"{sku}/"):
+            for _, _, _, hold in history:
+                for answer in ("reserve_answer", "release_answer", "commit_answer"):
+                    value = ((hold or {}).get(answer) or {}).get("value") or {}
+                    if "stock_version" in value:
+                        answered.add(int(value["stock_version"]))
+    found = []
+    previous: Any = None
+    for _, offset, ts, record in levels:
+        if not record:
+            continue
+        version = int(record.get("version", 0))
+        added = {int(a["event"]["value"]["stock_version"]) for a in record.get("additions", [])}
+        if version not in answered and version not in added and (previous or {}).get("version") != version:
+            before = {k: (previous or {}).get(k) for k in ("available", "reserved", "sold", "version")}
+            after = {k: record.get(k) for k in ("available", "reserved", "sold", "version")}
+            found.append(f"@{offset} {_ts(ts)} {before} -> {after}")
+        previous = record
+    return found
+
+
+def _odd_hold(history: list[tuple[int, int, int, Any]]) -> bool:
+    """A hold whose answers changed or vanished between two of its records, or that was reserved and then
+    released with nothing given back: written from a state that had missed one of its records."""
+    seen: dict[str, Any] = {}
+    for _, _, _, value in history:
+        for answer in ("reserve_answer", "release_answer", "commit_answer"):
+            before, now = seen.get(answer), (value or {}).get(answer)
+            if before is not None and now != before:
+                return True
+            seen[answer] = now if now is not None else before
+    statuses = [(value or {}).get("status") for _, _, _, value in history]
+    given_back = [_answer_quantity((value or {}).get("release_answer")) for _, _, _, value in history]
+    return "RESERVED" in statuses and statuses[-1] == "RELEASED" and not any(given_back)
+
+
+def _answer_quantity(answer: Any) -> int:
+    """The quantity of a stored answer (``{"record": …, "value": {…}}``)."""
+    return int(((answer or {}).get("value") or {}).get("quantity") or 0)
+
+
+def _hold_summary(value: Any) -> str:
+    if not value:
+        return "(deleted)"
+    answers = [a for a in ("reserve_answer", "release_answer", "commit_answer") if value.get(a)]
+    return f"{value.get('status')} quantity {value.get('quantity')} answers {answers}"
+
+
+def _reservation_summary(value: Any) -> str:
+    if not value:
+        return "(none)"
+    lines = ", ".join(
+        f"{line['sku'].rsplit('-', 1)[-1]}:{line['status']}/rel {line['release']}/commit {line['commit']}"
+        for line in value.get("lines", [])
+    )
+    return (f"reserved={value.get('reserved')} verdict={value.get('verdict')} released={value.get('released')}"
+            f" committed={value.get('committed')} [{lines}] inputs {sorted(value.get('outputs', {}))}")  # fmt: skip
+
+
+def changelog_history(settings: Settings, service: str, name: str) -> dict[str, list[tuple[int, int, int, Any]]]:
+    """Every record of a service's table changelog by key: (partition, offset, timestamp ms, value or None)."""
+    history: dict[str, list[tuple[int, int, int, Any]]] = {}
+    with EventConsumer.reader(settings) as consumer:
+        for message in consumer.read_log([table(service, name).changelog]):
+            key = json.loads(message.key or "null") if (message.key or "").startswith('"') else message.key
+            value = json.loads(message.value) if message.value is not None else None
+            history.setdefault(str(key), []).append((message.partition, message.offset, message.timestamp_ms, value))
+    return history
 
 
 def changelog(settings: Settings, service: str, name: str) -> dict[str, Any]:
