@@ -3,6 +3,7 @@ until the query side knows them (so an order placed next is not refused as from 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable
 
 import redis
@@ -11,6 +12,11 @@ from consumers import views
 from producers.toolkit import EventPublisher
 from streams.topics import USER_COMMANDS
 from tests.stack import wait_until
+
+
+def uid(prefix: str) -> str:
+    """A fresh id for a test's customer, SKU or order (every test module shares one broker and one Redis)."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def register_users(

@@ -4,8 +4,11 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from pipeline.settings import Settings
+from producers.toolkit import EventPublisher
+from schemas.catalog import SchemaCatalog
 from tests.stack import KafkaNode, RedisNode, kafka_node, redis_node, remove_stale_containers
 
 
@@ -40,3 +43,16 @@ def cli_env(settings: Settings) -> dict[str, str]:
     env["PIPELINE_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
     env["PIPELINE_REDIS_URL"] = settings.redis_url
     return env
+
+
+@pytest.fixture(scope="module")
+def publisher(settings: Settings) -> Iterator[EventPublisher]:
+    """The toolkit's producer, as the tests publish commands and events with it."""
+    with EventPublisher.from_settings(settings, SchemaCatalog.load()) as pub:
+        yield pub
+
+
+@pytest.fixture
+def store(settings: Settings) -> redis.Redis:
+    """The query side's Redis (bytes; a module may override it, e.g. with decode_responses)."""
+    return redis.Redis.from_url(settings.redis_url)

@@ -12,7 +12,6 @@ import os
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
 from tests.gateway_support import token_for
-from tests.seeding import register_users
+from tests.seeding import register_users, uid
 from tests.stack import free_port, kafka_node, redis_node, wait_until
 from tests.workers import PIPELINE, Pipeline, Process, running_pipeline
 
@@ -144,19 +143,9 @@ def pipeline(
         yield running
 
 
-@pytest.fixture(scope="module")
-def publisher(settings: Settings) -> Iterator[EventPublisher]:
-    with EventPublisher.from_settings(settings, SchemaCatalog.load()) as pub:
-        yield pub
-
-
 @pytest.fixture
 def store(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, decode_responses=True)
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def commands(settings: Settings, topic: str, key: str) -> list[tuple[Consumed, dict[str, Any]]]:

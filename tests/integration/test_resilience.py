@@ -26,7 +26,7 @@ from schemas.codec import AvroCodec
 from streams.payment_provider import LEDGER
 from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, TOPICS
 from streams.topics import topic as topic_by_name
-from tests.seeding import register_users
+from tests.seeding import register_users, uid
 from tests.stack import wait_until
 from tests.workers import Pipeline, run_cli, running_pipeline
 
@@ -46,21 +46,6 @@ def pipeline(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
         PIPELINE_PROVIDER_RETRY_BASE_S="0.02",
     ) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def publisher(settings: Settings) -> Iterator[EventPublisher]:
-    with EventPublisher.from_settings(settings, SchemaCatalog.load()) as pub:
-        yield pub
-
-
-@pytest.fixture
-def store(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url)
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def outage(cli_env: dict[str, str], state: str) -> None:

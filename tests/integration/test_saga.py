@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,10 +18,9 @@ from consumers import views
 from pipeline.admin import admin_client, apply_topics
 from pipeline.settings import Settings
 from producers.toolkit import EventPublisher
-from schemas.catalog import SchemaCatalog
 from streams.payment_provider import LEDGER
 from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
-from tests.seeding import register_users
+from tests.seeding import register_users, uid
 from tests.stack import wait_until
 from tests.workers import Pipeline, running_pipeline
 
@@ -47,21 +45,6 @@ def pipeline(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
         PIPELINE_REFUND_BACKOFF_CAP_S="0.2",
     ) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def publisher(settings: Settings) -> Iterator[EventPublisher]:
-    with EventPublisher.from_settings(settings, SchemaCatalog.load()) as pub:
-        yield pub
-
-
-@pytest.fixture
-def store(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url)
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def now_ms() -> int:

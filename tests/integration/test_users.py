@@ -5,7 +5,6 @@ aggregate, e-mail claims, reactions), the projector's user views in Redis, and t
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ from schemas.codec import AvroCodec
 from streams.domain import users
 from streams.domain.messages import UserSnapshot, from_record
 from streams.topics import ORDER_COMMANDS, USER_COMMANDS, USER_EVENTS, USER_SNAPSHOTS
+from tests.seeding import uid
 from tests.stack import wait_until
 from tests.workers import Pipeline, run_cli, running_pipeline
 
@@ -35,21 +35,6 @@ def pipeline(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
         settings, tmp_path_factory.mktemp("users"), PIPELINE_USER_SNAPSHOT_EVERY=str(SNAPSHOT_EVERY)
     ) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def publisher(settings: Settings) -> Iterator[EventPublisher]:
-    with EventPublisher.from_settings(settings, SchemaCatalog.load()) as pub:
-        yield pub
-
-
-@pytest.fixture
-def store(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url)
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def command(publisher: EventPublisher, record: str, user_id: str, **value: Any) -> None:
