@@ -201,6 +201,10 @@ class StateStore(ABC):
     def save(self, key: str, before: Any, after: Any) -> None:
         """Write what changed between ``before`` and ``after`` (``after`` None: forget the key)."""
 
+    def take_repaired(self) -> bool:
+        """Whether the last :meth:`load` rewrote entries a crash had left torn (they must be made durable too)."""
+        return False
+
 
 class TableStore(StateStore):
     """A step's whole state in one table entry under the message key (JSON, as ``JsonState.to_json``)."""
@@ -310,10 +314,14 @@ class StepRunner:
             log.warning("%s failed on %s (will retry): %r", step.agent, decoded.name, exc)
             return True
 
+        repaired = False  # a load rewrote entries a crash had left torn (in any attempt)
+
         async def attempt() -> tuple[str, Any, Any, Any, list[tuple[str, dict[str, Any]]], list[Outgoing]]:
+            nonlocal repaired
             message = step.message_from_record(decoded.name, decoded.value)
             key = str(message.key)
             state = self._store.load(key, message)
+            repaired = self._store.take_repaired() or repaired
             ctx = step.context(incoming)
             decision = step.decide(state, message, ctx)
             if step.run_effects is not None and decision.effects:
@@ -347,9 +355,9 @@ class StepRunner:
             self._store.save(key, state, decision.state)
             if step.after_write is not None:
                 step.after_write(key, decision.state)
-            if outgoing:
-                await self._make_durable()
             count_outcomes(decision.events)
+        if (changed and outgoing) or repaired:
+            await self._make_durable()  # a repair is made durable even when the replay has nothing new to send
         await self._outbox.send_prepared(outgoing)
         EVENTS.labels(step.agent, decoded.name, "processed").inc()
         self.processed += 1
