@@ -237,8 +237,7 @@ class Step:
     message_to_record: Callable[[Any], dict[str, Any]]
     context: Callable[[Incoming], Any]
     run_effects: Callable[[Any, Any, Any], Awaitable[Any]] | None = None
-    after_write: Callable[[str, Any], bool] | None = None
-    """Keeps what is derived from the state (a deadline…) after every step; True when it wrote something."""
+    after_write: Callable[[str, Any], None] | None = None
 
 
 class StepRunner:
@@ -354,10 +353,10 @@ class StepRunner:
         changed = decision.state != state
         if changed:
             self._store.save(key, state, decision.state)
+            if step.after_write is not None:
+                step.after_write(key, decision.state)
             count_outcomes(decision.events)
-        # derived entries are kept after every step, so a replay mends one a crash lost after the state was stored
-        derived = step.after_write(key, decision.state) if step.after_write is not None else False
-        if (changed and outgoing) or repaired or (derived and not changed):
+        if (changed and outgoing) or repaired:
             await self._make_durable()  # a repair is made durable even when the replay has nothing new to send
         await self._outbox.send_prepared(outgoing)
         EVENTS.labels(step.agent, decoded.name, "processed").inc()

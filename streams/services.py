@@ -102,29 +102,13 @@ def saga_config(settings: Settings) -> SagaConfig:
     )
 
 
-def keep_derived(table: Any, key: str, value: Any) -> bool:
-    """Make ``table[key]`` hold ``value`` (None: no entry), writing only on a difference; True if it wrote.
-
-    Called after every step, not only after a change: a crash between a state write and the write of what
-    is derived from it (a deadline, a held-order due time) is mended when the input is replayed."""
-    if value is None:
-        if key in table:
-            del table[key]
-            return True
-        return False
-    if table.get(key) == value:
-        return False
-    table[key] = value
-    return True
-
-
 def _step(
     agent: str,
     service: Service[Any],
     config: SagaConfig,
     *,
     run_effects: Callable[..., Any] | None = None,
-    after_write: Callable[[str, Any], bool] | None = None,
+    after_write: Callable[[str, Any], None] | None = None,
     users: UsersConfig | None = None,
 ) -> Step:
     users_config = users or UsersConfig()
@@ -168,9 +152,12 @@ def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config
     holds = new_table(built.app, table("orders", "orders_admission_holds"))
     built.tables["orders_admission_holds"] = holds
 
-    def track_held_orders(user_id: str, state: Any) -> bool:
+    def track_held_orders(user_id: str, state: Any) -> None:
         due = state.hold_expires_at(config.admission_hold) if state is not None else None
-        return keep_derived(holds, user_id, int(due.timestamp() * 1000) if due is not None else None)
+        if due is not None:
+            holds[user_id] = int(due.timestamp() * 1000)
+        elif user_id in holds:
+            del holds[user_id]
 
     admit = _step("admit_orders", ADMISSION, config, after_write=track_held_orders)
     _add(built, codec, admit, (USER_EVENTS, ORDER_COMMANDS), "orders_customers")
@@ -178,9 +165,12 @@ def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config
     deadlines = new_table(built.app, table("orders", "orders_deadlines"))
     built.tables["orders_deadlines"] = deadlines
 
-    def track_deadline(order_id: str, state: Any) -> bool:
+    def track_deadline(order_id: str, state: Any) -> None:
         due = orders.pending_deadline(state)
-        return keep_derived(deadlines, order_id, int(due.timestamp() * 1000) if due is not None else None)
+        if due is not None:
+            deadlines[order_id] = int(due.timestamp() * 1000)
+        elif order_id in deadlines:
+            del deadlines[order_id]
 
     saga = _step("run_order_sagas", ORDER_SAGA, config, after_write=track_deadline)
     _add(built, codec, saga, (ORDER_EVENTS, INVENTORY_EVENTS, PAYMENT_EVENTS, ORDER_DEADLINES), "orders_sagas")
@@ -299,12 +289,12 @@ def _wire_payments(built: ServiceApp, settings: Settings, codec: AvroCodec, conf
     parked = new_table(built.app, table("payments", "payments_parked"))
     built.tables["payments_parked"] = parked
 
-    def track_parked(order_id: str, state: Any) -> bool:
+    def track_parked(order_id: str, state: Any) -> None:
         if payments.is_parked(state):
-            if order_id in parked:
-                return False
-            return keep_derived(parked, order_id, int(datetime.now(UTC).timestamp() * 1000))
-        return keep_derived(parked, order_id, None)
+            if order_id not in parked:
+                parked[order_id] = int(datetime.now(UTC).timestamp() * 1000)
+        elif order_id in parked:
+            del parked[order_id]
 
     step = _step("settle_payments", PAYMENTS, config, run_effects=run_payment_effects, after_write=track_parked)
     _add(built, codec, step, (ORDER_EVENTS, INVENTORY_EVENTS, PAYMENT_COMMANDS), "payments_payments")

@@ -210,23 +210,3 @@ async def test_an_order_for_a_customer_not_known_yet_is_held_and_its_due_time_ke
 
     (placed,) = orders.recorder.sent
     assert placed.topic == "orders.events.v1" and placed.decoded().name == "OrderPlaced"
-
-
-async def test_a_replay_mends_a_deadline_a_crash_lost_after_the_saga_was_stored(
-    faust_service: FaustServiceFactory,
-) -> None:
-    """The saga and its deadline are two table entries: a kill between the two writes leaves the saga stored and
-    the deadline lost. The replayed input changes no state, yet puts the deadline back, durably."""
-    orders = faust_service("orders")
-    deadlines = orders.table("orders_deadlines")
-    event_id = str(uuid.uuid4())
-    async with orders.agent("run_order_sagas") as agent:
-        await agent.deliver(placed("o-1"), event_id=event_id)
-        assert deadlines.get("o-1") == deadline_ms(DEADLINE)
-        del deadlines.data["o-1"]  # as after a restart: the deadline's changelog record never reached the broker
-        orders.recorder.clear()
-        orders.log_writes("orders_sagas")
-        await agent.deliver(placed("o-1"), event_id=event_id)  # the input is replayed after the restart
-
-    assert deadlines.get("o-1") == deadline_ms(DEADLINE), "the deadline is back"
-    assert orders.recorder.log == [("durable",)], "no saga write; the mended deadline made durable before the ack"
