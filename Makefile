@@ -1,6 +1,6 @@
 # One entry point for people and CI. `make help` lists the targets.
 .DEFAULT_GOAL := help
-.PHONY: help run test down setup unit agents integration lint format bench
+.PHONY: help run test down setup unit agents integration chaos lint format bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ agents: ## Faust agent tests only
 
 integration: ## integration tests only (testcontainers)
 	infra/test.sh -m integration
+
+chaos: ## chaos tests only: three brokers, two workers per service, a broker and a worker killed mid-load
+	infra/test.sh -m chaos
 
 lint: ## ruff and mypy
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy

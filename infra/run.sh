@@ -8,17 +8,32 @@ cd "$root"
 infra/setup.sh all
 infra/setup.sh app-image
 
+# PIPELINE_CLUSTER=1: three Kafka nodes (compose.cluster.yaml); PIPELINE_WORKERS_PER_SERVICE=N: N workers each
+if [[ "${PIPELINE_CLUSTER:-0}" == 1 ]]; then
+  export PIPELINE_KAFKA_BOOTSTRAP=${PIPELINE_KAFKA_BOOTSTRAP:-127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9095}
+fi
 export PIPELINE_KAFKA_BOOTSTRAP=${PIPELINE_KAFKA_BOOTSTRAP:-127.0.0.1:9092}
+scale=()
+for service in orders inventory payments notifications users; do
+  scale+=(--scale "worker-$service=${PIPELINE_WORKERS_PER_SERVICE:-1}")
+done
 export PIPELINE_REDIS_URL=${PIPELINE_REDIS_URL:-redis://127.0.0.1:6379/0}
 pipeline=.venv/bin/pipeline
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "checking schema compatibility"
 $pipeline schemas check
-step "starting Kafka, Redis, the topics, one worker per service and the projector (compose.yaml, profile app)"
-infra/compose.sh --profile app up -d
+step "starting Kafka, Redis, the topics, ${PIPELINE_WORKERS_PER_SERVICE:-1} worker(s) per service and the projector (compose.yaml, profile app)"
+infra/compose.sh --profile app up -d "${scale[@]}"
 $pipeline wait-ready --timeout 180
-$pipeline wait-workers --timeout 180
+# on a cluster, librdkafka's admin client can abort (SIGABRT, exit 134) while group coordinators settle
+# (librdkafka issue 4605): ask again, a few times
+for attempt in 1 2 3 4 5; do
+  rc=0
+  $pipeline wait-workers --timeout 180 || rc=$?
+  [[ $rc == 134 && $attempt -lt 5 ]] || break
+done
+[[ $rc == 0 ]] || exit "$rc"
 
 step "streaming sample orders through the saga"
 $pipeline demo "$@"
@@ -32,5 +47,5 @@ The pipeline is up: Kafka at $PIPELINE_KAFKA_BOOTSTRAP, Redis at $PIPELINE_REDIS
   kcat -b $PIPELINE_KAFKA_BOOTSTRAP -L                          # brokers, topics, partitions
   kcat -b $PIPELINE_KAFKA_BOOTSTRAP -C -t orders.events.v1 -o beginning -e -q -f '%k %h\n'
   .venv/bin/pipeline tail orders.events.v1 --from-beginning --max 10
-Stop it all with: make down
+Stop it all with: ${PIPELINE_CLUSTER:+PIPELINE_CLUSTER=$PIPELINE_CLUSTER }make down
 MSG

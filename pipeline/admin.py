@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +104,13 @@ def apply_topics(
             )
         if have < spec.partitions:
             grow.append(NewPartitions(spec.name, spec.partitions))
+        replicas = min((len(p.replicas) for p in existing[spec.name].partitions.values()), default=0)
+        if replicas < settings.topic_replication_factor:
+            # min.insync.replicas would be set above the replicas there are, and every acks=all write refused
+            raise TopicDrift(
+                f"{spec.name} has {replicas} replica(s) per partition but {settings.topic_replication_factor} are "
+                "wanted; a topic's replication factor is not changed here: reassign its partitions or recreate it"
+            )
     grown = set()
     if grow:
         for name, future in admin.create_partitions(grow, request_timeout=timeout).items():
@@ -165,13 +172,19 @@ def worker_groups() -> list[str]:
     return [f"{APP_PREFIX}-{s}" for s in SERVICES] + ["order-pipeline-projector"]
 
 
-def groups_not_ready(admin: AdminClient, groups: Sequence[str], *, timeout: float = 5.0) -> list[str]:
-    """The groups that are not yet stable with every member holding partitions (empty: all ready)."""
+def groups_not_ready(
+    admin: AdminClient, groups: Sequence[str], *, timeout: float = 5.0, members: Mapping[str, int] | None = None
+) -> list[str]:
+    """The groups that are not yet stable with every member holding partitions (empty: all ready).
+
+    ``members`` asks for at least that many members in a group (several workers of a service), so a group is
+    not taken as ready while its first worker holds every partition and the others are still joining."""
     pending = []
     for name, future in admin.describe_consumer_groups(list(groups), request_timeout=timeout).items():
         group = future.result()
-        members = group.members or []
+        joined = group.members or []
         state = str(group.state).rsplit(".", 1)[-1]
-        if state != "STABLE" or not members or any(not m.assignment.topic_partitions for m in members):
-            pending.append(f"{name} ({state.lower()}, {len(members)} members)")
+        wanted = max(1, (members or {}).get(name, 1))
+        if state != "STABLE" or len(joined) < wanted or any(not m.assignment.topic_partitions for m in joined):
+            pending.append(f"{name} ({state.lower()}, {len(joined)} of {wanted} members)")
     return pending

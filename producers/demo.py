@@ -102,13 +102,15 @@ def run_demo(publisher: EventPublisher, store: redis.Redis, plan: DemoPlan, cons
             lines = rng.sample(skus, k=rng.randint(1, min(3, len(skus))))
             token = "tok_decline" if rng.random() < plan.decline_share else "tok_ok"
             requested = _now_ms()
+            # keyed by the user it is for: admission keeps each customer on the partition of that key
+            user_id = rng.choice(customers)
             publisher.publish(
                 ORDER_COMMANDS,
                 "PlaceOrder",
-                rng.choice(customers),
+                user_id,
                 {
                     "order_id": order_id,
-                    "user_id": rng.choice(customers),
+                    "user_id": user_id,
                     "lines": [
                         {"sku": s, "quantity": rng.randint(1, 4), "unit_price_cents": 500 + 250 * i}
                         for i, s in enumerate(lines)

@@ -20,8 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.settings import LIBRDKAFKA_LOGGER, Settings
 from pipeline.telemetry import CONSUMER_LAG
@@ -80,33 +79,31 @@ class Watchdog:
         self._detector = StallDetector(settings.stall_timeout_s)
         self.lag: dict[str, int] | None = None
         """Messages behind per source topic at the last look (None: not looked yet, or the broker is away)."""
-        self._clients: tuple[AdminClient, Consumer] | None = None
+        self._clients: tuple[Consumer, Consumer] | None = None
         self._started = time.monotonic()
 
     def _offsets(self) -> tuple[dict[TopicPart, int], dict[TopicPart, int]]:
-        """(committed, end) offsets of every partition of the sources; blocking, run in a thread."""
+        """(committed, end) offsets of every partition of the sources; blocking, run in a thread.
+
+        The group's committed offsets are read by a consumer that carries the group's id but never subscribes
+        (so it never joins the group), not by the admin API: librdkafka's admin ListConsumerGroupOffsets aborts
+        the whole process (assertion ``eonce->refcnt > 0``, librdkafka issues 3663 and 4605) when its
+        coordinator request is retried, as it is when a broker of a cluster dies and the coordinator moves."""
         if self._clients is None:
             quiet = logging.getLogger(LIBRDKAFKA_LOGGER)
+            common = {"bootstrap.servers": self._settings.kafka_bootstrap, "enable.auto.commit": False, "logger": quiet}
             self._clients = (
-                AdminClient({"bootstrap.servers": self._settings.kafka_bootstrap, "logger": quiet}),  # type: ignore[dict-item]
-                Consumer(
-                    {
-                        "bootstrap.servers": self._settings.kafka_bootstrap,
-                        "group.id": f"{self._group_id}-watchdog",
-                        "enable.auto.commit": False,
-                        "logger": quiet,
-                    }
-                ),
+                Consumer({**common, "group.id": f"{self._group_id}-watchdog"}),
+                Consumer({**common, "group.id": self._group_id, "enable.auto.offset.store": False}),
             )
-        admin, consumer = self._clients
+        consumer, group_reader = self._clients
         partitions = [
             (name, p)
             for name in self._sources
             for p in sorted(consumer.list_topics(name, timeout=10).topics[name].partitions)
         ]
-        request = ConsumerGroupTopicPartitions(self._group_id, [TopicPartition(t, p) for t, p in partitions])
-        result = admin.list_consumer_group_offsets([request], request_timeout=10)[self._group_id].result()
-        committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+        read = group_reader.committed([TopicPartition(t, p) for t, p in partitions], timeout=10)
+        committed = {(tp.topic, tp.partition): tp.offset for tp in read if tp.error is None and tp.offset >= 0}
         ends = {tp: consumer.get_watermark_offsets(TopicPartition(*tp), timeout=10)[1] for tp in partitions}
         return committed, ends
 

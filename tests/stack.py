@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from bench import stack as _stack
 from bench.stack import (
     ROOT,
+    KafkaCluster,
     KafkaNode,
     RedisNode,
     compose_service,
@@ -25,10 +26,12 @@ from bench.stack import (
 __all__ = [
     "LABEL",
     "ROOT",
+    "KafkaCluster",
     "KafkaNode",
     "RedisNode",
     "compose_service",
     "free_port",
+    "kafka_cluster",
     "kafka_node",
     "redis_node",
     "remove_stale_containers",
@@ -42,9 +45,16 @@ LABEL = "org.order-pipeline.test"
 HEAP = "-Xmx512m -Xms256m"
 
 
+_cleaned = False
+
+
 def remove_stale_containers() -> None:
-    """Remove containers a killed earlier run left behind."""
-    _stack.remove_stale_containers(LABEL)
+    """Remove containers a killed earlier run left behind, once per test run: containers this process
+    started count as stale too, so a second call (a module starting its own cluster) would remove them."""
+    global _cleaned
+    if not _cleaned:
+        _stack.remove_stale_containers(LABEL)
+        _cleaned = True
 
 
 @contextmanager
@@ -52,6 +62,13 @@ def kafka_node() -> Iterator[KafkaNode]:
     """A single KRaft node as compose.yaml declares it, its client listener moved to a free host port."""
     with _stack.kafka_node(label=LABEL, heap=HEAP) as node:
         yield node
+
+
+@contextmanager
+def kafka_cluster() -> Iterator[KafkaCluster]:
+    """Three KRaft nodes as compose.cluster.yaml declares them, on a network of their own (see bench.stack)."""
+    with _stack.kafka_cluster(label=LABEL, heap=HEAP) as cluster:
+        yield cluster
 
 
 @contextmanager

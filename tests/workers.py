@@ -7,18 +7,18 @@ once its consumer group is stable with partitions assigned.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.admin import admin_client, groups_not_ready, worker_groups
 from pipeline.settings import Settings
-from streams.topics import SERVICES
+from streams.topics import APP_PREFIX, SERVICES
 from streams.watchdog import STALLED_EXIT_CODE
 from tests.stack import free_port, wait_until
 
@@ -103,6 +103,19 @@ class Pipeline:
         process.kill(sig)
         process.start()
 
+    def worker(self, service: str, index: int = 0) -> Process:
+        """Worker ``index`` of ``service`` (``running_pipeline(workers_per_service=N)``: 0 … N-1)."""
+        return self.processes[worker_name(service, index)]
+
+    def restart_worker(self, service: str, index: int = 0, sig: int = signal.SIGKILL) -> None:
+        """Kill worker ``index`` of ``service`` with ``sig`` and start it again."""
+        self.restart(worker_name(service, index), sig)
+
+
+def worker_name(service: str, index: int = 0) -> str:
+    """``orders`` for a service's first worker (the name every single-worker test uses), ``orders.1`` … after."""
+    return service if index == 0 else f"{service}.{index}"
+
 
 def worker_env(settings: Settings, data_dir: Path, **overrides: str) -> dict[str, str]:
     env = dict(os.environ)
@@ -110,6 +123,8 @@ def worker_env(settings: Settings, data_dir: Path, **overrides: str) -> dict[str
         PIPELINE_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
         PIPELINE_REDIS_URL=settings.redis_url,
         PIPELINE_DATA_DIR=str(data_dir),
+        PIPELINE_TOPIC_REPLICATION_FACTOR=str(settings.topic_replication_factor),
+        PIPELINE_TOPIC_MIN_INSYNC_REPLICAS=str(settings.topic_min_insync_replicas),
         PIPELINE_WORKER_LOG_LEVEL="warning",
         PYTHONUNBUFFERED="1",
     )
@@ -117,33 +132,86 @@ def worker_env(settings: Settings, data_dir: Path, **overrides: str) -> dict[str
     return env
 
 
+_WAIT_FOR_GROUPS = """
+import json, sys, time
+from pipeline.admin import admin_client, groups_not_ready, worker_groups
+from pipeline.settings import Settings
+admin, members = admin_client(Settings()), json.loads(sys.argv[1])
+while True:
+    try:
+        if not groups_not_ready(admin, worker_groups(), members=members, timeout=15):
+            break
+    except Exception as exc:  # a coordinator still loading or moving: ask again
+        print(repr(exc), flush=True)
+    time.sleep(0.5)
+"""
+
+
+@contextmanager
+def groups_ready(env: dict[str, str], members: dict[str, int]) -> Iterator[Callable[[], bool]]:
+    """A check that every worker group and the projector's is stable with its members holding partitions.
+
+    Asked from a child process: librdkafka's admin client can abort the whole process (assertion
+    ``eonce->refcnt > 0`` in ``rd_kafka_enq_once_del_source_return``, librdkafka issues 4605 and 3663) when a
+    group's coordinator request is retried, as it is while a cluster's coordinators load or move. A child that
+    dies that way is started again; the test process survives."""
+    child: subprocess.Popen[bytes] | None = None
+
+    def ready() -> bool:
+        nonlocal child
+        if child is None or child.poll() not in (None, 0):
+            if child is not None:
+                print(f"group readiness check exited {child.returncode}; asking again")
+            child = subprocess.Popen([sys.executable, "-c", _WAIT_FOR_GROUPS, json.dumps(members)], env=env, cwd=ROOT)
+        return child.poll() == 0
+
+    try:
+        yield ready
+    finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+
+
 @contextmanager
 def running_pipeline(
-    settings: Settings, workdir: Path, *, worker_http: bool = False, **env_overrides: str
+    settings: Settings,
+    workdir: Path,
+    *,
+    worker_http: bool = False,
+    workers_per_service: int = 1,
+    **env_overrides: str,
 ) -> Iterator[Pipeline]:
-    """Start every service's worker and the projector; stop them all afterwards (logs kept in ``workdir``).
+    """Start every service's worker(s) and the projector; stop them all afterwards (logs kept in ``workdir``).
 
-    With ``worker_http`` each worker serves /metrics, /health, /ready and /live on a port of its own
-    (``Pipeline.http_ports``)."""
+    With ``workers_per_service`` N, each service runs N processes in its one consumer group, each with its own
+    data dir (``workdir/faust``, ``workdir/faust.1`` …) and log (``orders.log``, ``orders.1.log`` …). With
+    ``worker_http`` each worker serves /metrics, /health, /ready and /live on a port of its own
+    (``Pipeline.http_ports``, by worker name)."""
     env = worker_env(settings, workdir / "faust", **env_overrides)
     pipeline = Pipeline(settings, env)
     for service in SERVICES:
-        own = dict(env)
-        if worker_http:
-            pipeline.http_ports[service] = free_port()
-            own["PIPELINE_WORKER_HTTP_PORT"] = str(pipeline.http_ports[service])
-        pipeline.processes[service] = Process(service, [PIPELINE, "worker", service], own, workdir / f"{service}.log")
+        for index in range(workers_per_service):
+            name = worker_name(service, index)
+            own = dict(env)
+            if index:
+                own["PIPELINE_DATA_DIR"] = str(workdir / f"faust.{index}")
+            if worker_http:
+                pipeline.http_ports[name] = free_port()
+                own["PIPELINE_WORKER_HTTP_PORT"] = str(pipeline.http_ports[name])
+            pipeline.processes[name] = Process(name, [PIPELINE, "worker", service], own, workdir / f"{name}.log")
     pipeline.processes["projector"] = Process("projector", [PIPELINE, "project"], env, workdir / "projector.log")
     try:
         for process in pipeline.processes.values():
             process.start()
-        admin = admin_client(settings)
+        members = {f"{APP_PREFIX}-{service}": workers_per_service for service in SERVICES}
+        with groups_ready(env, members) as ready:
 
-        def ready() -> bool:
-            pipeline.assert_alive()
-            return not groups_not_ready(admin, worker_groups())
+            def all_ready() -> bool:
+                pipeline.assert_alive()
+                return ready()
 
-        wait_until(ready, timeout=120, what="workers and projector holding their partitions", interval=0.5)
+            wait_until(all_ready, timeout=180, what="workers and projector holding their partitions", interval=0.5)
         yield pipeline
     finally:
         for process in pipeline.processes.values():

@@ -18,9 +18,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_stale_containers() -> None:
+    """Before any container of this run starts (a module may start its own Kafka cluster besides the session's
+    broker and Redis), remove those a killed earlier run left behind."""
+    remove_stale_containers()
+
+
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[KafkaNode]:
-    remove_stale_containers()
     with kafka_node() as node:
         yield node
 
