@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 LABEL = "org.order-pipeline.bench"
 """The label of the benchmark's containers (the tests use their own, so neither removes the other's)."""
 COMPOSE_FILE = ROOT / "compose.yaml"
+CLUSTER_FILE = ROOT / "compose.cluster.yaml"
+"""The three-broker cluster, layered on compose.yaml (compose's own override rules: environments merge)."""
+CLUSTER_NODES = ("kafka", "kafka-2", "kafka-3")
+"""The cluster's nodes as compose names them: node ids 1, 2, 3; also their host names on the cluster's network."""
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
@@ -53,6 +57,17 @@ def compose_service(name: str, compose_file: Path = COMPOSE_FILE) -> dict[str, A
         return value
 
     return expand(service)  # type: ignore[no-any-return]
+
+
+def cluster_service(name: str) -> dict[str, Any]:
+    """A node of the three-broker cluster as ``compose -f compose.yaml -f compose.cluster.yaml`` defines it.
+
+    Merged the way compose merges an override file: the environment key by key, anything else replaced."""
+    base = compose_service(name) if name in yaml.safe_load(COMPOSE_FILE.read_text())["services"] else {}
+    override = compose_service(name, CLUSTER_FILE)
+    merged = {**base, **override}
+    merged["environment"] = {**(base.get("environment") or {}), **(override.get("environment") or {})}
+    return merged
 
 
 def free_port() -> int:
@@ -81,27 +96,54 @@ def wait_until(
 
 
 def remove_stale_containers(label: str = LABEL) -> None:
-    """Remove containers with ``label`` that a killed earlier run left behind."""
+    """Remove containers with ``label`` that a killed earlier run left behind.
+
+    Each container's label holds the id of the process that started it; a container whose process still runs
+    belongs to a run in progress (two test runs side by side) and is left alone."""
     import docker
 
     client = docker.from_env()
     for container in client.containers.list(all=True, filters={"label": label}):
-        container.remove(force=True, v=True)
+        if not _owner_alive(container.labels.get(label, "")):
+            container.remove(force=True, v=True)
+    for network in client.networks.list(filters={"label": label}):  # a cluster's own network
+        if not _owner_alive(network.attrs.get("Labels", {}).get(label, "")):
+            network.remove()
+
+
+def _owner_alive(owner: str) -> bool:
+    """Is the process that started a container still running? (Labels from before owners were kept: no.)"""
+    if not owner.isdigit() or int(owner) == os.getpid():
+        return False
+    try:
+        os.kill(int(owner), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass
 class KafkaNode:
     container: DockerContainer
     bootstrap: str
+    node_id: int = 1
 
     @property
     def container_id(self) -> str:
         return str(self.container.get_wrapped_container().id)
 
     def stop_broker(self) -> None:
+        """A clean shutdown (SIGTERM): the node hands its partition leaderships over first."""
         self.container.get_wrapped_container().stop(timeout=10)
 
+    def kill_broker(self) -> None:
+        """SIGKILL: the node vanishes mid-write, as in a crash; the others notice by its missed heartbeats."""
+        self.container.get_wrapped_container().kill()
+
     def start_broker(self) -> None:
+        """Start the stopped node again, with its log as it was (same container, same host port)."""
         self.container.get_wrapped_container().start()
         wait_kafka(self.bootstrap)
 
@@ -124,7 +166,7 @@ def _container(service: dict[str, Any], label: str) -> DockerContainer:
     testcontainers_env()
     from testcontainers.core.container import DockerContainer
 
-    kwargs: dict[str, Any] = {"labels": {label: "1"}}
+    kwargs: dict[str, Any] = {"labels": {label: str(os.getpid())}}
     if service.get("hostname"):
         kwargs["hostname"] = service["hostname"]
     container = DockerContainer(service["image"]).with_kwargs(**kwargs)
@@ -171,6 +213,89 @@ def kafka_node(*, label: str = LABEL, heap: str | None = None) -> Iterator[Kafka
         yield node
     finally:
         container.stop()
+
+
+@dataclass
+class KafkaCluster:
+    """Three KRaft nodes (each broker and controller) on a docker network of their own."""
+
+    nodes: list[KafkaNode]
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's host listener: clients fall over to the next when one is down."""
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def node(self, node_id: int) -> KafkaNode:
+        return next(node for node in self.nodes if node.node_id == node_id)
+
+    def _admin(self) -> Any:
+        from confluent_kafka.admin import AdminClient
+
+        return AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+
+    def brokers(self) -> set[int]:
+        """The node ids the cluster's metadata lists as live brokers."""
+        return set(self._admin().list_topics(timeout=5).brokers)
+
+    def wait_brokers(self, node_ids: set[int], timeout: float = 120) -> None:
+        wait_until(lambda: self.brokers() == node_ids, timeout=timeout, what=f"brokers {sorted(node_ids)} live")
+
+    def coordinator(self, group: str) -> int:
+        """The node that coordinates ``group`` (its offsets' partition leader)."""
+        description = self._admin().describe_consumer_groups([group], request_timeout=10)[group].result()
+        return int(description.coordinator.id)
+
+    def under_replicated(self) -> list[str]:
+        """Partitions with fewer in-sync replicas than replicas (empty: replication is whole again)."""
+        topics = self._admin().list_topics(timeout=10).topics
+        return [
+            f"{name}[{p.id}] isr {sorted(p.isrs)} of {sorted(p.replicas)}"
+            for name, meta in sorted(topics.items())
+            for p in meta.partitions.values()
+            if len(p.isrs) < len(p.replicas)
+        ]
+
+
+@contextmanager
+def kafka_cluster(*, label: str = LABEL, heap: str | None = None) -> Iterator[KafkaCluster]:
+    """Three KRaft nodes as compose.cluster.yaml declares them (controller quorum of 3, replication factor 3,
+    ``min.insync.replicas=2``), each on a free port of 127.0.0.1, on a docker network of their own where they
+    reach each other by their compose names. Each node can be stopped, killed and started again.
+    """
+    testcontainers_env()
+    from testcontainers.core.network import Network
+
+    network = Network(docker_network_kw={"labels": {label: str(os.getpid())}}).create()
+    containers: list[DockerContainer] = []
+    try:
+        nodes = []
+        for name in CLUSTER_NODES:
+            service = cluster_service(name)
+            env = service["environment"]
+            listener = re.search(r"PLAINTEXT://:(\d+)", env["KAFKA_LISTENERS"])
+            assert listener is not None, f"{name}: no PLAINTEXT listener in KAFKA_LISTENERS"
+            port = free_port()
+            for key in ("KAFKA_LISTENERS", "KAFKA_ADVERTISED_LISTENERS"):
+                env[key] = env[key].replace(f":{listener.group(1)}", f":{port}")
+            if heap is not None:
+                env["KAFKA_HEAP_OPTS"] = heap
+            container = _container(service, label).with_network(network).with_network_aliases(name)
+            container.ports[f"{port}/tcp"] = ("127.0.0.1", port)  # type: ignore[assignment]
+            containers.append(container)
+            nodes.append(KafkaNode(container, f"127.0.0.1:{port}", int(env["KAFKA_NODE_ID"])))
+        for container in containers:  # all at once: each waits for a quorum of the others
+            container.start()
+        cluster = KafkaCluster(nodes)
+        for node in nodes:
+            with _logs_on_failure(node.container):
+                wait_kafka(node.bootstrap)
+        cluster.wait_brokers({node.node_id for node in nodes})
+        yield cluster
+    finally:
+        for container in containers:
+            container.stop()
+        network.remove()
 
 
 @contextmanager
