@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     max_refund_attempts: int = Field(default=5, ge=1, description="refund tries before a saga needs attention")
     refund_backoff_base_s: float = Field(default=0.05, gt=0, description="first refund retry delay")
     refund_backoff_cap_s: float = Field(default=1.0, gt=0, description="longest refund retry delay")
+    views_check_interval_s: float = Field(
+        default=1.0, gt=0, description="how often the projector checks that its views are still in Redis"
+    )
     user_snapshot_every: int = Field(default=5, ge=1, description="a user snapshot every N events of a user")
 
     # calling the payment provider: retries within a call, the circuit breaker, parked charges
