@@ -291,7 +291,7 @@ def demo(**options: Any) -> None:
     store = redis.Redis.from_url(settings.redis_url)
     with EventPublisher.from_settings(settings, SchemaCatalog.load()) as publisher:
         result = run_demo(publisher, store, DemoPlan(**options), console)
-    if not summarise(store, result, console):
+    if not summarise(store, redis.Redis.from_url(settings.provider_store), result, console):
         raise CliError("some orders did not settle or a promise was broken")
 
 
@@ -603,7 +603,7 @@ def dlq_replay(topic: str, positions: tuple[str, ...], replay_all: bool, dry_run
 
 @main.group()
 def provider() -> None:
-    """The simulated payment provider (an external system; its ledger lives in Redis under provider:*)."""
+    """The simulated payment provider (an external system; its ledger lives in a Redis database of its own)."""
 
 
 @provider.command("outage")
@@ -619,7 +619,7 @@ def provider_outage(state: str) -> None:
     settings = get_settings()
 
     async def switch() -> None:
-        client = aioredis.Redis.from_url(settings.redis_url)
+        client = aioredis.Redis.from_url(settings.provider_store)
         try:
             await set_outage(client, state == "on")
         finally:
@@ -628,7 +628,7 @@ def provider_outage(state: str) -> None:
     try:
         asyncio.run(switch())
     except Exception as exc:
-        raise CliError(f"cannot reach Redis at {settings.redis_url}: {exc}") from exc
+        raise CliError(f"cannot reach Redis at {settings.provider_store}: {exc}") from exc
     click.echo(f"payment provider {'down' if state == 'on' else 'up'}")
 
 

@@ -80,13 +80,18 @@ class OrderLoad:
                                    "requested_at": int(time.time() * 1000)})  # fmt: skip
             publisher.flush()
 
+    @property
+    def ledger(self) -> redis.Redis:
+        """The simulated payment provider's own database."""
+        return redis.Redis.from_url(self.settings.provider_store)
+
     def terminal_count(self, store: redis.Redis) -> int:
         return sum((views.get_order(store, o) or {}).get("status") in TERMINAL for o in self.ordered)
 
     def unrefunded(self, store: redis.Redis) -> dict[str, str | None]:
         """Orders charged at the provider that are neither confirmed nor parked for attention (a refund that kept
         failing), with their status: refunds still due."""
-        ledger = {k.decode(): json.loads(v) for k, v in store.hgetall(LEDGER).items()}
+        ledger = {k.decode(): json.loads(v) for k, v in self.ledger.hgetall(LEDGER).items()}
         charged = [o for o in self.ordered if (ledger.get(o) or {}).get("status") == "charged"]
         statuses = {o: (views.get_order(store, o) or {}).get("status") for o in charged}
         return {o: status for o, status in statuses.items() if status not in ("CONFIRMED", "COMPENSATION_FAILED")}
@@ -140,7 +145,8 @@ class OrderLoad:
             assert sold == bought
 
         # 3. no double charge; every charge of an order that is not confirmed is refunded
-        ledger = {k.decode(): json.loads(v) for k, v in store.hgetall(LEDGER).items() if k.decode() in self.ordered}
+        raw_ledger = self.ledger.hgetall(LEDGER).items()
+        ledger = {k.decode(): json.loads(v) for k, v in raw_ledger if k.decode() in self.ordered}
         for order_id, view in orders.items():
             entry = ledger.get(order_id)
             if view["status"] == "CONFIRMED":

@@ -83,24 +83,32 @@ def wait_status(
 
 
 def test_charges_wait_while_the_provider_is_down_and_go_through_once_it_is_back(
-    pipeline: Pipeline, publisher: EventPublisher, store: redis.Redis, cli_env: dict[str, str]
+    pipeline: Pipeline,
+    publisher: EventPublisher,
+    store: redis.Redis,
+    provider_ledger: redis.Redis,
+    cli_env: dict[str, str],
 ) -> None:
     outage(cli_env, "on")
     try:
         order_id, sku = order_for_a_new_customer(pipeline, publisher, store)
         pending = wait_status(pipeline, store, order_id, "PAYMENT_PENDING")
-        assert store.hget(LEDGER, order_id) is None, "nothing charged while the provider is down"
+        assert provider_ledger.hget(LEDGER, order_id) is None, "nothing charged while the provider is down"
         assert [e["event"] for e in pending["timeline"]].count("PaymentPending") == 1
     finally:
         outage(cli_env, "off")
     confirmed = wait_status(pipeline, store, order_id, "CONFIRMED")
-    assert json.loads(store.hget(LEDGER, order_id) or b"{}")["status"] == "charged"  # type: ignore[arg-type]
+    assert json.loads(provider_ledger.hget(LEDGER, order_id) or b"{}")["status"] == "charged"  # type: ignore[arg-type]
     assert confirmed["charged_cents"] == 1800, "charged exactly once"
     wait_until(lambda: (views.stock(store, sku) or {}).get("sold") == 2, timeout=30, what="sold")
 
 
 def test_a_charge_still_waiting_at_the_deadline_is_cancelled_with_nothing_charged(
-    pipeline: Pipeline, publisher: EventPublisher, store: redis.Redis, cli_env: dict[str, str]
+    pipeline: Pipeline,
+    publisher: EventPublisher,
+    store: redis.Redis,
+    provider_ledger: redis.Redis,
+    cli_env: dict[str, str],
 ) -> None:
     outage(cli_env, "on")
     try:
@@ -110,7 +118,7 @@ def test_a_charge_still_waiting_at_the_deadline_is_cancelled_with_nothing_charge
     finally:
         outage(cli_env, "off")
     assert cancelled["cancel_reason"] == "deadline_exceeded"
-    assert store.hget(LEDGER, order_id) is None and cancelled["charged_cents"] == 0
+    assert provider_ledger.hget(LEDGER, order_id) is None and cancelled["charged_cents"] == 0
     wait_until(lambda: (views.stock(store, sku) or {}).get("available") == 5, timeout=30,
                what="the reservation released")  # fmt: skip
 
