@@ -9,7 +9,14 @@ The message keeps its original key, value and headers; ``dlq_*`` headers say why
 ``dlq_source_topic``      where it was read …
 ``dlq_source_partition``  …
 ``dlq_source_offset``     …
+``dlq_origin``            where the message was first read (``topic:partition:offset``; a replay keeps it)
+``dlq_parked_behind``     the origin of the dead letter its key waits for (a message parked behind another)
 ``dlq_time``              when it was parked (RFC 3339, UTC)
+
+A Faust agent parks a key with its message (:mod:`streams.domain.parking`): the key's later messages are
+dead-lettered behind it until a replay of the head is handled. :func:`read_parked_keys` reads those queues
+back from the services' changelogs, so ``pipeline dlq list`` shows each dead letter's state and
+``pipeline dlq replay`` sends a key's dead letters in their queue's order.
 
 :meth:`DeadLetters.send` returns only once the broker acknowledged the dead letter, so a consumer may then
 store the message's offset: a dead letter is never lost between the two.
@@ -17,6 +24,7 @@ store the message's offset: a dead letter is never lost between the two.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterable, Sequence
@@ -27,11 +35,12 @@ from typing import Any, Self
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from consumers.toolkit import Consumed, EventConsumer
+from consumers.toolkit import Consumed, ConsumeError, EventConsumer
 from pipeline.envelope import dead_letter_headers as envelope_dead_letter_headers
 from pipeline.settings import Settings
 from producers.toolkit import producer_config
-from streams.topics import TOPICS, UnknownTopic, topic
+from streams.domain.parking import Position
+from streams.topics import SERVICES, TOPICS, UnknownTopic, parked_keys_table, topic
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +151,26 @@ class DeadLetter:
     source_partition: int
     source_offset: int
     parked_at: str
+    origin: Position
+    """Where the message was first read (a failed replay's dead letter names its original's)."""
+    parked_behind: Position | None = None
+    """The origin of the dead letter its key waited for, when it was parked behind one."""
 
     @property
     def position(self) -> str:
         return f"{self.topic}:{self.partition}:{self.offset}"
+
+    @property
+    def key_text(self) -> str | None:
+        return self.key.decode(errors="replace") if self.key else None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "position": self.position,
             "key": (self.key or b"").decode(errors="replace"),
             "source": f"{self.source_topic}:{self.source_partition}:{self.source_offset}",
+            "origin": self.origin.to_header(),
+            "parked_behind": self.parked_behind.to_header() if self.parked_behind else None,
             "agent": self.agent,
             "attempts": self.attempts,
             "error": self.error,
@@ -170,6 +189,9 @@ def as_dead_letter(message: Consumed) -> DeadLetter:
     raw = tuple((k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in message.raw_headers)
     dlq = {k: v.decode(errors="replace") for k, v in raw if k.startswith(DLQ_HEADER_PREFIX)}
     source = dlq.get("dlq_source_topic") or message.topic.removesuffix(".dlq")
+    source_partition = int(dlq.get("dlq_source_partition", "-1") or -1)
+    source_offset = int(dlq.get("dlq_source_offset", "-1") or -1)
+    origin = Position.from_header(dlq.get("dlq_origin", "")) or Position(source, source_partition, source_offset)
     return DeadLetter(
         topic=message.topic,
         partition=message.partition,
@@ -181,9 +203,11 @@ def as_dead_letter(message: Consumed) -> DeadLetter:
         agent=dlq.get("dlq_agent", "?"),
         attempts=int(dlq.get("dlq_attempts", "1") or 1),
         source_topic=source,
-        source_partition=int(dlq.get("dlq_source_partition", "-1") or -1),
-        source_offset=int(dlq.get("dlq_source_offset", "-1") or -1),
+        source_partition=source_partition,
+        source_offset=source_offset,
         parked_at=dlq.get("dlq_time", ""),
+        origin=origin,
+        parked_behind=Position.from_header(dlq.get("dlq_parked_behind", "")),
     )
 
 
@@ -194,10 +218,79 @@ def read_dead_letters(settings: Settings, topics: Sequence[str] | None = None) -
         return [as_dead_letter(message) for message in consumer.read_log(names, idle_timeout=10)]
 
 
+ParkedQueues = dict[tuple[str, str], tuple[Position, ...]]
+"""(agent, key) → the origins queued for that key, head first."""
+
+
+def read_parked_keys(settings: Settings) -> ParkedQueues | None:
+    """Every parked key of every service, read from the parked-keys changelogs (None: they cannot be read)."""
+    names = [parked_keys_table(service).changelog for service in SERVICES]
+    latest: dict[tuple[str, int, bytes], bytes | None] = {}
+    try:
+        with EventConsumer.reader(settings) as consumer:
+            for message in consumer.read_log(names, idle_timeout=10):
+                latest[(message.topic, message.partition, message.raw_key or b"")] = message.value
+    except ConsumeError as exc:
+        log.warning("parked keys not readable: %s", exc)
+        return None
+    queues: ParkedQueues = {}
+    for value in latest.values():
+        if not value:
+            continue  # a tombstone: the key was released
+        entry = json.loads(value)
+        queue = tuple(Position(m["topic"], int(m["partition"]), int(m["offset"])) for m in entry.get("queue", ()))
+        if queue:
+            queues[(str(entry["agent"]), str(entry["key"]))] = queue
+    return queues
+
+
+def parked_status(letter: DeadLetter, parked: ParkedQueues) -> str:
+    """Whether ``letter``'s key still waits on it: ``head of <agent>``, ``#n behind the head in <agent>`` or
+    ``released`` (handled since, or never queued)."""
+    states = []
+    for (agent, key), queue in sorted(parked.items()):
+        if key == letter.key_text and letter.origin in queue:
+            index = queue.index(letter.origin)
+            states.append(f"head of {agent} ({len(queue)} queued)" if index == 0 else f"#{index} behind in {agent}")
+    return "; ".join(states) or "released"
+
+
+def replay_order(letters: Iterable[DeadLetter], parked: ParkedQueues | None = None) -> list[DeadLetter]:
+    """One dead letter per origin (the newest: a replay that failed again is parked again), in the order their
+    keys' queues hold them: what no queue holds first (handled since, or older than the head), then each
+    queue's head, second, … (else by when each origin was first parked), so a key drains in one go."""
+    newest: dict[Position, DeadLetter] = {}
+    first_parked: dict[Position, str] = {}
+    for letter in letters:
+        origin = letter.origin
+        if origin not in newest or (letter.partition, letter.offset) > (
+            newest[origin].partition,
+            newest[origin].offset,
+        ):
+            newest[origin] = letter
+        first_parked[origin] = min(first_parked.get(origin, letter.parked_at), letter.parked_at)
+    index: dict[Position, int] = {}
+    for queue in (parked or {}).values():
+        for n, origin in enumerate(queue):
+            index[origin] = min(index.get(origin, n), n)
+    return sorted(newest.values(), key=lambda d: (index.get(d.origin, -1), first_parked[d.origin], d.origin))
+
+
+def replay_headers(letter: DeadLetter) -> list[tuple[str, str | bytes | None]]:
+    """A replay's headers: the message's own, then which dead letter it re-publishes and where it was first read."""
+    return [
+        *letter.original_headers,
+        ("dlq_replay_of", letter.position.encode()),
+        ("dlq_origin", letter.origin.to_header().encode()),
+        ("dlq_attempts", str(letter.attempts).encode()),
+    ]
+
+
 def replay(settings: Settings, letters: Iterable[DeadLetter]) -> int:
-    """Publish each letter back to its source topic (original key, value and headers, plus ``dlq_replayed_from``)
-    and wait for every ack; returns how many. A replayed message that fails again is parked again, with
-    ``dlq_attempts`` counting on; consumers deduplicate by event id, so replaying one twice is harmless."""
+    """Publish each letter back to its source topic, in the order given (original key, value and headers, plus
+    ``dlq_replay_of``: the dead letter's position, and ``dlq_origin``: where its message was first read) and wait
+    for every ack; returns how many. A replayed message that fails again is parked again, with ``dlq_attempts``
+    counting on; consumers deduplicate by event id, so replaying one twice is harmless."""
     producer = Producer(producer_config(settings))
     failures: list[str] = []
 
@@ -208,11 +301,7 @@ def replay(settings: Settings, letters: Iterable[DeadLetter]) -> int:
     count = 0
     for letter in letters:
         topic(letter.source_topic)  # an undeclared source is refused before anything is sent
-        headers: list[tuple[str, str | bytes | None]] = [
-            *letter.original_headers,
-            ("dlq_replayed_from", letter.position.encode()),
-            ("dlq_attempts", str(letter.attempts).encode()),
-        ]
+        headers = replay_headers(letter)
         producer.produce(letter.source_topic, key=letter.key, value=letter.value, headers=headers,
                          on_delivery=on_delivery)  # fmt: skip
         count += 1

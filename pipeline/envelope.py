@@ -123,12 +123,16 @@ def dead_letter_headers(
     agent: str,
     attempts: int,
     now: datetime | None = None,
+    parked_behind: str | None = None,
 ) -> list[tuple[str, str | bytes | None]]:
     """A dead letter's headers: the original ones, then why and where it was parked.
 
     ``dlq_error`` (the reason), ``dlq_agent`` (who parked it), ``dlq_attempts``, ``dlq_source_topic``,
-    ``dlq_source_partition``, ``dlq_source_offset`` and ``dlq_time`` (RFC 3339, UTC). Every process that
-    dead-letters (Faust agents, the projector) writes exactly these, so ``pipeline dlq`` reads them one way.
+    ``dlq_source_partition``, ``dlq_source_offset``, ``dlq_origin`` (``topic:partition:offset`` where the message
+    was first read: a replay that fails again keeps its original's, so a key's queue knows it) and ``dlq_time``
+    (RFC 3339, UTC); ``dlq_parked_behind`` (the origin of the dead letter its key waits for) when the message
+    did not fail itself. Every process that dead-letters (Faust agents, the projector) writes exactly these, so
+    ``pipeline dlq`` reads them one way.
     """
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     # a replayed dead letter (``pipeline dlq replay``) that fails again: count on, keep one set of dlq_* headers
@@ -138,6 +142,11 @@ def dead_letter_headers(
         raw = previous[-1]
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         attempts = max(attempts, (int(text) if text.isdigit() else 0) + 1)
+    origins = [v for k, v in kept if k == "dlq_origin"]
+    origin = f"{topic}:{partition}:{offset}"
+    if origins and origins[-1]:
+        raw_origin = origins[-1]
+        origin = raw_origin.decode(errors="replace") if isinstance(raw_origin, bytes) else str(raw_origin)
     kept = [(k, v) for k, v in kept if not k.startswith("dlq_")]
     extra = {
         "dlq_error": error,
@@ -146,6 +155,9 @@ def dead_letter_headers(
         "dlq_source_topic": topic,
         "dlq_source_partition": str(partition),
         "dlq_source_offset": str(offset),
+        "dlq_origin": origin,
         "dlq_time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
+    if parked_behind:
+        extra["dlq_parked_behind"] = parked_behind
     return [*kept, *((k, v.encode()) for k, v in extra.items())]

@@ -45,7 +45,8 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 
 EVENTS = Counter(
     "pipeline_events_total",
-    "Messages an agent handled, by outcome (processed, dead_lettered, ignored).",
+    "Messages an agent handled, by outcome: processed, dead_lettered, ignored, refused (a replay out of order), "
+    "duplicate (an event id already parked for its key).",
     ["agent", "record", "outcome"],
 )
 STEP_SECONDS = Histogram(
@@ -68,6 +69,17 @@ BREAKER_STATE = Gauge(
     "pipeline_circuit_breaker_state",
     "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
     ["breaker"],
+)
+DEAD_LETTER_DEPTH = Gauge(
+    "pipeline_dead_letter_depth",
+    "Messages parked per agent and source topic: dead letters and the later messages of their keys queued "
+    "behind them, not yet released by a replay (partitions this worker holds).",
+    ["agent", "topic"],
+)
+PARKED_KEYS = Gauge(
+    "pipeline_parked_keys",
+    "Keys an agent holds back behind a dead letter (partitions this worker holds).",
+    ["agent"],
 )
 HTTP_REQUESTS = Counter(
     "pipeline_http_requests_total", "Gateway requests by method, route and status.", ["method", "route", "status"]

@@ -24,7 +24,7 @@ from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from streams.resilience import CircuitBreaker
 from streams.runtime import Incoming, Outbox, StateStore, StateTable, Step, StepRunner, normalise_headers
-from streams.topics import APP_PREFIX, PARTITIONS, TableSpec, TopicSpec
+from streams.topics import APP_PREFIX, PARTITIONS, TableSpec, TopicSpec, parked_keys_table
 from streams.watchdog import Watchdog, stop_stalled_process
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class ServiceApp:
     app: faust.App
     runners: dict[str, StepRunner] = field(default_factory=dict)
     tables: dict[str, Any] = field(default_factory=dict)
+    parked: DurableTable | None = None
+    """The service's parked-keys table, shared by its agents (built with the first agent registered)."""
     outbox: Outbox | None = None
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
@@ -215,7 +217,10 @@ def register_step(
     async def make_durable() -> None:
         await service.confirm_writes()
 
-    runner = StepRunner(step, store, codec, service.outbox, make_durable=make_durable)
+    if service.parked is None:
+        spec = parked_keys_table(service.name)
+        service.parked = service.tables[spec.name] = new_table(service.app, spec)
+    runner = StepRunner(step, store, codec, service.outbox, make_durable=make_durable, parked=service.parked)
     runner.sources = tuple(s.name for s in sources)
     channel = service.app.topic(
         *[s.name for s in sources], key_serializer="raw", value_serializer="raw", partitions=PARTITIONS

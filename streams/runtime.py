@@ -13,6 +13,12 @@ its table or the payment provider. The rules it keeps:
   recognises as a duplicate and answers by re-emitting the very same events (same content, same ids).
   Sending first would be unsafe: a replay that meets its inputs in another order (a deadline before a
   payment) could decide differently and contradict events already sent.
+* A parked message parks its key (:mod:`streams.domain.parking`): the key's later messages on this agent's
+  inputs are dead-lettered behind it (``dlq_parked_behind``) while other keys flow on, until a replay of the
+  head (``pipeline dlq replay``, headers ``dlq_replay_of`` and ``dlq_origin``) is handled. Each parked key's
+  queue is a table entry, written and made durable **before** its dead letter is sent (a redelivery finds
+  itself queued and is dead-lettered again), and a handled head is popped in the same durable write as the
+  step's state, so a crash anywhere neither loses a key's message nor lets one overtake another.
 * Every output carries the envelope: a deterministic ``ce_id`` (:func:`derived_event_id`), ``ce_causationid``
   = the input's id,
   ``ce_correlationid`` = the order id, and the input's ``traceparent``.
@@ -33,10 +39,29 @@ from typing import Any, Protocol
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from pipeline.envelope import Envelope, dead_letter_headers
-from pipeline.telemetry import EVENTS, SAGA_OUTCOMES, STEP_SECONDS, context_from, traceparent_of, tracer
+from pipeline.telemetry import (
+    DEAD_LETTER_DEPTH,
+    EVENTS,
+    PARKED_KEYS,
+    SAGA_OUTCOMES,
+    STEP_SECONDS,
+    context_from,
+    traceparent_of,
+    tracer,
+)
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
+from streams.domain.parking import (
+    Arrival,
+    ParkedMessage,
+    Position,
+    Queue,
+    Verdict,
+    admit,
+    parked_behind_reason,
+    settle,
+)
 from streams.resilience import RetryPolicy, retry
 from streams.topics import topic, topic_for_record
 
@@ -63,6 +88,16 @@ class StateTable(Protocol):
     def __contains__(self, key: object) -> bool: ...
 
 
+class ScannableTable(StateTable, Protocol):
+    def items(self) -> Iterable[tuple[str, Any]]: ...
+
+
+REPLAY_HEADER = "dlq_replay_of"
+"""Set by ``pipeline dlq replay`` on a re-published dead letter: the dead letter's own position."""
+ORIGIN_HEADER = "dlq_origin"
+"""Where a dead letter's message was first read (``topic:partition:offset``), carried by its replays."""
+
+
 @dataclass(frozen=True)
 class Incoming:
     """One message as the agent received it, before decoding."""
@@ -80,9 +115,32 @@ class Incoming:
 
     @property
     def event_id(self) -> str:
-        """The envelope's id, or the message's position when it came without one (e.g. from kcat)."""
+        """The envelope's id, or the message's (original) position when it came without one (e.g. from kcat)."""
         envelope = self.envelope
-        return envelope.event_id if envelope else f"{self.topic}:{self.partition}:{self.offset}"
+        return envelope.event_id if envelope else self.origin.to_header()
+
+    @property
+    def replay_of(self) -> str | None:
+        """The dead letter this message re-publishes (``pipeline dlq replay``), or None."""
+        for name, value in reversed(self.headers):
+            if name == REPLAY_HEADER:
+                return value.decode(errors="replace")
+        return None
+
+    @property
+    def origin(self) -> Position:
+        """Where the message was first read: a replay's original position, else its own."""
+        if self.replay_of is not None:
+            for name, value in reversed(self.headers):
+                if name == ORIGIN_HEADER and (origin := Position.from_header(value.decode(errors="replace"))):
+                    return origin
+        return Position(self.topic, self.partition, self.offset)
+
+    @property
+    def arrival(self) -> Arrival:
+        """The message as the parking rule sees it (the Kafka key; an empty key parks nothing)."""
+        key = self.key.decode(errors="replace") if self.key else None
+        return Arrival(key, self.origin, replay=self.replay_of is not None, event_id=self.event_id)
 
 
 def derived_event_id(cause: str, index: int, record: str, value: Mapping[str, Any], key: str) -> str:
@@ -174,7 +232,9 @@ class Outbox:
         """Encode and send ``(record name, value)`` pairs in order."""
         await self.send_prepared(self.prepare(records, cause=cause, cause_id=cause_id, traceparent=traceparent))
 
-    async def dead_letter(self, incoming: Incoming, *, agent: str, error: str, attempts: int = 1) -> None:
+    async def dead_letter(
+        self, incoming: Incoming, *, agent: str, error: str, attempts: int = 1, behind: Position | None = None
+    ) -> None:
         """Park ``incoming`` in its topic's dead-letter topic with the reason; original bytes kept."""
         spec = topic(incoming.topic)
         headers = dead_letter_headers(
@@ -185,6 +245,7 @@ class Outbox:
             error=error,
             agent=agent,
             attempts=attempts,
+            parked_behind=behind.to_header() if behind is not None else None,
         )
         log.warning("dead-lettered %s[%s]@%s: %s", incoming.topic, incoming.partition, incoming.offset, error)
         await self._send(spec.dead_letter_name, incoming.key or b"", incoming.value or b"", headers)
@@ -225,6 +286,39 @@ class TableStore(StateStore):
             self.table[key] = after.to_json()
 
 
+class ParkedKeys:
+    """An agent's parked keys: each key's queue in one table entry ``<agent>/<key>`` (one table per service).
+
+    The entry is written from the agent handling a message of that key, so Faust puts it in the changelog
+    partition of the key's source partition: it is recovered by whoever takes that partition over.
+    """
+
+    def __init__(self, table: ScannableTable, agent: str) -> None:
+        self.table = table
+        self.agent = agent
+        self._prefix = f"{agent}/"
+
+    def queue(self, key: str | None) -> Queue:
+        stored = self.table.get(self._prefix + key) if key is not None else None
+        return tuple(ParkedMessage.from_json(m) for m in (stored or {}).get("queue", ()))
+
+    def save(self, key: str, queue: Queue) -> None:
+        """Store ``key``'s queue; an empty one releases the key (the entry is deleted)."""
+        entry = self._prefix + key
+        if queue:
+            self.table[entry] = {"agent": self.agent, "key": key, "queue": [m.to_json() for m in queue]}
+        elif entry in self.table:
+            del self.table[entry]
+
+    def queues(self) -> dict[str, Queue]:
+        """Every key of this agent parked in the partitions this worker holds, with its queue."""
+        return {
+            name.removeprefix(self._prefix): tuple(ParkedMessage.from_json(m) for m in (value or {}).get("queue", ()))
+            for name, value in list(self.table.items())
+            if name.startswith(self._prefix)
+        }
+
+
 @dataclass(frozen=True)
 class Step:
     """What one agent does: which records it handles, how it decides, how its state is stored."""
@@ -251,9 +345,12 @@ class StepRunner:
         outbox: Outbox,
         make_durable: Callable[[], Awaitable[None]],
         retry_policy: RetryPolicy = STEP_RETRY,
+        parked: ScannableTable | None = None,
     ) -> None:
         self.step = step
         self.retry_policy = retry_policy
+        self.parked = ParkedKeys(parked if parked is not None else {}, step.agent)
+        self._depth_topics: set[str] = set()
         self._store: StateStore = store if isinstance(store, StateStore) else TableStore(store, step.load_state)
         self._codec = codec
         self._outbox = outbox
@@ -300,14 +397,40 @@ class StepRunner:
 
     async def _handle(self, incoming: Incoming, span: Span) -> None:
         step = self.step
+        arrival = incoming.arrival
+        queue = self.parked.queue(arrival.key)
         try:
             decoded = self._codec.decode(incoming.value or b"", expected=topic(incoming.topic).records)
         except DecodeError as exc:
-            await self._park(incoming, f"{type(exc).__name__}: {exc}", span, "?")
+            await self._park(incoming, f"{type(exc).__name__}: {exc}", span, "?", queue)
             return
         span.update_name(f"{step.agent} {decoded.name}")
+        verdict = admit(queue, arrival)
+        if verdict is not Verdict.PROCESS:
+            span.set_attribute("pipeline.parking", verdict.value)
         if decoded.name not in step.handles:
             EVENTS.labels(step.agent, decoded.name, "ignored").inc()
+            # a head that decodes now as a record this agent passes by is done with
+            done = settle(queue, arrival, incoming.event_id, failure=None)
+            if verdict is Verdict.PROCESS_HEAD and self._save_parked(arrival, queue, done):
+                await self._make_durable()
+            return
+        if verdict is Verdict.PARK_BEHIND:
+            await self._park(incoming, parked_behind_reason(queue[0], arrival.key or ""), span, decoded.name, queue)
+            return
+        if verdict is Verdict.PARK_AGAIN:  # redelivered after a crash: its dead letter may not have been sent
+            mine = next(m for m in queue if m.origin == arrival.origin)
+            await self._park(incoming, mine.reason, span, decoded.name, queue)
+            return
+        if verdict is Verdict.DUPLICATE:
+            log.info("%s: %s repeats %s, queued for key %r", step.agent, arrival.origin, arrival.event_id, arrival.key)
+            EVENTS.labels(step.agent, decoded.name, "duplicate").inc()
+            return
+        if verdict is Verdict.REFUSE:
+            reason = f"replay refused: {arrival.origin} waits behind {queue[0].origin}, which must be replayed first"
+            log.warning("%s: %s (dead letter %s stays)", step.agent, reason, incoming.replay_of)
+            span.set_status(Status(StatusCode.ERROR, reason))
+            EVENTS.labels(step.agent, decoded.name, "refused").inc()
             return
 
         def attempt_failed(exc: Exception) -> bool:
@@ -346,6 +469,7 @@ class StepRunner:
                 f"{type(exc).__name__} in {step.agent}: {exc}",
                 span,
                 decoded.name,
+                queue,
                 attempts=self.retry_policy.attempts,
             )
             return
@@ -356,17 +480,60 @@ class StepRunner:
             if step.after_write is not None:
                 step.after_write(key, decision.state)
             count_outcomes(decision.events)
-        if (changed and outgoing) or repaired:
+        # a handled head is popped in the same durable write as the state: a crash replays it, or finds it done
+        popped = self._save_parked(arrival, queue, settle(queue, arrival, incoming.event_id, failure=None))
+        if (changed and outgoing) or repaired or popped:
             await self._make_durable()  # a repair is made durable even when the replay has nothing new to send
         await self._outbox.send_prepared(outgoing)
         EVENTS.labels(step.agent, decoded.name, "processed").inc()
         self.processed += 1
 
-    async def _park(self, incoming: Incoming, error: str, span: Span, record: str, attempts: int = 1) -> None:
+    async def _park(
+        self,
+        incoming: Incoming,
+        error: str,
+        span: Span,
+        record: str,
+        queue: Queue,
+        attempts: int = 1,
+    ) -> None:
+        """Dead-letter ``incoming``; its key's queue (it queued, unless already) is durable before the send."""
         self.dead_lettered += 1
         span.set_status(Status(StatusCode.ERROR, error))
         EVENTS.labels(self.step.agent, record, "dead_lettered").inc()
-        await self._outbox.dead_letter(incoming, agent=self.step.agent, error=error, attempts=attempts)
+        arrival = incoming.arrival
+        if self._save_parked(arrival, queue, settle(queue, arrival, incoming.event_id, failure=error)):
+            await self._make_durable()
+        head = queue[0].origin if queue and arrival.key is not None else None
+        await self._outbox.dead_letter(
+            incoming,
+            agent=self.step.agent,
+            error=error,
+            attempts=attempts,
+            behind=head if head != arrival.origin else None,
+        )
+
+    def _save_parked(self, arrival: Arrival, before: Queue, after: Queue) -> bool:
+        """Write a key's changed queue (the caller makes it durable); whether it changed."""
+        if after == before or arrival.key is None:
+            return False
+        self.parked.save(arrival.key, after)
+        if not after:
+            log.warning("%s: key %r released", self.step.agent, arrival.key)
+        self.refresh_depth()
+        return True
+
+    def refresh_depth(self) -> None:
+        """Set the dead-letter depth gauges from the parked keys this worker holds (after a change, on scrape)."""
+        queues = self.parked.queues()
+        depth: dict[str, int] = dict.fromkeys(self._depth_topics, 0)
+        for queue in queues.values():
+            for message in queue:
+                depth[message.origin.topic] = depth.get(message.origin.topic, 0) + 1
+        for source, count in depth.items():
+            DEAD_LETTER_DEPTH.labels(self.step.agent, source).set(count)
+        self._depth_topics = set(depth)
+        PARKED_KEYS.labels(self.step.agent).set(len(queues))
 
 
 TERMINAL_OUTCOMES = {"OrderConfirmed": "confirmed", "OrderCancelled": "cancelled", "OrderRejected": "rejected"}

@@ -263,9 +263,19 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("users", "users_users", "each user's newest snapshot, events since, claim in flight (user id)"),
     TableSpec("users", "users_emails", "who owns each e-mail address (lower-cased address)"),
     TableSpec("users", "users_reactions", "the last user event each user's reactions answered (user id)"),
+    # every service: its agents' keys held back behind a dead letter (streams.domain.parking), "<agent>/<key>"
+    *(
+        TableSpec(s, f"{s}_parked_keys", "keys held back behind a dead letter, each with its queue (<agent>/<key>)")
+        for s in ("orders", "inventory", "payments", "notifications", "users")
+    ),
 )
 
 SERVICES: tuple[str, ...] = ("orders", "inventory", "payments", "notifications", "users")
+
+
+def parked_keys_table(service: str) -> TableSpec:
+    """The table of ``service``'s parked keys (see :mod:`streams.domain.parking`)."""
+    return table(service, f"{service}_parked_keys")
 
 
 def table(service: str, name: str) -> TableSpec:

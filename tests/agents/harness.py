@@ -176,15 +176,18 @@ class Edge:
     runner: StepRunner
     table: RecordingTable
     recorder: Recorder
+    parked: RecordingTable
+    """The parked-keys table (``<agent>/<key>`` → the key's queue), writes logged like the state's."""
 
     @classmethod
     def build(cls, agent: str, service: Service[Any], *, config: SagaConfig | None = None) -> Edge:
         recorder = Recorder()
         table = RecordingTable(recorder)
+        parked = RecordingTable(recorder)
         step = _step(agent, service, config or SagaConfig())
         outbox = Outbox(CODEC, CATALOG, recorder.send, source=f"/order-pipeline/{agent}")
-        runner = StepRunner(step, table, CODEC, outbox, make_durable=recorder.make_durable)
-        return cls(runner, table, recorder)
+        runner = StepRunner(step, table, CODEC, outbox, make_durable=recorder.make_durable, parked=parked)
+        return cls(runner, table, recorder, parked)
 
 
 # --- the real Faust app in Faust's own test context ------------------------------------------------------

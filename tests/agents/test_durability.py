@@ -78,7 +78,13 @@ async def test_a_failed_changelog_write_raises(tmp_path: Path) -> None:
 
 async def test_the_service_app_awaits_every_table_it_owns(tmp_path: Path) -> None:
     built = create_app("orders", agent_settings(tmp_path))
-    assert set(built.tables) == {"orders_customers", "orders_admission_holds", "orders_sagas", "orders_deadlines"}
+    assert set(built.tables) == {
+        "orders_customers",
+        "orders_admission_holds",
+        "orders_sagas",
+        "orders_deadlines",
+        "orders_parked_keys",
+    }
     assert all(isinstance(t, DurableTable) for t in built.tables.values())
 
 

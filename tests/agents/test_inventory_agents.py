@@ -181,7 +181,9 @@ async def test_an_undecodable_value_is_dead_lettered_and_the_partition_flows_on(
         offset = agent.next_offset
         await agent.deliver_raw("inventory.commands.v1", SKU.encode(), value, headers, partition=4)
 
-        assert inventory.recorder.log == [("send", "inventory.commands.v1.dlq")], "only the dead letter is sent"
+        assert inventory.recorder.log == [("durable",), ("send", "inventory.commands.v1.dlq")], (
+            "only the dead letter is sent, once its key's queue is durable"
+        )
         (dead,) = inventory.recorder.sent
         assert (dead.key, dead.value) == (SKU.encode(), value or b"")
         assert dead.headers[: len(headers)] == headers, "the original headers lead, unchanged"
@@ -193,6 +195,7 @@ async def test_an_undecodable_value_is_dead_lettered_and_the_partition_flows_on(
             "dlq_source_topic",
             "dlq_source_partition",
             "dlq_source_offset",
+            "dlq_origin",
             "dlq_time",
         }
         assert extra["dlq_error"].decode().startswith(error_start), extra["dlq_error"]
@@ -200,13 +203,17 @@ async def test_an_undecodable_value_is_dead_lettered_and_the_partition_flows_on(
         assert extra["dlq_attempts"] == b"1"
         assert extra["dlq_source_topic"] == b"inventory.commands.v1"
         assert (extra["dlq_source_partition"], extra["dlq_source_offset"]) == (b"4", str(offset).encode())
+        assert extra["dlq_origin"] == f"inventory.commands.v1:4:{offset}".encode()
         assert dict(inventory.table("inventory_stock").items()) == before, "the table is untouched"
         assert agent.runner.dead_lettered == 1
 
         inventory.recorder.clear()
+        await agent.deliver(AddStock(sku="sku-2", quantity=3, reason="restock"), partition=4)
+        assert [s.topic for s in inventory.recorder.sent] == ["inventory.stock.v1"], "another key flows on"
+        inventory.recorder.clear()
         await agent.deliver(RESERVE, partition=4)
-        assert [s.topic for s in inventory.recorder.sent] == ["inventory.events.v1"]
-        assert stock(inventory).reserved == 2, "the next message on the partition is handled"
+        assert [s.topic for s in inventory.recorder.sent] == ["inventory.commands.v1.dlq"], "its key is parked"
+        assert stock(inventory).reserved == 0
         assert agent.runner.processed == 2
 
 
@@ -228,7 +235,9 @@ async def test_a_step_that_raises_is_dead_lettered_with_the_exception_named(
         monkeypatch.setattr(agent.runner, "step", replace(real_step, decide=broken_decide))
         headers = await agent.deliver(RESERVE, partition=1)
 
-        assert inventory.recorder.log == [("send", "inventory.commands.v1.dlq")], "no write, no durable, no event"
+        assert inventory.recorder.log == [("durable",), ("send", "inventory.commands.v1.dlq")], (
+            "no state written, no event: only its key's queue, durable before the dead letter"
+        )
         (dead,) = inventory.recorder.sent
         assert (dead.key, dead.value) == (SKU.encode(), encoded(RESERVE))
         assert dead.headers[: len(headers)] == headers
@@ -239,8 +248,8 @@ async def test_a_step_that_raises_is_dead_lettered_with_the_exception_named(
 
         monkeypatch.setattr(agent.runner, "step", real_step)
         inventory.recorder.clear()
-        await agent.deliver(RESERVE, partition=1)
-        assert [s.topic for s in inventory.recorder.sent] == ["inventory.events.v1"], "the agent is still running"
+        await agent.deliver(AddStock(sku="sku-2", quantity=3, reason="restock"), partition=1)
+        assert [s.topic for s in inventory.recorder.sent] == ["inventory.stock.v1"], "the agent is still running"
 
 
 async def test_the_agent_sees_the_message_as_kafka_delivered_it(faust_service: FaustServiceFactory) -> None:

@@ -100,10 +100,12 @@ async def test_a_dead_letter_of_a_message_without_headers_carries_only_the_reaso
         "dlq_source_topic",
         "dlq_source_partition",
         "dlq_source_offset",
+        "dlq_origin",
         "dlq_time",
     ]
     assert dead.header["dlq_source_offset"] == "41"
     assert edge.table == {}
+    assert edge.parked == {}, "a message without a key parks no key"
 
 
 async def test_a_step_raising_while_building_its_records_is_dead_lettered_before_any_write() -> None:
@@ -119,7 +121,9 @@ async def test_a_step_raising_while_building_its_records_is_dead_lettered_before
     reserve = ReserveStock(order_id="o-1", sku="a", quantity=1, requested_at=T0)
     await edge.runner.handle(incoming(reserve))
 
-    assert edge.recorder.log == [("send", "inventory.commands.v1.dlq")]
+    assert edge.recorder.log == [("write", "keep_stock/a"), ("durable",), ("send", "inventory.commands.v1.dlq")], (
+        "the key's queue is durable before its dead letter is sent"
+    )
     assert edge.recorder.sent[0].header["dlq_error"] == "TypeError in keep_stock: cannot turn this into a record"
     assert dict(edge.table) == before
 
@@ -142,7 +146,9 @@ async def test_an_event_that_does_not_encode_is_dead_lettered_and_the_state_is_n
     assert [s.topic for s in edge.recorder.sent] == ["inventory.commands.v1.dlq"]
     assert edge.recorder.sent[0].header["dlq_error"].startswith("InvalidRecord")
     assert edge.table == {}, "nothing is stored for an input that was parked"
-    assert edge.recorder.durable_calls == 0
+    assert edge.recorder.log == [("write", "keep_stock/a"), ("durable",), ("send", "inventory.commands.v1.dlq")], (
+        "only its key's queue, made durable before the dead letter"
+    )
 
 
 def test_the_test_messages_are_what_the_topics_carry() -> None:

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from producers.toolkit import EventPublisher, producer_config
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from streams.payment_provider import LEDGER
-from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, TOPICS
+from streams.topics import INVENTORY_COMMANDS, INVENTORY_EVENTS, ORDER_COMMANDS, PAYMENT_COMMANDS, TOPICS
 from streams.topics import topic as topic_by_name
 from tests.seeding import register_users, uid
 from tests.stack import wait_until
@@ -39,6 +40,7 @@ def pipeline(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
     with running_pipeline(
         settings,
         tmp_path_factory.mktemp("resilience"),
+        worker_http=True,
         PIPELINE_SAGA_TIMEOUT_S=str(SAGA_TIMEOUT_S),
         PIPELINE_BREAKER_FAILURE_THRESHOLD="2",
         PIPELINE_BREAKER_RESET_S="1",
@@ -214,3 +216,105 @@ def test_a_dead_letter_is_replayed_to_its_source_once_asked(
     replayed = run_cli(cli_env, "dlq", "replay", INVENTORY_COMMANDS.name, "--at", at)
     assert replayed.returncode == 0 and "replayed 1 message" in replayed.stdout, replayed.stderr
     wait_until(lambda: (views.stock(store, sku) or {}).get("available") == 7, timeout=60, what="replayed stock")
+
+
+# --- a dead letter parks its key -----------------------------------------------------------------------------
+
+
+def letters_of(cli_env: dict[str, str], key: str) -> list[dict[str, Any]]:
+    listed = run_cli(cli_env, "dlq", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    return [entry for line in listed.stdout.splitlines() if (entry := json.loads(line))["key"] == key]
+
+
+def dead_letter_depth(pipeline: Pipeline, agent: str) -> float:
+    """The payments worker's ``pipeline_dead_letter_depth`` of ``agent``, summed over source topics."""
+    port = pipeline.http_ports["payments"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    prefix = f'pipeline_dead_letter_depth{{agent="{agent}",'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_a_dead_letter_parks_its_key_until_replays_release_it_in_order(
+    pipeline: Pipeline, publisher: EventPublisher, store: redis.Redis, cli_env: dict[str, str]
+) -> None:
+    """The provider holds a corrupt record for one order: its charge raises, so settle_payments parks the order's
+    key; a later message of that order waits behind it while other orders complete; once the record is mended,
+    ``pipeline dlq replay --key`` hands the order's messages over in their order and the order ends."""
+    user, sku, order_id = uid("u"), uid("sku"), uid("o")
+    register_users(publisher, store, [user], alive=pipeline.assert_alive)
+    publisher.publish(INVENTORY_COMMANDS, "AddStock", sku, {"sku": sku, "quantity": 5, "reason": "test"})
+    publisher.flush()
+    wait_until(lambda: views.stock(store, sku) is not None, timeout=60, what=f"stock of {sku}")
+    baseline = dead_letter_depth(pipeline, "settle_payments")  # keys other tests parked (poison, say) stay parked
+    store.hset(LEDGER, order_id, "{corrupt")  # the provider's record of this order: its charge raises
+    publisher.publish(ORDER_COMMANDS, "PlaceOrder", user,
+                      {"order_id": order_id, "user_id": user,
+                       "lines": [{"sku": sku, "quantity": 2, "unit_price_cents": 900}],
+                       "payment": {"method": "card", "token": "tok_ok"}, "idempotency_key": order_id,
+                       "requested_at": int(time.time() * 1000)})  # fmt: skip
+    publisher.flush()
+
+    def parked_head() -> dict[str, Any] | None:
+        return next((e for e in letters_of(cli_env, order_id) if e["status"].startswith("head of settle_payments")),
+                    None)  # fmt: skip
+
+    wait_until(lambda: parked_head() is not None, timeout=90, what=f"{order_id}'s charge parked with its key")
+    head = parked_head()
+    assert head is not None and head["source"].startswith((INVENTORY_EVENTS.name, "orders.events.v1")), head
+    assert head["error"].startswith("JSONDecodeError in settle_payments") and head["attempts"] == 3, head
+
+    publisher.publish(PAYMENT_COMMANDS, "RetryPayment", order_id,
+                      {"order_id": order_id, "requested_at": int(time.time() * 1000)})  # fmt: skip
+    publisher.flush()
+
+    def parked_behind() -> list[dict[str, Any]]:
+        return [e for e in letters_of(cli_env, order_id) if e["parked_behind"] == head["origin"]]
+
+    wait_until(lambda: any(e["source"].startswith(PAYMENT_COMMANDS.name) for e in parked_behind()), timeout=60,
+               what="the order's later message parked behind its head")  # fmt: skip
+    behind = next(e for e in parked_behind() if e["source"].startswith(PAYMENT_COMMANDS.name))
+    assert behind["error"].startswith(f"parked behind {head['origin'].rsplit(':', 2)[0]}[") and (
+        behind["agent"] == "settle_payments"
+    ), behind
+    assert behind["status"].startswith("#") and "settle_payments" in behind["status"], behind
+    assert dead_letter_depth(pipeline, "settle_payments") >= baseline + 2
+
+    other, _ = order_for_a_new_customer(pipeline, publisher, store)
+    wait_status(pipeline, store, other, "CONFIRMED")  # every other key flows on
+    assert store.hget(LEDGER, order_id) == b"{corrupt", "nothing of the parked order was charged meanwhile"
+
+    store.hdel(LEDGER, order_id)  # mended
+    replayed_at = [0.0]
+
+    def released() -> bool:
+        pipeline.assert_alive()
+        letters = letters_of(cli_env, order_id)
+        if all(e["status"] == "released" for e in letters):
+            return True
+        if time.monotonic() - replayed_at[0] > 15:  # a replay seen before its key's head was refused: again
+            replay = run_cli(cli_env, "dlq", "replay", "--key", order_id)
+            assert replay.returncode == 0, replay.stderr
+            replayed_at[0] = time.monotonic()
+        return False
+
+    wait_until(released, timeout=120, what=lambda: f"{order_id} released: {letters_of(cli_env, order_id)}",
+               interval=2)  # fmt: skip
+    final: dict[str, Any] = {}
+
+    def terminal() -> bool:
+        final.update(views.get_order(store, order_id) or {})
+        return final.get("status") in {"CONFIRMED", "CANCELLED"} and (
+            final["status"] == "CONFIRMED" or final.get("refunded_cents") == final.get("charged_cents")
+        )
+
+    wait_until(terminal, timeout=60, what=lambda: f"{order_id} terminal (now {final.get('status')})")
+    charge = json.loads(store.hget(LEDGER, order_id) or b"{}")  # type: ignore[arg-type]
+    assert charge["status"] in {"charged", "refunded"} and final["charged_cents"] == 1800, (charge, final)
+    events = [entry["event"] for entry in final["timeline"]]
+    assert events.count("PaymentSucceeded") == 1, events
+    if "PaymentRefunded" in events:  # its deadline passed while it was parked: the late charge is refunded
+        assert events.index("PaymentSucceeded") < events.index("PaymentRefunded"), events
+    wait_until(lambda: dead_letter_depth(pipeline, "settle_payments") == baseline, timeout=30,
+               what="the dead-letter depth back where it was")  # fmt: skip
