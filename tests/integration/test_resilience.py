@@ -237,7 +237,11 @@ def dead_letter_depth(pipeline: Pipeline, agent: str) -> float:
 
 
 def test_a_dead_letter_parks_its_key_until_replays_release_it_in_order(
-    pipeline: Pipeline, publisher: EventPublisher, store: redis.Redis, cli_env: dict[str, str]
+    pipeline: Pipeline,
+    publisher: EventPublisher,
+    store: redis.Redis,
+    provider_ledger: redis.Redis,
+    cli_env: dict[str, str],
 ) -> None:
     """The provider holds a corrupt record for one order: its charge raises, so settle_payments parks the order's
     key; a later message of that order waits behind it while other orders complete; once the record is mended,
@@ -248,7 +252,7 @@ def test_a_dead_letter_parks_its_key_until_replays_release_it_in_order(
     publisher.flush()
     wait_until(lambda: views.stock(store, sku) is not None, timeout=60, what=f"stock of {sku}")
     baseline = dead_letter_depth(pipeline, "settle_payments")  # keys other tests parked (poison, say) stay parked
-    store.hset(LEDGER, order_id, "{corrupt")  # the provider's record of this order: its charge raises
+    provider_ledger.hset(LEDGER, order_id, "{corrupt")  # the provider's record of this order: its charge raises
     publisher.publish(ORDER_COMMANDS, "PlaceOrder", user,
                       {"order_id": order_id, "user_id": user,
                        "lines": [{"sku": sku, "quantity": 2, "unit_price_cents": 900}],
@@ -283,9 +287,9 @@ def test_a_dead_letter_parks_its_key_until_replays_release_it_in_order(
 
     other, _ = order_for_a_new_customer(pipeline, publisher, store)
     wait_status(pipeline, store, other, "CONFIRMED")  # every other key flows on
-    assert store.hget(LEDGER, order_id) == b"{corrupt", "nothing of the parked order was charged meanwhile"
+    assert provider_ledger.hget(LEDGER, order_id) == b"{corrupt", "nothing of the parked order was charged meanwhile"
 
-    store.hdel(LEDGER, order_id)  # mended
+    provider_ledger.hdel(LEDGER, order_id)  # mended
     replayed_at = [0.0]
 
     def released() -> bool:
@@ -310,7 +314,7 @@ def test_a_dead_letter_parks_its_key_until_replays_release_it_in_order(
         )
 
     wait_until(terminal, timeout=60, what=lambda: f"{order_id} terminal (now {final.get('status')})")
-    charge = json.loads(store.hget(LEDGER, order_id) or b"{}")  # type: ignore[arg-type]
+    charge = json.loads(provider_ledger.hget(LEDGER, order_id) or b"{}")  # type: ignore[arg-type]
     assert charge["status"] in {"charged", "refunded"} and final["charged_cents"] == 1800, (charge, final)
     events = [entry["event"] for entry in final["timeline"]]
     assert events.count("PaymentSucceeded") == 1, events
