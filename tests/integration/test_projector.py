@@ -33,6 +33,7 @@ from streams.topics import (
     PAYMENT_EVENTS,
     TopicSpec,
 )
+from tests.integration.promises import dump_views
 from tests.stack import wait_until
 from tests.workers import run_cli
 
@@ -47,27 +48,6 @@ def client(settings: Settings) -> Iterator[redis.Redis[Any]]:
     c = redis.Redis.from_url(settings.redis_url)
     yield c
     c.close()
-
-
-def dump(client: redis.Redis[Any]) -> dict[str, Any]:
-    """Every view:* key by type, independent of the code under test."""
-    out: dict[str, Any] = {}
-    for key in client.scan_iter(match="view:*", count=1000):
-        kind = client.type(key).decode()  # type: ignore[no-untyped-call]
-        if kind == "string":
-            value: Any = client.get(key)
-        elif kind == "hash":
-            value = client.hgetall(key)
-        elif kind == "list":
-            value = client.lrange(key, 0, -1)
-        elif kind == "set":
-            value = sorted(client.smembers(key))
-        elif kind == "zset":
-            value = client.zrange(key, 0, -1, withscores=True)
-        else:
-            raise AssertionError(f"unexpected type {kind} of {key!r}")
-        out[key.decode()] = (kind, value)
-    return out
 
 
 class Scenario:
@@ -480,13 +460,13 @@ def test_projector_builds_views_dead_letters_garbage_and_rebuild_is_identical(
     assert stock_line.returncode == 0 and "available=8 reserved=0 sold=2" in stock_line.stdout
 
     # --- rebuild from the log: exactly what the live projector built ---
-    before = dump(client)
+    before = dump_views(client)
     assert before
     rebuilt = run_cli(cli_env, "views", "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert f"rebuilt {len(before)} view keys" in rebuilt.stdout
     assert not client.exists("views-meta:rebuilding"), "readers stop marking views stale once the rebuild is done"
-    after = dump(client)
+    after = dump_views(client)
     assert len(views.dump_views(client)) == len(after)
     assert sorted(after) == sorted(before)
     assert after == before
@@ -495,7 +475,7 @@ def test_projector_builds_views_dead_letters_garbage_and_rebuild_is_identical(
     again = run_cli(cli_env, "project", "--idle-exit", "5")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["handled"] >= len(s.sent)
-    assert dump(client) == before
+    assert dump_views(client) == before
     assert client.hexists(ATTENTION_KEY, stuck)
 
 
@@ -554,6 +534,6 @@ def test_views_lost_with_redis_are_rebuilt_by_the_running_projector(
         thread.join(timeout=30)
     assert not thread.is_alive()
 
-    live = dump(client)
+    live = dump_views(client)
     rebuild_views(settings, client)
-    assert dump(client) == live, "the healed views are exactly the log's"
+    assert dump_views(client) == live, "the healed views are exactly the log's"
