@@ -188,6 +188,20 @@ def test_poison_in_every_consumed_topic_is_dead_lettered_and_orders_still_comple
         if kind == "truncated" and "AddStock" in topic_by_name(topic_name).records:
             assert all(error.startswith("CorruptPayload") for error in errors), (topic_name, errors)
 
+    # bytes no fix will make readable park their key for good, unless an operator gives up on them
+    def garbage_status() -> set[str]:
+        listed = run_cli(cli_env, "dlq", "list", INVENTORY_COMMANDS.name, "--json")
+        return {e["status"] for line in listed.stdout.splitlines()
+                if (e := json.loads(line))["key"] == f"poison-{run}-garbage"}  # fmt: skip
+
+    assert garbage_status() and "released" not in garbage_status(), "the garbage's key waits on it"
+    listed = run_cli(cli_env, "dlq", "list", INVENTORY_COMMANDS.name, "--json")
+    [at] = {e["position"].split(":", 1)[1] for line in listed.stdout.splitlines()
+            if (e := json.loads(line))["key"] == f"poison-{run}-garbage"}  # fmt: skip
+    discarded = run_cli(cli_env, "dlq", "discard", INVENTORY_COMMANDS.name, "--at", at)
+    assert discarded.returncode == 0 and "sent 1 discard" in discarded.stdout, discarded.stderr
+    wait_until(lambda: garbage_status() == {"released"}, timeout=60, what="the garbage's key released")
+
 
 def test_a_dead_letter_is_replayed_to_its_source_once_asked(
     pipeline: Pipeline, settings: Settings, store: redis.Redis, cli_env: dict[str, str]
