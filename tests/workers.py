@@ -137,13 +137,15 @@ def running_pipeline(
     try:
         for process in pipeline.processes.values():
             process.start()
-        admin = admin_client(settings)
+        admins = [admin_client(settings)]
 
         def ready() -> bool:
             pipeline.assert_alive()
-            return not groups_not_ready(admin, worker_groups())
+            return not groups_not_ready(admins[0], worker_groups())
 
         wait_until(ready, timeout=120, what="workers and projector holding their partitions", interval=0.5)
+        # let the client go while the broker is up: destroying one after a broker restart can hang for good
+        admins.clear()
         yield pipeline
     finally:
         for process in pipeline.processes.values():

@@ -8,6 +8,7 @@ the services' own changelogs, that every promise holds.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 import uuid
@@ -15,13 +16,17 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from confluent_kafka import Consumer, TopicPartition
 
 from consumers import views
 from consumers.projection import order_key
+from consumers.projector import GROUP_ID as PROJECTOR_GROUP
+from consumers.projector import PROJECTED_TOPICS
 from consumers.toolkit import EventConsumer
-from pipeline.settings import Settings
+from pipeline.settings import LIBRDKAFKA_LOGGER, Settings
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
@@ -493,3 +498,42 @@ def dump_views(client: redis.Redis) -> dict[str, Any]:
             raise AssertionError(f"unexpected type {kind} of {key!r}")
         out[key.decode()] = (kind, value)
     return out
+
+
+def wait_fully_projected(settings: Settings, alive: Callable[[], None], timeout: float = 300) -> None:
+    """Wait until nothing more is written to the projected topics and the live projector has read all of it:
+    its group's committed offsets equal the end offsets, which stay unchanged over three looks a second apart."""
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": PROJECTOR_GROUP, "enable.auto.commit": False,
+         "logger": logging.getLogger(LIBRDKAFKA_LOGGER)}
+    )  # fmt: skip
+    try:
+        names = [t.name for t in PROJECTED_TOPICS]
+        parts = [
+            TopicPartition(n, p)
+            for n in names
+            for p in sorted(consumer.list_topics(n, timeout=10).topics[n].partitions)
+        ]
+        last: dict[tuple[str, int], int] | None = None
+        streak = 0
+
+        def quiet() -> bool:
+            nonlocal last, streak
+            alive()
+            ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
+            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(parts, timeout=10)}
+            caught_up = all(end == 0 or committed.get(tp, -1) >= end for tp, end in ends.items())
+            streak = streak + 1 if caught_up and ends == last else 0
+            last = ends
+            return streak >= 3
+
+        wait_until(quiet, timeout=timeout, what="the projected topics quiet and fully projected", interval=1.0)
+    finally:
+        consumer.close()
+
+
+def scratch_redis(settings: Settings, db: int = 5) -> redis.Redis:
+    """An empty Redis database beside the query side's, to rebuild views into without touching the live ones."""
+    client = redis.Redis.from_url(urlunsplit(urlsplit(settings.redis_url)._replace(path=f"/{db}")))
+    client.flushdb()
+    return client
