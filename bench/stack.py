@@ -112,9 +112,12 @@ def remove_stale_containers(label: str = LABEL) -> None:
 
 
 def _owner_alive(owner: str) -> bool:
-    """Is the process that started a container still running? (Labels from before owners were kept: no.)"""
-    if not owner.isdigit() or int(owner) == os.getpid():
+    """Is the process that started a container still running? (This one is; labels from before owners were
+    kept are not.)"""
+    if not owner.isdigit():
         return False
+    if int(owner) == os.getpid():
+        return True
     try:
         os.kill(int(owner), 0)
     except ProcessLookupError:

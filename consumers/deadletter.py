@@ -276,21 +276,26 @@ def replay_order(letters: Iterable[DeadLetter], parked: ParkedQueues | None = No
     return sorted(newest.values(), key=lambda d: (index.get(d.origin, -1), first_parked[d.origin], d.origin))
 
 
-def replay_headers(letter: DeadLetter) -> list[tuple[str, str | bytes | None]]:
-    """A replay's headers: the message's own, then which dead letter it re-publishes and where it was first read."""
-    return [
+def replay_headers(letter: DeadLetter, *, discard: bool = False) -> list[tuple[str, str | bytes | None]]:
+    """A replay's headers: the message's own, then which dead letter it re-publishes and where it was first read
+    (and, for a discard, that its agent should drop the parked original instead of handling it)."""
+    headers: list[tuple[str, str | bytes | None]] = [
         *letter.original_headers,
         ("dlq_replay_of", letter.position.encode()),
         ("dlq_origin", letter.origin.to_header().encode()),
         ("dlq_attempts", str(letter.attempts).encode()),
     ]
+    if discard:
+        headers.append(("dlq_action", b"discard"))
+    return headers
 
 
-def replay(settings: Settings, letters: Iterable[DeadLetter]) -> int:
+def replay(settings: Settings, letters: Iterable[DeadLetter], *, discard: bool = False) -> int:
     """Publish each letter back to its source topic, in the order given (original key, value and headers, plus
     ``dlq_replay_of``: the dead letter's position, and ``dlq_origin``: where its message was first read) and wait
     for every ack; returns how many. A replayed message that fails again is parked again, with ``dlq_attempts``
-    counting on; consumers deduplicate by event id, so replaying one twice is harmless."""
+    counting on; consumers deduplicate by event id, so replaying one twice is harmless. With ``discard`` each
+    goes back marked ``dlq_action: discard``: the agent drops its parked original (the head of its key) unhandled."""
     producer = Producer(producer_config(settings))
     failures: list[str] = []
 
@@ -301,7 +306,7 @@ def replay(settings: Settings, letters: Iterable[DeadLetter]) -> int:
     count = 0
     for letter in letters:
         topic(letter.source_topic)  # an undeclared source is refused before anything is sent
-        headers = replay_headers(letter)
+        headers = replay_headers(letter, discard=discard)
         producer.produce(letter.source_topic, key=letter.key, value=letter.value, headers=headers,
                          on_delivery=on_delivery)  # fmt: skip
         count += 1

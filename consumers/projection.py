@@ -43,6 +43,10 @@ VIEW_PREFIX = "view:"
 REBUILDING_KEY = "views-meta:rebuilding"
 """Set (outside ``view:*``, so the rebuild does not drop it) while ``pipeline views rebuild`` runs: readers
 mark what they show as stale. It expires on its own if a rebuild dies."""
+BUILT_KEY = "views-meta:built"
+"""Written (outside ``view:*``) once the views hold everything up to the projector's committed offsets: when the
+live projector or a rebuild made them. Redis lost or flushed loses it too, which is how the projector notices
+that its views are gone and rebuilds them from the log."""
 ATTENTION_KEY = "view:attention"
 SKUS_KEY = "view:skus"
 NOTIFICATIONS_KEPT = 100

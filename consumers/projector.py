@@ -64,6 +64,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -76,6 +77,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from consumers.deadletter import DeadLetters
 from consumers.projection import (
+    BUILT_KEY,
     REBUILDING_KEY,
     VIEW_PREFIX,
     CannotProject,
@@ -350,14 +352,21 @@ class ProjectorWorker:
         self._codec = AvroCodec(catalog or SchemaCatalog.load())
         self._stop = threading.Event()
         self.stats = ProjectionStats()
+        self.rebuilds = 0
+        """How often this projector found its views gone and rebuilt them."""
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the message in hand (thread-safe)."""
         self._stop.set()
 
     def run(self, *, idle_exit: float | None = None) -> ProjectionStats:
-        """Project until :meth:`stop` is called or ``idle_exit`` seconds pass without a message."""
+        """Project until :meth:`stop` is called or ``idle_exit`` seconds pass without a message.
+
+        Whenever the views turn out to be gone (no :data:`BUILT_KEY`: a new or flushed Redis, a Redis that lost
+        its data in a restart), the projector first rebuilds them from the log and then goes on from its
+        committed offsets; what it re-reads is already in the views and changes nothing."""
         settings = self._settings
+        guard = ViewsGuard(self._redis, settings.views_check_interval_s)
         with (
             EventConsumer.from_settings(settings, self._group_id) as consumer,
             DeadLetters.from_settings(settings, agent=AGENT) as dead_letters,
@@ -367,12 +376,54 @@ class ProjectorWorker:
             )
             consumer.subscribe([t.name for t in PROJECTED_TOPICS])
             try:
-                for message in consumer.messages(idle_timeout=idle_exit, until=self._stop.is_set):
-                    projector.handle(message)
-                    consumer.done(message)
+                while not self._stop.is_set():
+                    if guard.views_lost():
+                        self.restore_views()
+                    lost = False
+
+                    def stop_or_lost() -> bool:
+                        nonlocal lost
+                        lost = guard.views_lost(due_only=True)
+                        return lost or self._stop.is_set()
+
+                    for message in consumer.messages(idle_timeout=idle_exit, until=stop_or_lost):
+                        projector.handle(message)
+                        consumer.done(message)
+                    if not lost:
+                        break  # stopped, or idle for idle_exit
             except Stopped:
                 pass  # the message in hand was not handled; its offset is not stored
         return self.stats
+
+    def restore_views(self) -> RebuildReport:
+        """Rebuild the lost views from the log (the live consumer waits meanwhile)."""
+        log.warning("the views are gone from Redis (no %s): rebuilding them from the log", BUILT_KEY)
+        report = rebuild_views(self._settings, self._redis, idle_timeout=self._settings.views_check_interval_s * 30)
+        self.rebuilds += 1
+        log.warning("views rebuilt: %s", json.dumps(report.as_dict()))
+        return report
+
+
+class ViewsGuard:
+    """Tells whether the views are still there (their :data:`BUILT_KEY`), looking at most once per interval."""
+
+    def __init__(self, client: redis.Redis, interval_s: float) -> None:
+        self._redis = client
+        self._interval_s = interval_s
+        self._next_look = 0.0
+
+    def views_lost(self, *, due_only: bool = False) -> bool:
+        """True when the views are gone; with ``due_only``, False until the interval since the last look passed.
+
+        Redis out of reach is not "lost": the projector's writes wait for it, and the next look decides."""
+        now = time.monotonic()
+        if due_only and now < self._next_look:
+            return False
+        self._next_look = now + self._interval_s
+        try:
+            return not self._redis.exists(BUILT_KEY)
+        except (RedisConnectionError, RedisTimeoutError):
+            return False
 
 
 # --- rebuild ------------------------------------------------------------------------------------------------
@@ -427,6 +478,8 @@ def rebuild_views(
                     redis_client.expire(REBUILDING_KEY, REBUILDING_TTL_S)
             ends = consumer.ends
             missing = [f"{t}[{p}]" for t, p in consumer.unfinished]
+        if not missing:
+            redis_client.set(BUILT_KEY, json.dumps({"built_at": int(time.time() * 1000), "by": "rebuild"}))
     finally:
         redis_client.delete(REBUILDING_KEY)
     return RebuildReport(dropped=dropped, keys=store.count(), stats=projector.stats, ends=ends, incomplete=missing)

@@ -55,6 +55,18 @@ class Consumed:
         return Envelope.from_headers(self.raw_headers)
 
 
+_NO_LEADER_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
+"""Errors of a watermark query that pass once the partition has a leader again."""
+
+
 def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
     """At-least-once defaults: offsets are stored only once a message is handled (:meth:`EventConsumer.done`)."""
     config: dict[str, Any] = {
@@ -135,10 +147,27 @@ class EventConsumer:
                 reason = info.error.str() if info is not None and info.error is not None else "no partitions"
                 raise ConsumeError(f"cannot read {name}: {reason} (run `pipeline topics apply`?)")
             for p in sorted(info.partitions):
-                low, high = self._consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout)
+                low, high = self._watermarks(TopicPartition(name, p), timeout=timeout)
                 ends[(name, p)] = (low, max(low, high))
         self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in ends])
         return ends
+
+    def _watermarks(self, tp: TopicPartition, *, timeout: float) -> tuple[int, int]:
+        """A partition's (low, high) offsets, waiting out a leader not elected yet (new topics, a broker that
+        just restarted) for up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        delay = 0.1
+        while True:
+            try:
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout)
+                return int(low), int(high)
+            except KafkaException as exc:
+                err = exc.args[0]
+                transient = err.retriable() or err.code() in _NO_LEADER_YET
+                if not transient or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def positions(self) -> dict[tuple[str, int], int]:
         """The next offset to be read of each assigned partition (negative until it has read one)."""

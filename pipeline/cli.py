@@ -253,11 +253,14 @@ def tail(
 @click.argument("service", type=click.Choice(WORKER_SERVICES))
 def worker(service: str) -> None:
     """Run the Faust worker of SERVICE (its agents, tables and timers) until interrupted."""
+    import faulthandler
+
     import faust
 
-    from pipeline.telemetry import setup_tracing
+    from pipeline.telemetry import RepeatedRecords, setup_tracing
     from streams.app import create_app
 
+    faulthandler.enable()  # a crash inside a client library leaves the Python stacks in the log
     settings = get_settings()
     setup_tracing(service, settings.otel_exporter, settings.otel_endpoint)
     built = create_app(service, settings)
@@ -265,6 +268,8 @@ def worker(service: str) -> None:
     # the clients build every debug record and throw it away (≈10 % of a worker's CPU per event, measured)
     for name in ("aiokafka", "faust", "mode", "kafka", "streams", "opentelemetry"):
         logging.getLogger(name).setLevel(settings.worker_log_level.upper())
+    # while the broker is away aiokafka logs its reconnect attempts hundreds of times a second
+    logging.getLogger("aiokafka").addFilter(RepeatedRecords(window_s=5.0))
     faust.Worker(built.app, loglevel=settings.worker_log_level, quiet=True).execute_from_commandline()
 
 
@@ -291,7 +296,7 @@ def demo(**options: Any) -> None:
     store = redis.Redis.from_url(settings.redis_url)
     with EventPublisher.from_settings(settings, SchemaCatalog.load()) as publisher:
         result = run_demo(publisher, store, DemoPlan(**options), console)
-    if not summarise(store, result, console):
+    if not summarise(store, redis.Redis.from_url(settings.provider_store), result, console):
         raise CliError("some orders did not settle or a promise was broken")
 
 
@@ -599,21 +604,11 @@ def dlq_replay(
         if name not in names:
             raise CliError(f"not a dead-letter topic: {name}")
         names = [name]
-    wanted: set[tuple[int, int]] = set()
-    for position in positions:
-        partition, _, offset = position.partition(":")
-        if not (partition.isdigit() and offset.isdigit()):
-            raise CliError(f"--at takes PARTITION:OFFSET, not {position!r}; nothing replayed")
-        wanted.add((int(partition), int(offset)))
+    wanted = _positions(positions, "nothing replayed")
     settings = get_settings()
     letters = read_dead_letters(settings, names)
     if positions:
-        chosen = [letter for letter in letters if (letter.partition, letter.offset) in wanted]
-        missing = sorted(wanted - {(letter.partition, letter.offset) for letter in chosen})
-        if missing:
-            raise CliError(
-                f"no dead letter at {', '.join(f'{p}:{o}' for p, o in missing)} of {names[0]}; nothing replayed"
-            )
+        chosen = _letters_at(letters, wanted, names[0], "nothing replayed")
     else:
         picked = [letter for letter in letters if replay_all or letter.key_text in keys]
         if keys and not picked:
@@ -628,9 +623,59 @@ def dlq_replay(
         click.echo(f"replayed {replay(settings, chosen)} message(s)")
 
 
+def _positions(positions: tuple[str, ...], outcome: str) -> set[tuple[int, int]]:
+    """``--at PARTITION:OFFSET`` values, checked before anything is read or sent."""
+    wanted: set[tuple[int, int]] = set()
+    for position in positions:
+        partition, _, offset = position.partition(":")
+        if not (partition.isdigit() and offset.isdigit()):
+            raise CliError(f"--at takes PARTITION:OFFSET, not {position!r}; {outcome}")
+        wanted.add((int(partition), int(offset)))
+    return wanted
+
+
+def _letters_at(letters: list[Any], wanted: set[tuple[int, int]], name: str, outcome: str) -> list[Any]:
+    """The dead letters at ``wanted``; every position must hold one."""
+    chosen = [letter for letter in letters if (letter.partition, letter.offset) in wanted]
+    missing = sorted(wanted - {(letter.partition, letter.offset) for letter in chosen})
+    if missing:
+        raise CliError(f"no dead letter at {', '.join(f'{p}:{o}' for p, o in missing)} of {name}; {outcome}")
+    return chosen
+
+
+@dlq.command("discard")
+@click.argument("topic")
+@click.option(
+    "--at", "positions", multiple=True, required=True, metavar="PARTITION:OFFSET",
+    help="a dead letter of TOPIC whose parked original is dropped (repeatable)",
+)  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="show what would be discarded; publish nothing")
+def dlq_discard(topic: str, positions: tuple[str, ...], dry_run: bool) -> None:
+    """Give up on a parked message that no fix will make handleable (bytes that never decode, say).
+
+    Its agent drops it from its key's queue unhandled, so the key's next parked message becomes head (replay
+    it with ``pipeline dlq replay --key KEY``). Only a key's head can be discarded; the dead letter itself stays
+    on its topic as the record of what was given up."""
+    from consumers.deadletter import dead_letter_topics, read_dead_letters, replay
+
+    name = topic if topic.endswith(".dlq") else f"{topic}.dlq"
+    if name not in dead_letter_topics():
+        raise CliError(f"not a dead-letter topic: {name}")
+    wanted = _positions(positions, "nothing discarded")
+    settings = get_settings()
+    chosen = _letters_at(read_dead_letters(settings, [name]), wanted, name, "nothing discarded")
+    for letter in chosen:
+        click.echo(
+            f"{'would discard' if dry_run else 'discarding'} {letter.position}"
+            f" (key {letter.key_text!r}, origin {letter.origin.to_header()}, parked by {letter.agent})"
+        )
+    if not dry_run:
+        click.echo(f"sent {replay(settings, chosen, discard=True)} discard(s) to {chosen[0].source_topic}")
+
+
 @main.group()
 def provider() -> None:
-    """The simulated payment provider (an external system; its ledger lives in Redis under provider:*)."""
+    """The simulated payment provider (an external system; its ledger lives in a Redis database of its own)."""
 
 
 @provider.command("outage")
@@ -646,7 +691,7 @@ def provider_outage(state: str) -> None:
     settings = get_settings()
 
     async def switch() -> None:
-        client = aioredis.Redis.from_url(settings.redis_url)
+        client = aioredis.Redis.from_url(settings.provider_store)
         try:
             await set_outage(client, state == "on")
         finally:
@@ -655,7 +700,7 @@ def provider_outage(state: str) -> None:
     try:
         asyncio.run(switch())
     except Exception as exc:
-        raise CliError(f"cannot reach Redis at {settings.redis_url}: {exc}") from exc
+        raise CliError(f"cannot reach Redis at {settings.provider_store}: {exc}") from exc
     click.echo(f"payment provider {'down' if state == 'on' else 'up'}")
 
 

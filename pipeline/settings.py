@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,9 @@ class Settings(BaseSettings):
     max_refund_attempts: int = Field(default=5, ge=1, description="refund tries before a saga needs attention")
     refund_backoff_base_s: float = Field(default=0.05, gt=0, description="first refund retry delay")
     refund_backoff_cap_s: float = Field(default=1.0, gt=0, description="longest refund retry delay")
+    views_check_interval_s: float = Field(
+        default=1.0, gt=0, description="how often the projector checks that its views are still in Redis"
+    )
     user_snapshot_every: int = Field(default=5, ge=1, description="a user snapshot every N events of a user")
 
     # calling the payment provider: retries within a call, the circuit breaker, parked charges
@@ -59,7 +63,10 @@ class Settings(BaseSettings):
     breaker_reset_s: float = Field(default=5.0, gt=0, description="open this long, then one probe call (half-open)")
     payment_retry_interval_s: float = Field(default=1.0, gt=0, description="how often parked charges are retried")
 
-    # the simulated payment provider (an external system: its ledger lives in Redis under provider:*)
+    # the simulated payment provider (an external system: its ledger lives in a Redis database of its own)
+    provider_redis_url: str | None = Field(
+        default=None, description="the simulated provider's Redis (default: the query side's server, database 1)"
+    )
     payment_latency_ms: float = Field(default=5.0, ge=0, description="latency of each provider call")
     payment_failure_rate: float = Field(default=0.0, ge=0, le=1, description="share of charges declined")
     refund_failure_rate: float = Field(default=0.0, ge=0, le=1, description="share of refund calls that fail")
@@ -88,6 +95,15 @@ class Settings(BaseSettings):
     gateway_publish_timeout_s: float = Field(
         default=5.0, gt=0, description="how long a command waits for the broker's ack before the gateway answers 503"
     )
+
+    @property
+    def provider_store(self) -> str:
+        """The simulated provider's database: not the query side's, so losing the views loses no charge."""
+        if self.provider_redis_url:
+            return self.provider_redis_url
+        parts = urlsplit(self.redis_url)
+        views_db = parts.path.strip("/") or "0"
+        return urlunsplit(parts._replace(path="/2" if views_db == "1" else "/1"))
 
 
 @lru_cache(maxsize=1)

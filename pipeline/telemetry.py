@@ -18,7 +18,9 @@ process's HTTP endpoint.
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -160,3 +162,31 @@ def traceparent_of(span: Span) -> str | None:
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
     return carrier.get("traceparent")
+
+
+class RepeatedRecords(logging.Filter):
+    """Lets a log line through once per window: the first, then one with how many were held back meanwhile.
+
+    A client that retries in a tight loop (aiokafka while the broker is away) would otherwise write the same
+    line thousands of times a second, burying everything else in the log."""
+
+    def __init__(self, window_s: float) -> None:
+        super().__init__()
+        self._window_s = window_s
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg))
+        now = time.monotonic()
+        with self._lock:
+            since, held = self._seen.get(key, (0.0, 0))
+            if since and now - since < self._window_s:
+                self._seen[key] = (since, held + 1)
+                return False
+            self._seen[key] = (now, 0)
+            if len(self._seen) > 1000:  # the keys are format strings: few, but never let them pile up
+                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self._window_s}
+        if held:
+            record.msg = f"{record.msg} [{held} like it in the last {self._window_s:.0f}s not shown]"
+        return True

@@ -161,7 +161,7 @@ def _wait(console: Console, what: str, check: Any, timeout: float) -> None:
             time.sleep(0.2)
 
 
-def summarise(store: redis.Redis, result: DemoResult, console: Console) -> bool:
+def summarise(store: redis.Redis, ledger_store: redis.Redis, result: DemoResult, console: Console) -> bool:
     """Print outcomes, stock and latency; return whether every promise checked here holds."""
     outcomes = Counter(
         view["status"] + (f" ({view['cancel_reason']})" if view.get("cancel_reason") else "")
@@ -191,7 +191,7 @@ def summarise(store: redis.Redis, result: DemoResult, console: Console) -> bool:
         )
     console.print(stock_table)
 
-    raw_ledger: dict[Any, Any] = dict(store.hgetall(LEDGER))
+    raw_ledger: dict[Any, Any] = dict(ledger_store.hgetall(LEDGER))
     ledger = {_text(k): json.loads(v) for k, v in raw_ledger.items() if _text(k) in result.placed}
     charged = [o for o, e in ledger.items() if e["status"] in ("charged", "refunded")]
     unrefunded = [

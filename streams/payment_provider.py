@@ -2,8 +2,9 @@
 
 It behaves like a real one in the ways that matter to the saga: calls take time, some charges are declined,
 refunds can fail, and every call is idempotent by key, so a retried charge never charges twice. Its ledger
-lives in Redis under ``provider:*`` (the provider's own database, not the pipeline's), which lets tests and
-the closing summary count what was really charged and refunded.
+lives in Redis under ``provider:*``, in a database of its own (``Settings.provider_store``, not the query
+side's, which may be flushed and rebuilt), which lets tests and the closing summary count what was really
+charged and refunded.
 
 Outcomes are deterministic: a seed and the order id decide them, unless the card token forces them. A token
 is read as words: ``decline`` (always declined), ``slow`` (the charge takes ``slow_s`` seconds),

@@ -96,6 +96,8 @@ REPLAY_HEADER = "dlq_replay_of"
 """Set by ``pipeline dlq replay`` on a re-published dead letter: the dead letter's own position."""
 ORIGIN_HEADER = "dlq_origin"
 """Where a dead letter's message was first read (``topic:partition:offset``), carried by its replays."""
+ACTION_HEADER = "dlq_action"
+"""``discard`` on a replay sent by ``pipeline dlq discard``: drop the parked head it re-publishes, unhandled."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,13 @@ class Incoming:
             if name == REPLAY_HEADER:
                 return value.decode(errors="replace")
         return None
+
+    @property
+    def discards(self) -> bool:
+        """A replay that asks to drop its parked original unhandled (an operator gave up on it)."""
+        if self.replay_of is None:
+            return False
+        return any(name == ACTION_HEADER and value == b"discard" for name, value in self.headers)
 
     @property
     def origin(self) -> Position:
@@ -399,6 +408,9 @@ class StepRunner:
         step = self.step
         arrival = incoming.arrival
         queue = self.parked.queue(arrival.key)
+        if incoming.discards:
+            await self._discard(incoming, arrival, queue, span)
+            return
         try:
             decoded = self._codec.decode(incoming.value or b"", expected=topic(incoming.topic).records)
         except DecodeError as exc:
@@ -512,6 +524,22 @@ class StepRunner:
             attempts=attempts,
             behind=head if head != arrival.origin else None,
         )
+
+    async def _discard(self, incoming: Incoming, arrival: Arrival, queue: Queue, span: Span) -> None:
+        """Drop the parked head ``incoming`` re-publishes, never running the step on it (it may not even decode):
+        the key's next parked message becomes head. Anything but the head is left as it is."""
+        agent = self.step.agent
+        if admit(queue, arrival) is not Verdict.PROCESS_HEAD:
+            head = f"its head is {queue[0].origin}" if queue else "it is not parked"
+            log.warning("%s: discard of %s refused: %s for key %r", agent, arrival.origin, head, arrival.key)
+            span.set_status(Status(StatusCode.ERROR, "discard refused"))
+            EVENTS.labels(agent, "?", "refused").inc()
+            return
+        self._save_parked(arrival, queue, queue[1:])
+        await self._make_durable()
+        log.warning("%s: parked %s of key %r discarded (%s)", agent, arrival.origin, arrival.key, incoming.replay_of)
+        span.set_attribute("pipeline.parking", "discarded")
+        EVENTS.labels(agent, "?", "discarded").inc()
 
     def _save_parked(self, arrival: Arrival, before: Queue, after: Queue) -> bool:
         """Write a key's changed queue (the caller makes it durable); whether it changed."""

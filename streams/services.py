@@ -229,7 +229,7 @@ def _wire_payments(built: ServiceApp, settings: Settings, codec: AvroCodec, conf
         seed=settings.payment_seed,
         slow_s=settings.payment_slow_s,
     )
-    provider = SimulatedPaymentProvider(aioredis.Redis.from_url(settings.redis_url), behaviour)
+    provider = SimulatedPaymentProvider(aioredis.Redis.from_url(settings.provider_store), behaviour)
     breaker = CircuitBreaker(
         "payment-provider",
         failure_threshold=settings.breaker_failure_threshold,

@@ -17,6 +17,7 @@ from consumers.toolkit import Consumed
 from streams.domain.messages import AddStock, ReserveStock
 from streams.domain.saga import STOCK
 from streams.domain.stock import Stock
+from streams.runtime import Incoming
 from tests.agents.harness import T0, AgentDriver, Edge, FaustService, FaustServiceFactory, Sent, incoming
 
 pytestmark = pytest.mark.agents
@@ -166,3 +167,33 @@ async def test_a_handled_head_is_popped_in_the_durable_write_of_the_state() -> N
         ("send", "inventory.events.v1"),
     ], "state and release are durable together, before the events are sent"
     assert edge.parked == {}
+
+
+async def test_a_head_that_can_never_be_handled_is_discarded_and_the_next_becomes_head() -> None:
+    """Bytes that will never decode park their key for good unless an operator gives up on them: a discard drops
+    the head unhandled (durably, no step run, nothing sent); the message behind it is then replayed as usual."""
+    edge = Edge.build("keep_stock", STOCK)
+    await edge.runner.handle(incoming(AddStock(sku=SKU, quantity=5, reason="restock"), offset=1))
+    edge.recorder.clear()
+    garbage = replace(incoming(reserve("o-1"), offset=2), value=b"\x00never avro")
+    await edge.runner.handle(garbage)
+    await edge.runner.handle(incoming(reserve("o-2", 2), offset=3))
+    head, behind = (as_letter(sent, n) for n, sent in enumerate(edge.recorder.sent))
+    edge.recorder.clear()
+
+    def replayed(letter: DeadLetter, offset: int, *, discard: bool = False) -> Incoming:
+        headers = tuple(
+            (k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in replay_headers(letter, discard=discard)
+        )
+        return replace(incoming(reserve("o-x"), offset=offset), value=letter.value, headers=headers)
+
+    await edge.runner.handle(replayed(behind, 8, discard=True))
+    assert [m["offset"] for m in edge.parked[f"keep_stock/{SKU}"]["queue"]] == [2, 3], "only the head is discarded"
+
+    await edge.runner.handle(replayed(head, 9, discard=True))
+    assert edge.recorder.sent == [] and edge.recorder.log == [("write", f"keep_stock/{SKU}"), ("durable",)]
+    assert [m["offset"] for m in edge.parked[f"keep_stock/{SKU}"]["queue"]] == [3], "the next one is head"
+
+    await edge.runner.handle(replayed(behind, 10))
+    assert [s.topic for s in edge.recorder.sent] == ["inventory.events.v1"]
+    assert edge.parked == {} and Stock.from_json(edge.table[SKU]).reserved == 2

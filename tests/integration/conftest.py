@@ -62,3 +62,9 @@ def publisher(settings: Settings) -> Iterator[EventPublisher]:
 def store(settings: Settings) -> redis.Redis:
     """The query side's Redis (bytes; a module may override it, e.g. with decode_responses)."""
     return redis.Redis.from_url(settings.redis_url)
+
+
+@pytest.fixture
+def provider_ledger(settings: Settings) -> redis.Redis:
+    """The simulated payment provider's own Redis database (its ledger of charges and refunds)."""
+    return redis.Redis.from_url(settings.provider_store)

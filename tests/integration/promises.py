@@ -8,6 +8,7 @@ the services' own changelogs, that every promise holds.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 import uuid
@@ -15,19 +16,32 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from confluent_kafka import Consumer, TopicPartition
 
 from consumers import views
+from consumers.projection import order_key
+from consumers.projector import GROUP_ID as PROJECTOR_GROUP
+from consumers.projector import PROJECTED_TOPICS
 from consumers.toolkit import EventConsumer
-from pipeline.settings import Settings
+from pipeline.settings import LIBRDKAFKA_LOGGER, Settings
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from streams.domain.reservations import HANDLES as RESERVATION_INPUTS
 from streams.payment_provider import LEDGER
 from streams.stores import hold_key
-from streams.topics import INVENTORY_COMMANDS, INVENTORY_EVENTS, ORDER_COMMANDS, ORDER_EVENTS, table
+from streams.topics import (
+    INVENTORY_COMMANDS,
+    INVENTORY_EVENTS,
+    ORDER_COMMANDS,
+    ORDER_DEADLINES,
+    ORDER_EVENTS,
+    PAYMENT_EVENTS,
+    table,
+)
 from tests.seeding import register_users
 from tests.stack import wait_until
 
@@ -56,8 +70,16 @@ class OrderLoad:
     def sku_ids(self) -> list[str]:
         return [f"load-{self.run}-sku{i}" for i in range(self.skus)]
 
-    def publish(self, store: redis.Redis, alive: Callable[[], None]) -> None:
-        """Register the customers, stock every SKU, then place every order (1–2 SKUs, 1–3 units each)."""
+    def publish(self, store: redis.Redis, alive: Callable[[], None], *, rate: float | None = None) -> None:
+        """Register the customers, stock every SKU, then place every order (1–2 SKUs, 1–3 units each), all at
+        once or ``rate`` orders a second."""
+        commands = self.prepare(store, alive)
+        self.place(commands, rate=rate)
+
+    def prepare(self, store: redis.Redis, alive: Callable[[], None]) -> list[tuple[str, dict[str, Any]]]:
+        """Register the customers and stock every SKU; return the PlaceOrder commands (user id, value) to send.
+
+        Every order is known (``ordered``) from here on, placed or not."""
         rng = random.Random(self.seed)
         with EventPublisher.from_settings(self.settings, SchemaCatalog.load()) as publisher:
             register_users(publisher, store, self.customer_ids, alive=alive)
@@ -66,27 +88,54 @@ class OrderLoad:
                     INVENTORY_COMMANDS, "AddStock", sku, {"sku": sku, "quantity": self.stock_per_sku, "reason": "load"}
                 )
             publisher.flush()
-            for n in range(self.orders):
-                order_id = f"load-{self.run}-o{n}"
-                user_id = rng.choice(self.customer_ids)
-                lines = {sku: rng.randint(1, 3) for sku in rng.sample(self.sku_ids, k=rng.randint(1, 2))}
-                self.ordered[order_id] = lines
-                token = "tok_decline" if rng.random() < self.decline_rate else "tok_ok"
-                publisher.publish(ORDER_COMMANDS, "PlaceOrder", user_id,
-                                  {"order_id": order_id, "user_id": user_id,
-                                   "lines": [{"sku": s, "quantity": q, "unit_price_cents": 700}
-                                             for s, q in lines.items()],
-                                   "payment": {"method": "card", "token": token}, "idempotency_key": order_id,
-                                   "requested_at": int(time.time() * 1000)})  # fmt: skip
+        commands: list[tuple[str, dict[str, Any]]] = []
+        for n in range(self.orders):
+            order_id = f"load-{self.run}-o{n}"
+            user_id = rng.choice(self.customer_ids)
+            lines = {sku: rng.randint(1, 3) for sku in rng.sample(self.sku_ids, k=rng.randint(1, 2))}
+            self.ordered[order_id] = lines
+            token = "tok_decline" if rng.random() < self.decline_rate else "tok_ok"
+            value = {
+                "order_id": order_id,
+                "user_id": user_id,
+                "lines": [{"sku": s, "quantity": q, "unit_price_cents": 700} for s, q in lines.items()],
+                "payment": {"method": "card", "token": token},
+                "idempotency_key": order_id,
+            }
+            commands.append((user_id, value))
+        return commands
+
+    def place(self, commands: list[tuple[str, dict[str, Any]]], *, rate: float | None = None) -> None:
+        """Send the PlaceOrder commands, all at once or paced at ``rate`` a second (a steady load)."""
+        started = time.monotonic()
+        with EventPublisher.from_settings(self.settings, SchemaCatalog.load()) as publisher:
+            for n, (user_id, value) in enumerate(commands):
+                if rate is not None:
+                    ahead = started + n / rate - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)  # pacing the load, not waiting for a condition
+                requested = {**value, "requested_at": int(time.time() * 1000)}
+                publisher.publish(ORDER_COMMANDS, "PlaceOrder", user_id, requested)
             publisher.flush()
 
+    @property
+    def ledger(self) -> redis.Redis:
+        """The simulated payment provider's own database."""
+        return redis.Redis.from_url(self.settings.provider_store)
+
     def terminal_count(self, store: redis.Redis) -> int:
-        return sum((views.get_order(store, o) or {}).get("status") in TERMINAL for o in self.ordered)
+        """How many of the orders the views show terminal (one MGET per thousand orders)."""
+        ids = list(self.ordered)
+        count = 0
+        for start in range(0, len(ids), 1000):
+            for raw in store.mget([order_key(o) for o in ids[start : start + 1000]]):
+                count += raw is not None and json.loads(raw).get("status") in TERMINAL
+        return count
 
     def unrefunded(self, store: redis.Redis) -> dict[str, str | None]:
         """Orders charged at the provider that are neither confirmed nor parked for attention (a refund that kept
         failing), with their status: refunds still due."""
-        ledger = {k.decode(): json.loads(v) for k, v in store.hgetall(LEDGER).items()}
+        ledger = {k.decode(): json.loads(v) for k, v in self.ledger.hgetall(LEDGER).items()}
         charged = [o for o in self.ordered if (ledger.get(o) or {}).get("status") == "charged"]
         statuses = {o: (views.get_order(store, o) or {}).get("status") for o in charged}
         return {o: status for o, status in statuses.items() if status not in ("CONFIRMED", "COMPENSATION_FAILED")}
@@ -109,6 +158,7 @@ class OrderLoad:
             )
         except TimeoutError:
             print(f"\norders charged, not confirmed and not refunded: {self.unrefunded(store)}")
+            print(self.explain_open(store))
             print(self.explain_leaks(store))
             raise
 
@@ -140,7 +190,8 @@ class OrderLoad:
             assert sold == bought
 
         # 3. no double charge; every charge of an order that is not confirmed is refunded
-        ledger = {k.decode(): json.loads(v) for k, v in store.hgetall(LEDGER).items() if k.decode() in self.ordered}
+        raw_ledger = self.ledger.hgetall(LEDGER).items()
+        ledger = {k.decode(): json.loads(v) for k, v in raw_ledger if k.decode() in self.ordered}
         for order_id, view in orders.items():
             entry = ledger.get(order_id)
             if view["status"] == "CONFIRMED":
@@ -231,12 +282,32 @@ class OrderLoad:
         out[3:3] = [f"  {m}" for m in sorted(set(missed))]
         return "\n".join(out)
 
-    def _messages_by_order(self) -> dict[str, list[_Logged]]:
-        """Every message on the inventory and order topics by order id (its correlation id), in time order."""
+    def explain_open(self, store: redis.Redis, limit: int = 10) -> str:
+        """Why orders are not terminal: for each (up to ``limit``) its view, its saga and deadline as the orders
+        service's changelogs hold them, and every message said about it."""
+        open_orders = [o for o in self.ordered if (views.get_order(store, o) or {}).get("status") not in TERMINAL]
+        out = ["", f"=== orders not terminal: {len(open_orders)} ==="]
+        if not open_orders:
+            return "\n".join(out)
+        sagas = _latest(changelog_history(self.settings, "orders", "orders_sagas"))
+        deadlines = _latest(changelog_history(self.settings, "orders", "orders_deadlines"))
+        messages = self._messages_by_order(extra=(PAYMENT_EVENTS.name, ORDER_DEADLINES.name))
+        for order_id in open_orders[:limit]:
+            view = views.get_order(store, order_id) or {}
+            saga = sagas.get(order_id) or {}
+            applied = sorted(saga.get("outputs") or {})
+            out.append(f"order {order_id}: view {view.get('status')} | saga {saga.get('status')} applied {applied}"
+                       f" | deadline {deadlines.get(order_id)}")  # fmt: skip
+            out.extend(f"    {logged}" for logged in messages.get(order_id, []))
+        return "\n".join(out)
+
+    def _messages_by_order(self, extra: tuple[str, ...] = ()) -> dict[str, list[_Logged]]:
+        """Every message on the inventory and order topics (and ``extra``) by order id (its correlation id), in
+        time order."""
         codec = AvroCodec(SchemaCatalog.load())
         found: dict[str, list[_Logged]] = {}
         with EventConsumer.reader(self.settings) as consumer:
-            for m in consumer.read_log([INVENTORY_COMMANDS.name, INVENTORY_EVENTS.name, ORDER_EVENTS.name]):
+            for m in consumer.read_log([INVENTORY_COMMANDS.name, INVENTORY_EVENTS.name, ORDER_EVENTS.name, *extra]):
                 headers = m.headers
                 order_id = headers.get("ce_correlationid") or m.key or ""
                 if order_id not in self.ordered:
@@ -406,3 +477,63 @@ def changelog(settings: Settings, service: str, name: str) -> dict[str, Any]:
                 latest[str(key)] = json.loads(message.value)
         assert not consumer.unfinished
     return latest
+
+
+def dump_views(client: redis.Redis) -> dict[str, Any]:
+    """Every view:* key by type, read independently of the code under test."""
+    out: dict[str, Any] = {}
+    for key in client.scan_iter(match="view:*", count=1000):
+        kind = client.type(key).decode()  # type: ignore[union-attr]
+        if kind == "string":
+            value: Any = client.get(key)
+        elif kind == "hash":
+            value = client.hgetall(key)
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
+        elif kind == "set":
+            value = sorted(client.smembers(key))
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        else:
+            raise AssertionError(f"unexpected type {kind} of {key!r}")
+        out[key.decode()] = (kind, value)
+    return out
+
+
+def wait_fully_projected(settings: Settings, alive: Callable[[], None], timeout: float = 300) -> None:
+    """Wait until nothing more is written to the projected topics and the live projector has read all of it:
+    its group's committed offsets equal the end offsets, which stay unchanged over three looks a second apart."""
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": PROJECTOR_GROUP, "enable.auto.commit": False,
+         "logger": logging.getLogger(LIBRDKAFKA_LOGGER)}
+    )  # fmt: skip
+    try:
+        names = [t.name for t in PROJECTED_TOPICS]
+        parts = [
+            TopicPartition(n, p)
+            for n in names
+            for p in sorted(consumer.list_topics(n, timeout=10).topics[n].partitions)
+        ]
+        last: dict[tuple[str, int], int] | None = None
+        streak = 0
+
+        def quiet() -> bool:
+            nonlocal last, streak
+            alive()
+            ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
+            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(parts, timeout=10)}
+            caught_up = all(end == 0 or committed.get(tp, -1) >= end for tp, end in ends.items())
+            streak = streak + 1 if caught_up and ends == last else 0
+            last = ends
+            return streak >= 3
+
+        wait_until(quiet, timeout=timeout, what="the projected topics quiet and fully projected", interval=1.0)
+    finally:
+        consumer.close()
+
+
+def scratch_redis(settings: Settings, db: int = 5) -> redis.Redis:
+    """An empty Redis database beside the query side's, to rebuild views into without touching the live ones."""
+    client = redis.Redis.from_url(urlunsplit(urlsplit(settings.redis_url)._replace(path=f"/{db}")))
+    client.flushdb()
+    return client

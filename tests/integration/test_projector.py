@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 
 from consumers import views
 from consumers.projection import ATTENTION_KEY, order_key
-from consumers.projector import PROJECTED_TOPICS, ProjectorWorker
+from consumers.projector import PROJECTED_TOPICS, ProjectorWorker, rebuild_views
 from consumers.toolkit import EventConsumer
 from pipeline.admin import admin_client, apply_topics
 from pipeline.envelope import Envelope
@@ -33,6 +33,7 @@ from streams.topics import (
     PAYMENT_EVENTS,
     TopicSpec,
 )
+from tests.integration.promises import dump_views
 from tests.stack import wait_until
 from tests.workers import run_cli
 
@@ -47,27 +48,6 @@ def client(settings: Settings) -> Iterator[redis.Redis[Any]]:
     c = redis.Redis.from_url(settings.redis_url)
     yield c
     c.close()
-
-
-def dump(client: redis.Redis[Any]) -> dict[str, Any]:
-    """Every view:* key by type, independent of the code under test."""
-    out: dict[str, Any] = {}
-    for key in client.scan_iter(match="view:*", count=1000):
-        kind = client.type(key).decode()  # type: ignore[no-untyped-call]
-        if kind == "string":
-            value: Any = client.get(key)
-        elif kind == "hash":
-            value = client.hgetall(key)
-        elif kind == "list":
-            value = client.lrange(key, 0, -1)
-        elif kind == "set":
-            value = sorted(client.smembers(key))
-        elif kind == "zset":
-            value = client.zrange(key, 0, -1, withscores=True)
-        else:
-            raise AssertionError(f"unexpected type {kind} of {key!r}")
-        out[key.decode()] = (kind, value)
-    return out
 
 
 class Scenario:
@@ -480,13 +460,13 @@ def test_projector_builds_views_dead_letters_garbage_and_rebuild_is_identical(
     assert stock_line.returncode == 0 and "available=8 reserved=0 sold=2" in stock_line.stdout
 
     # --- rebuild from the log: exactly what the live projector built ---
-    before = dump(client)
+    before = dump_views(client)
     assert before
     rebuilt = run_cli(cli_env, "views", "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert f"rebuilt {len(before)} view keys" in rebuilt.stdout
     assert not client.exists("views-meta:rebuilding"), "readers stop marking views stale once the rebuild is done"
-    after = dump(client)
+    after = dump_views(client)
     assert len(views.dump_views(client)) == len(after)
     assert sorted(after) == sorted(before)
     assert after == before
@@ -495,5 +475,65 @@ def test_projector_builds_views_dead_letters_garbage_and_rebuild_is_identical(
     again = run_cli(cli_env, "project", "--idle-exit", "5")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["handled"] >= len(s.sent)
-    assert dump(client) == before
+    assert dump_views(client) == before
     assert client.hexists(ATTENTION_KEY, stuck)
+
+
+def test_views_lost_with_redis_are_rebuilt_by_the_running_projector(
+    settings: Settings, topics_ready: None, client: redis.Redis[Any]
+) -> None:
+    """Redis flushed under a running projector: it notices, rebuilds the views from the log and goes on, and
+    what it ends with is exactly what a rebuild from the log gives."""
+    run = uuid.uuid4().hex[:8]
+    order, later, user, sku = f"o-{run}-1", f"o-{run}-2", f"u-{run}", f"SKU-{run}"
+    t = int(time.time() * 1000)
+    s = Scenario(settings)
+
+    def placed(order_id: str, at: int) -> dict[str, Any]:
+        return {
+            "order_id": order_id, "user_id": user, "lines": [{"sku": sku, "quantity": 1, "unit_price_cents": 900}],
+            "total_cents": 900, "currency": "EUR", "placed_at": at, "deadline_at": at + 30_000, "channel": "web",
+            "note": None, "payment_method": "card", "payment_token": "tok",
+        }  # fmt: skip
+
+    s.emit("orders", ORDER_EVENTS, "OrderPlaced", placed(order, t))
+    s.emit("inventory", INVENTORY_STOCK, "StockAdded",
+           {"sku": sku, "quantity": 5, "reason": "initial", "available": 5, "reserved": 0, "sold": 0,
+            "stock_version": 1, "added_at": t})  # fmt: skip
+    s.flush()
+    worker = ProjectorWorker(settings, client, group_id=f"projector-heal-{run}")
+    thread = threading.Thread(target=worker.run, name="projector", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: views.get_order(client, order) is not None, timeout=120, what="the order's view")
+        rebuilds = worker.rebuilds
+
+        assert client.flushdb()  # the query side's Redis loses everything
+        s.emit("payments", PAYMENT_EVENTS, "PaymentSucceeded",
+               {"order_id": order, "payment_id": f"p-{run}", "amount_cents": 900, "charged_at": t + 10})  # fmt: skip
+        s.emit("orders", ORDER_EVENTS, "OrderConfirmed",
+               {"order_id": order, "payment_id": f"p-{run}", "confirmed_at": t + 20})  # fmt: skip
+        s.emit("orders", ORDER_EVENTS, "OrderPlaced", placed(later, t + 30))
+        s.flush()
+
+        def healed() -> bool:
+            view = views.get_order(client, order) or {}
+            events = [e["event"] for e in view.get("timeline", [])]
+            return (
+                events == ["OrderPlaced", "PaymentSucceeded", "OrderConfirmed"]
+                and view.get("lines") is not None
+                and views.get_order(client, later) is not None
+                and (views.stock(client, sku) or {}).get("available") == 5
+            )
+
+        wait_until(healed, timeout=120, what="the views before and after the flush, all back")
+        assert worker.rebuilds == rebuilds + 1
+        assert [o["order_id"] for o in views.recent_orders(client, user, 10)] == [later, order]
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+    live = dump_views(client)
+    rebuild_views(settings, client)
+    assert dump_views(client) == live, "the healed views are exactly the log's"

@@ -85,24 +85,32 @@ def wait_status(
 
 
 def test_charges_wait_while_the_provider_is_down_and_go_through_once_it_is_back(
-    pipeline: Pipeline, publisher: EventPublisher, store: redis.Redis, cli_env: dict[str, str]
+    pipeline: Pipeline,
+    publisher: EventPublisher,
+    store: redis.Redis,
+    provider_ledger: redis.Redis,
+    cli_env: dict[str, str],
 ) -> None:
     outage(cli_env, "on")
     try:
         order_id, sku = order_for_a_new_customer(pipeline, publisher, store)
         pending = wait_status(pipeline, store, order_id, "PAYMENT_PENDING")
-        assert store.hget(LEDGER, order_id) is None, "nothing charged while the provider is down"
+        assert provider_ledger.hget(LEDGER, order_id) is None, "nothing charged while the provider is down"
         assert [e["event"] for e in pending["timeline"]].count("PaymentPending") == 1
     finally:
         outage(cli_env, "off")
     confirmed = wait_status(pipeline, store, order_id, "CONFIRMED")
-    assert json.loads(store.hget(LEDGER, order_id) or b"{}")["status"] == "charged"  # type: ignore[arg-type]
+    assert json.loads(provider_ledger.hget(LEDGER, order_id) or b"{}")["status"] == "charged"  # type: ignore[arg-type]
     assert confirmed["charged_cents"] == 1800, "charged exactly once"
     wait_until(lambda: (views.stock(store, sku) or {}).get("sold") == 2, timeout=30, what="sold")
 
 
 def test_a_charge_still_waiting_at_the_deadline_is_cancelled_with_nothing_charged(
-    pipeline: Pipeline, publisher: EventPublisher, store: redis.Redis, cli_env: dict[str, str]
+    pipeline: Pipeline,
+    publisher: EventPublisher,
+    store: redis.Redis,
+    provider_ledger: redis.Redis,
+    cli_env: dict[str, str],
 ) -> None:
     outage(cli_env, "on")
     try:
@@ -112,7 +120,7 @@ def test_a_charge_still_waiting_at_the_deadline_is_cancelled_with_nothing_charge
     finally:
         outage(cli_env, "off")
     assert cancelled["cancel_reason"] == "deadline_exceeded"
-    assert store.hget(LEDGER, order_id) is None and cancelled["charged_cents"] == 0
+    assert provider_ledger.hget(LEDGER, order_id) is None and cancelled["charged_cents"] == 0
     wait_until(lambda: (views.stock(store, sku) or {}).get("available") == 5, timeout=30,
                what="the reservation released")  # fmt: skip
 
@@ -180,6 +188,20 @@ def test_poison_in_every_consumed_topic_is_dead_lettered_and_orders_still_comple
         if kind == "truncated" and "AddStock" in topic_by_name(topic_name).records:
             assert all(error.startswith("CorruptPayload") for error in errors), (topic_name, errors)
 
+    # bytes no fix will make readable park their key for good, unless an operator gives up on them
+    def garbage_status() -> set[str]:
+        listed = run_cli(cli_env, "dlq", "list", INVENTORY_COMMANDS.name, "--json")
+        return {e["status"] for line in listed.stdout.splitlines()
+                if (e := json.loads(line))["key"] == f"poison-{run}-garbage"}  # fmt: skip
+
+    assert garbage_status() and "released" not in garbage_status(), "the garbage's key waits on it"
+    listed = run_cli(cli_env, "dlq", "list", INVENTORY_COMMANDS.name, "--json")
+    [at] = {e["position"].split(":", 1)[1] for line in listed.stdout.splitlines()
+            if (e := json.loads(line))["key"] == f"poison-{run}-garbage"}  # fmt: skip
+    discarded = run_cli(cli_env, "dlq", "discard", INVENTORY_COMMANDS.name, "--at", at)
+    assert discarded.returncode == 0 and "sent 1 discard" in discarded.stdout, discarded.stderr
+    wait_until(lambda: garbage_status() == {"released"}, timeout=60, what="the garbage's key released")
+
 
 def test_a_dead_letter_is_replayed_to_its_source_once_asked(
     pipeline: Pipeline, settings: Settings, store: redis.Redis, cli_env: dict[str, str]
@@ -229,7 +251,11 @@ def dead_letter_depth(pipeline: Pipeline, agent: str) -> float:
 
 
 def test_a_dead_letter_parks_its_key_until_replays_release_it_in_order(
-    pipeline: Pipeline, publisher: EventPublisher, store: redis.Redis, cli_env: dict[str, str]
+    pipeline: Pipeline,
+    publisher: EventPublisher,
+    store: redis.Redis,
+    provider_ledger: redis.Redis,
+    cli_env: dict[str, str],
 ) -> None:
     """The provider holds a corrupt record for one order: its charge raises, so settle_payments parks the order's
     key; a later message of that order waits behind it while other orders complete; once the record is mended,
@@ -240,7 +266,7 @@ def test_a_dead_letter_parks_its_key_until_replays_release_it_in_order(
     publisher.flush()
     wait_until(lambda: views.stock(store, sku) is not None, timeout=60, what=f"stock of {sku}")
     baseline = dead_letter_depth(pipeline, "settle_payments")  # keys other tests parked (poison, say) stay parked
-    store.hset(LEDGER, order_id, "{corrupt")  # the provider's record of this order: its charge raises
+    provider_ledger.hset(LEDGER, order_id, "{corrupt")  # the provider's record of this order: its charge raises
     publisher.publish(ORDER_COMMANDS, "PlaceOrder", user,
                       {"order_id": order_id, "user_id": user,
                        "lines": [{"sku": sku, "quantity": 2, "unit_price_cents": 900}],
@@ -275,9 +301,9 @@ def test_a_dead_letter_parks_its_key_until_replays_release_it_in_order(
 
     other, _ = order_for_a_new_customer(pipeline, publisher, store)
     wait_status(pipeline, store, other, "CONFIRMED")  # every other key flows on
-    assert store.hget(LEDGER, order_id) == b"{corrupt", "nothing of the parked order was charged meanwhile"
+    assert provider_ledger.hget(LEDGER, order_id) == b"{corrupt", "nothing of the parked order was charged meanwhile"
 
-    store.hdel(LEDGER, order_id)  # mended
+    provider_ledger.hdel(LEDGER, order_id)  # mended
     replayed_at = [0.0]
 
     def released() -> bool:
@@ -302,7 +328,7 @@ def test_a_dead_letter_parks_its_key_until_replays_release_it_in_order(
         )
 
     wait_until(terminal, timeout=60, what=lambda: f"{order_id} terminal (now {final.get('status')})")
-    charge = json.loads(store.hget(LEDGER, order_id) or b"{}")  # type: ignore[arg-type]
+    charge = json.loads(provider_ledger.hget(LEDGER, order_id) or b"{}")  # type: ignore[arg-type]
     assert charge["status"] in {"charged", "refunded"} and final["charged_cents"] == 1800, (charge, final)
     events = [entry["event"] for entry in final["timeline"]]
     assert events.count("PaymentSucceeded") == 1, events

@@ -99,8 +99,8 @@ def events_of(view: dict[str, Any]) -> list[str]:
     return [entry["event"] for entry in view["timeline"]]
 
 
-def ledger_entry(store: redis.Redis, order_id: str) -> dict[str, Any] | None:
-    raw = store.hget(LEDGER, order_id)
+def ledger_entry(settings: Settings, order_id: str) -> dict[str, Any] | None:
+    raw = redis.Redis.from_url(settings.provider_store).hget(LEDGER, order_id)
     return None if raw is None else json.loads(raw)
 
 
@@ -140,7 +140,7 @@ def test_happy_order_is_confirmed_charged_and_notified(
         assert event in events_of(view), events_of(view)
     a = wait_for_stock(pipeline, store, sku_a, 3)
     assert (int(a["reserved"]), int(a["sold"])) == (0, 2)
-    entry = ledger_entry(store, order_id)
+    entry = ledger_entry(pipeline.settings, order_id)
     assert entry is not None and entry["status"] == "charged" and entry["amount_cents"] == 3000
 
     wait_until(lambda: bool(views.notifications(store, customer)), timeout=30, what="a notification")
@@ -174,7 +174,7 @@ def test_out_of_stock_cancels_and_leaves_stock_untouched(
     # all or nothing: the line that could be reserved was released again
     wait_for_stock(pipeline, store, plenty, 10)
     assert int(views.stock(store, scarce)["available"]) == 1  # type: ignore[index]
-    assert ledger_entry(store, order_id) is None  # never charged
+    assert ledger_entry(pipeline.settings, order_id) is None  # never charged
 
 
 def test_payment_failure_is_compensated(
@@ -192,7 +192,7 @@ def test_payment_failure_is_compensated(
     assert events_of(view).index("PaymentFailed") < events_of(view).index("OrderCancelled")
     stock = wait_for_stock(pipeline, store, sku, 4)
     assert (int(stock["reserved"]), int(stock["sold"])) == (0, 0)
-    entry = ledger_entry(store, order_id)
+    entry = ledger_entry(pipeline.settings, order_id)
     assert entry is not None and entry["status"] == "declined"
 
 
@@ -212,7 +212,7 @@ def test_deadline_cancels_and_a_late_payment_is_refunded(
     timeline = events_of(view)
     assert timeline.index("OrderCancelled") < timeline.index("PaymentSucceeded") < timeline.index("PaymentRefunded")
     assert "OrderConfirmed" not in timeline
-    entry = ledger_entry(store, order_id)
+    entry = ledger_entry(pipeline.settings, order_id)
     assert entry is not None and entry["status"] == "refunded"
     wait_for_stock(pipeline, store, sku, 2)
 
@@ -232,7 +232,7 @@ def test_a_duplicate_command_yields_one_order(
     assert events_of(view).count("OrderPlaced") == 1
     stock = wait_for_stock(pipeline, store, sku, 9)
     assert int(stock["sold"]) == 1
-    assert ledger_entry(store, order_id)["amount_cents"] == 1000  # type: ignore[index]
+    assert ledger_entry(pipeline.settings, order_id)["amount_cents"] == 1000  # type: ignore[index]
 
 
 def test_orders_of_unknown_or_inactive_users_are_rejected(
@@ -273,6 +273,6 @@ def test_a_refund_that_keeps_failing_parks_the_saga_for_attention(
     assert order_id in attention
     assert attention[order_id]["attempts"] == MAX_REFUND_ATTEMPTS
     assert attention[order_id]["amount_cents"] == 1000
-    entry = ledger_entry(store, order_id)
+    entry = ledger_entry(pipeline.settings, order_id)
     assert entry is not None and entry["status"] == "charged"  # the money is still out: a person must act
     wait_for_stock(pipeline, store, sku, 2)  # the stock side of the compensation did complete

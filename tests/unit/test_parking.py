@@ -171,3 +171,18 @@ def test_a_malformed_replay_exits_non_zero_before_reading_anything(args: list[st
     result = CliRunner().invoke(main, args, env={"PIPELINE_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
     assert result.exit_code == 1, result.output
     assert result.output.startswith("error: ") and "replaying" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["dlq", "discard", "orders.events.v1"],
+        ["dlq", "discard", "--at", "1:2"],
+        ["dlq", "discard", "orders.events.v1", "--at", "x:2"],
+        ["dlq", "discard", "no.such.topic", "--at", "1:2"],
+    ],
+)
+def test_a_malformed_discard_exits_non_zero_before_reading_anything(args: list[str]) -> None:
+    result = CliRunner().invoke(main, args, env={"PIPELINE_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    assert result.exit_code != 0, result.output
+    assert "discarding" not in result.output and "sent" not in result.output

@@ -22,3 +22,13 @@ pytestmark = pytest.mark.unit
 )
 def test_tokens_read_as_words(token: str, flags: set[str]) -> None:
     assert token_flags(token) == flags
+
+
+def test_the_provider_keeps_its_ledger_in_a_database_of_its_own() -> None:
+    """Flushing the query side's database (the views) must not lose a charge."""
+    from pipeline.settings import Settings
+
+    assert Settings(redis_url="redis://127.0.0.1:6379/0").provider_store == "redis://127.0.0.1:6379/1"
+    assert Settings(redis_url="redis://h:1/1").provider_store == "redis://h:1/2"
+    assert Settings(redis_url="redis://h:1").provider_store == "redis://h:1/1"
+    assert Settings(redis_url="redis://h:1/0", provider_redis_url="redis://p:2/0").provider_store == "redis://p:2/0"
