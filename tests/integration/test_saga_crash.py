@@ -44,6 +44,7 @@ def pipeline(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
         yield running
 
 
+@pytest.mark.timeout(1500)
 def test_workers_killed_mid_load_lose_nothing(pipeline: Pipeline, settings: Settings) -> None:
     store = redis.Redis.from_url(settings.redis_url)
     load = OrderLoad(settings, orders=ORDERS, seed=99)
@@ -61,7 +62,7 @@ def test_workers_killed_mid_load_lose_nothing(pipeline: Pipeline, settings: Sett
             pipeline.restart(service, signal.SIGKILL)
 
     # orders end within the 20 s saga timeout once their workers run; a watchdog restart (20 s stall + rejoin,
-    # possibly twice) comes on top, and the wait stays well inside the test's 600 s limit
+    # possibly twice) comes on top; the test may take 25 min in all, so on a slow machine the evidence still prints
     load.wait_settled(store, pipeline.assert_alive, timeout=400)
     load.check_promises(store)
     print(f"watchdog restarts: {pipeline.watchdog_restarts}")
