@@ -30,6 +30,11 @@ class RecordNotAllowed(PublishError):
     """The record is not one the topic may carry."""
 
 
+class WrongKey(RecordNotAllowed):
+    """The key is not the record's own key field: the message would land on another key's partition, where the
+    service that owns that key never sees it (invisible with one worker per service, lost with several)."""
+
+
 class DeliveryFailed(PublishError):
     """The broker did not acknowledge one or more messages in time."""
 
@@ -113,6 +118,12 @@ class EventPublisher:
         if schema.name not in topic.records:
             allowed = ", ".join(topic.records) or "no Avro records"
             raise RecordNotAllowed(f"{topic.name} does not carry {schema.name}; it carries {allowed}")
+        own_key = value.get(topic.key_field) if topic.key_field else None
+        if own_key is not None and str(own_key) != key:
+            raise WrongKey(
+                f"{topic.name} is keyed by {topic.key_field}: the key {key!r} is not this {schema.name}'s"
+                f" {topic.key_field} {own_key!r}"
+            )
         payload = self._codec.encode(schema.full_name, value, version=schema.version)
         envelope = Envelope(
             event_type=schema.full_name,

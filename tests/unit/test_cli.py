@@ -63,6 +63,18 @@ def test_schemas_check_reports_an_unparsable_file(schema_tree: Path) -> None:
         (["publish", "orders.events.v1", "OrderPlaced", "--data", "{}"], "Missing option '--key'"),
         (["publish", "orders.events.v1", "OrderPlaced", "--key", "", "--data", "{}"], "--key must not be empty"),
         (["tail", "nope.v1", "--max", "1"], "unknown topic 'nope.v1'"),
+        (
+            [
+                "publish",
+                "orders.events.v1",
+                "OrderConfirmed",
+                "--key",
+                "o-2",
+                "--data",
+                '{"order_id": "o-1", "payment_id": "p-1", "confirmed_at": 1767225600000}',
+            ],
+            "keyed by order_id",
+        ),
     ],
 )
 def test_malformed_calls_exit_non_zero_before_connecting(args: list[str], message: str) -> None:

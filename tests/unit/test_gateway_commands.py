@@ -14,7 +14,7 @@ import pytest
 
 from gateway import commands
 from gateway.commands import KafkaCommandPublisher
-from producers.toolkit import DeliveryFailed, EventPublisher
+from producers.toolkit import DeliveryFailed, EventPublisher, WrongKey
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.errors import InvalidRecord
@@ -157,3 +157,16 @@ def test_the_shared_flush_does_not_see_callback_messages() -> None:
     assert seen == [(None, seen[0][1])] and "boom" in seen[0][1]
     delivered = events.flush(1)  # does not raise for u-1's failure
     assert [(d.key, d.partition, d.offset) for d in delivered] == [("u-2", 3, 42)]
+
+
+def test_a_command_under_another_key_than_its_own_is_refused_before_anything_is_sent() -> None:
+    """Keyed by someone else, a PlaceOrder lands on a partition whose admission worker does not own that customer:
+    with several workers per service its state would be split and the order never decided."""
+    producer = ScriptedProducer()
+    catalog = SchemaCatalog.load()
+    events = EventPublisher(producer, AvroCodec(catalog), catalog, source="/order-pipeline/test")  # type: ignore[arg-type]
+    with pytest.raises(WrongKey, match="keyed by user_id: the key 'u-2' is not this PlaceOrder's user_id 'u-1'"):
+        events.publish(ORDER_COMMANDS, "PlaceOrder", "u-2", place_order("u-1"))
+    assert producer.pending == []
+    events.publish(ORDER_COMMANDS, "PlaceOrder", "u-1", place_order("u-1"))
+    assert len(producer.pending) == 1
