@@ -9,7 +9,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +55,19 @@ def outage(cli_env: dict[str, str], state: str) -> None:
     assert switched.returncode == 0, switched.stderr
 
 
-def order_for_a_new_customer(pipeline: Pipeline, publisher: EventPublisher, store: redis.Redis) -> tuple[str, str]:
+def order_for_a_new_customer(
+    pipeline: Pipeline,
+    publisher: EventPublisher,
+    store: redis.Redis,
+    before_placing: Callable[[str], object] = lambda order_id: None,
+) -> tuple[str, str]:
+    """A new customer and a new SKU of 5 units, then an order of 2 (``before_placing`` runs just before)."""
     user, sku, order_id = uid("u"), uid("sku"), uid("o")
     register_users(publisher, store, [user], alive=pipeline.assert_alive)
     publisher.publish(INVENTORY_COMMANDS, "AddStock", sku, {"sku": sku, "quantity": 5, "reason": "test"})
     publisher.flush()
     wait_until(lambda: views.stock(store, sku) is not None, timeout=60, what=f"stock of {sku}")
+    before_placing(order_id)
     publisher.publish(ORDER_COMMANDS, "PlaceOrder", user,
                       {"order_id": order_id, "user_id": user,
                        "lines": [{"sku": sku, "quantity": 2, "unit_price_cents": 900}],
@@ -260,19 +267,14 @@ def test_a_dead_letter_parks_its_key_until_replays_release_it_in_order(
     """The provider holds a corrupt record for one order: its charge raises, so settle_payments parks the order's
     key; a later message of that order waits behind it while other orders complete; once the record is mended,
     ``pipeline dlq replay --key`` hands the order's messages over in their order and the order ends."""
-    user, sku, order_id = uid("u"), uid("sku"), uid("o")
-    register_users(publisher, store, [user], alive=pipeline.assert_alive)
-    publisher.publish(INVENTORY_COMMANDS, "AddStock", sku, {"sku": sku, "quantity": 5, "reason": "test"})
-    publisher.flush()
-    wait_until(lambda: views.stock(store, sku) is not None, timeout=60, what=f"stock of {sku}")
-    baseline = dead_letter_depth(pipeline, "settle_payments")  # keys other tests parked (poison, say) stay parked
-    provider_ledger.hset(LEDGER, order_id, "{corrupt")  # the provider's record of this order: its charge raises
-    publisher.publish(ORDER_COMMANDS, "PlaceOrder", user,
-                      {"order_id": order_id, "user_id": user,
-                       "lines": [{"sku": sku, "quantity": 2, "unit_price_cents": 900}],
-                       "payment": {"method": "card", "token": "tok_ok"}, "idempotency_key": order_id,
-                       "requested_at": int(time.time() * 1000)})  # fmt: skip
-    publisher.flush()
+    depths: list[float] = []
+
+    def corrupt_the_providers_record(order_id: str) -> None:
+        depths.append(dead_letter_depth(pipeline, "settle_payments"))  # keys other tests parked (poison) stay parked
+        provider_ledger.hset(LEDGER, order_id, "{corrupt")  # the provider's record of this order: its charge raises
+
+    order_id, sku = order_for_a_new_customer(pipeline, publisher, store, before_placing=corrupt_the_providers_record)
+    [baseline] = depths
 
     def parked_head() -> dict[str, Any] | None:
         return next((e for e in letters_of(cli_env, order_id) if e["status"].startswith("head of settle_payments")),
