@@ -198,8 +198,11 @@ class Outbox:
         cause: Incoming | None,
         cause_id: str,
         traceparent: str | None = None,
+        traces: Sequence[str] = (),
     ) -> list[Outgoing]:
-        """Encode ``(record name, value)`` pairs and stamp their envelopes; raises before any I/O if one is bad."""
+        """Encode ``(record name, value)`` pairs and stamp their envelopes; raises before any I/O if one is bad.
+
+        Each goes out in ``traceparent``'s trace unless ``traces`` names another for it (same position)."""
         prepared = []
         for index, (name, value) in enumerate(records):
             spec = topic_for_record(name)
@@ -213,7 +216,7 @@ class Outbox:
                 event_id=derived_event_id(cause_id, index, name, value, key),
                 correlation_id=correlation or key,
                 causation_id=cause_id if cause is not None else None,
-                traceparent=traceparent,
+                traceparent=(traces[index] if index < len(traces) and traces[index] else None) or traceparent,
             )
             payload = self._codec.encode(schema.full_name, value, version=schema.version)
             prepared.append(Outgoing(spec.name, key.encode(), payload, envelope.to_headers()))
@@ -338,7 +341,8 @@ class Step:
     load_state: Callable[[Mapping[str, Any]], Any]
     message_from_record: Callable[[str, Mapping[str, Any]], Any]
     message_to_record: Callable[[Any], dict[str, Any]]
-    context: Callable[[Incoming], Any]
+    context: Callable[[Incoming, str], Any]
+    """The step's context for an input, given the trace its step span continues (a ``traceparent``)."""
     run_effects: Callable[[Any, Any, Any], Awaitable[Any]] | None = None
     after_write: Callable[[str, Any], None] | None = None
 
@@ -457,13 +461,17 @@ class StepRunner:
             key = str(message.key)
             state = self._store.load(key, message)
             repaired = self._store.take_repaired() or repaired
-            ctx = step.context(incoming)
+            ctx = step.context(incoming, traceparent_of(span) or "")
             decision = step.decide(state, message, ctx)
             if step.run_effects is not None and decision.effects:
                 decision = await step.run_effects(decision, ctx, message)
             records = [(e.record_name, step.message_to_record(e)) for e in decision.events]
             outgoing = self._outbox.prepare(
-                records, cause=incoming, cause_id=incoming.event_id, traceparent=traceparent_of(span)
+                records,
+                cause=incoming,
+                cause_id=incoming.event_id,
+                traceparent=traceparent_of(span),
+                traces=decision.traces,
             )
             return key, state, message, decision, records, outgoing
 

@@ -113,8 +113,10 @@ def _step(
 ) -> Step:
     users_config = users or UsersConfig()
 
-    def context(incoming: Incoming) -> StepContext:
-        return StepContext(now=datetime.now(UTC), config=config, message_id=incoming.event_id, users=users_config)
+    def context(incoming: Incoming, trace: str) -> StepContext:
+        return StepContext(
+            now=datetime.now(UTC), config=config, message_id=incoming.event_id, users=users_config, trace=trace
+        )
 
     return Step(
         agent=agent,

@@ -56,6 +56,8 @@ class HeldOrder:
 
     command: PlaceOrder
     held_at: datetime
+    trace: str = ""
+    """The PlaceOrder's trace (:attr:`StepContext.trace` when held): deciding it later continues that trace."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,7 +119,8 @@ def on_place_order(state: CustomerState | None, command: PlaceOrder, ctx: StepCo
            for h in state.held):  # fmt: skip
         return Decision(state)  # a repeat of an order still waiting: it is answered once, when decided
     if waits_for_user(state, command):
-        return Decision(replace(state, held=(*state.held, HeldOrder(command=command, held_at=ctx.now))))
+        held = HeldOrder(command=command, held_at=ctx.now, trace=ctx.trace)
+        return Decision(replace(state, held=(*state.held, held)))
     return _admit(state, command, ctx)
 
 
@@ -137,6 +140,7 @@ def on_release_held_orders(
 
 def _decide_held(state: CustomerState, ctx: StepContext, due: Callable[[HeldOrder], bool]) -> Decision[CustomerState]:
     events: list[Message] = []
+    traces: list[str] = []
     waiting: list[HeldOrder] = []
     decided: list[str] = []
     for held in state.held:
@@ -145,13 +149,14 @@ def _decide_held(state: CustomerState, ctx: StepContext, due: Callable[[HeldOrde
             assert decision.state is not None
             state = replace(decision.state, held=state.held)
             events.extend(decision.events)
+            traces.extend(held.trace for _ in decision.events)
             decided.append(held.command.idempotency_key)
         else:
             waiting.append(held)
     state = replace(state, held=tuple(waiting))
     if decided:
         state = replace(state, released_by=ctx.message_id, released=tuple(decided))
-    return Decision(state, tuple(events))
+    return Decision(state, tuple(events), traces=tuple(traces))
 
 
 def _admit(state: CustomerState, command: PlaceOrder, ctx: StepContext) -> Decision[CustomerState]:

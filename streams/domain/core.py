@@ -87,6 +87,9 @@ class StepContext:
     service use it to recognise a redelivery."""
     users: UsersConfig = field(default_factory=UsersConfig)
     """The user service's tunables; other steps ignore them."""
+    trace: str = ""
+    """Where the input's trace goes on (a W3C ``traceparent``), opaque to steps: one that puts work off keeps it,
+    so the work, when done, continues the trace it belongs to (see :attr:`Decision.traces`)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "now", utc_millis(self.now))
@@ -153,3 +156,6 @@ class Decision(Generic[S]):
     state: S | None
     events: tuple[Message, ...] = ()
     effects: tuple[Effect, ...] = ()
+    traces: tuple[str, ...] = ()
+    """Per event (in order; missing or "": the input's), the trace it continues: an order held at admission and
+    decided later continues its PlaceOrder's trace, not that of the user event that released it."""

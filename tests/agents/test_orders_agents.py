@@ -210,3 +210,17 @@ async def test_an_order_for_a_customer_not_known_yet_is_held_and_its_due_time_ke
 
     (placed,) = orders.recorder.sent
     assert placed.topic == "orders.events.v1" and placed.decoded().name == "OrderPlaced"
+
+
+async def test_a_held_order_decided_later_continues_its_own_trace(faust_service: FaustServiceFactory) -> None:
+    """The user event that releases a held order belongs to another trace (the user's): the OrderPlaced must go
+    on in the PlaceOrder's, so the order's trace still runs from the caller through every hop."""
+    order_trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    orders = faust_service("orders")
+    async with orders.agent("admit_orders") as agent:
+        await agent.deliver(place_order(), traceparent=order_trace)
+        await agent.deliver(UserRegistered(user_id="u-1", version=1, username="ann", email="a@x", registered_at=NOW))
+
+    (placed,) = orders.recorder.sent
+    assert placed.decoded().name == "OrderPlaced"
+    assert placed.header["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"

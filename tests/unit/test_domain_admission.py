@@ -241,3 +241,16 @@ def test_any_user_event_advances_the_version_a_held_order_waits_for() -> None:
     updated = UserProfileUpdated(user_id="u-1", version=2, changes={"pref.language": "en"}, updated_at=NOW)
     (placed,) = decide(held, updated, LATER).events
     assert isinstance(placed, OrderPlaced), "a profile update is version 2 too: the order goes on"
+
+
+def test_a_held_order_is_decided_in_its_own_trace_not_in_the_releasing_event_s() -> None:
+    order_trace, user_trace = "00-" + "a" * 32 + "-" + "1" * 16 + "-01", "00-" + "b" * 32 + "-" + "2" * 16 + "-01"
+    admitted_at_once = decide(customer(), place(), replace(CTX, trace=order_trace))
+    assert admitted_at_once.traces == (), "decided at once: the input's own trace"
+    held = decide(None, place(), replace(CTX, trace=order_trace)).state
+    assert held is not None and held.held[0].trace == order_trace
+    assert CustomerState.from_json(json.loads(json.dumps(held.to_json()))) == held, "kept through the changelog"
+    released = decide(held, registered(), replace(LATER, trace=user_trace))
+    assert [type(e).__name__ for e in released.events] == ["OrderPlaced"] and released.traces == (order_trace,)
+    refused = decide(held, release(), replace(DUE, trace=user_trace))
+    assert [type(e).__name__ for e in refused.events] == ["OrderRejected"] and refused.traces == (order_trace,)
