@@ -290,6 +290,15 @@ def replay_headers(letter: DeadLetter, *, discard: bool = False) -> list[tuple[s
     return headers
 
 
+def replay_partition(letter: DeadLetter) -> int:
+    """The partition a replay goes to: the one its message was first read from, not the partitioner's choice.
+
+    The agent that parked the key keeps its queue in the table partition of that input partition; a replay on
+    another partition (the message came from a producer with another partitioner, kcat's CRC32 say) would reach a
+    worker that does not hold the queue, or write the release to another changelog partition than the queue."""
+    return letter.origin.partition if letter.origin.topic == letter.source_topic else letter.source_partition
+
+
 def replay(settings: Settings, letters: Iterable[DeadLetter], *, discard: bool = False) -> int:
     """Publish each letter back to its source topic, in the order given (original key, value and headers, plus
     ``dlq_replay_of``: the dead letter's position, and ``dlq_origin``: where its message was first read) and wait
@@ -308,7 +317,7 @@ def replay(settings: Settings, letters: Iterable[DeadLetter], *, discard: bool =
         topic(letter.source_topic)  # an undeclared source is refused before anything is sent
         headers = replay_headers(letter, discard=discard)
         producer.produce(letter.source_topic, key=letter.key, value=letter.value, headers=headers,
-                         on_delivery=on_delivery)  # fmt: skip
+                         partition=replay_partition(letter), on_delivery=on_delivery)  # fmt: skip
         count += 1
     remaining = producer.flush(settings.delivery_timeout_s)
     if remaining or failures:

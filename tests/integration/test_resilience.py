@@ -207,7 +207,8 @@ def test_poison_in_every_consumed_topic_is_dead_lettered_and_orders_still_comple
             if (e := json.loads(line))["key"] == f"poison-{run}-garbage"}  # fmt: skip
     discarded = run_cli(cli_env, "dlq", "discard", INVENTORY_COMMANDS.name, "--at", at)
     assert discarded.returncode == 0 and "sent 1 discard" in discarded.stdout, discarded.stderr
-    wait_until(lambda: garbage_status() == {"released"}, timeout=60, what="the garbage's key released")
+    wait_until(lambda: garbage_status() == {"released"}, timeout=60,
+               what=lambda: f"the garbage's key released (statuses: {garbage_status()})")  # fmt: skip
 
 
 def test_a_dead_letter_is_replayed_to_its_source_once_asked(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from click.testing import CliRunner
 
-from consumers.deadletter import DeadLetter, parked_status, replay_order
+from consumers.deadletter import DeadLetter, parked_status, replay_order, replay_partition
 from pipeline.cli import main
 from pipeline.envelope import dead_letter_headers, headers_dict
 from streams.domain.parking import (
@@ -186,3 +188,12 @@ def test_a_malformed_discard_exits_non_zero_before_reading_anything(args: list[s
     result = CliRunner().invoke(main, args, env={"PIPELINE_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
     assert result.exit_code != 0, result.output
     assert "discarding" not in result.output and "sent" not in result.output
+
+
+def test_a_replay_goes_back_to_the_partition_its_message_was_first_read_from() -> None:
+    """Not where the partitioner would put its key (kcat hashes keys with CRC32, the pipeline with murmur2): the
+    key's queue lives with the partition the message was first read from."""
+    first = letter(Position("inventory.commands.v1", 3, 17), 0, "t")
+    assert replay_partition(first) == 3
+    again = replace(first, source_partition=1, source_offset=40)  # a replay that failed again, read from 1
+    assert replay_partition(again) == 3, "its origin's partition, which the queue is kept with"
