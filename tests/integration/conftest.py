@@ -68,3 +68,11 @@ def store(settings: Settings) -> redis.Redis:
 def provider_ledger(settings: Settings) -> redis.Redis:
     """The simulated payment provider's own Redis database (its ledger of charges and refunds)."""
     return redis.Redis.from_url(settings.provider_store)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The chaos runs' own reports (seed, faults, exits, outcomes, stock, charges) even when they pass."""
+    for report in terminalreporter.stats.get("passed", []):
+        if report.when == "call" and "chaos" in report.keywords and report.capstdout:
+            terminalreporter.write_sep("-", f"chaos run: {report.nodeid}")
+            terminalreporter.write_line(report.capstdout.strip())
