@@ -146,6 +146,35 @@ class SeekThenResumeTableManager(TableManager):
         return self._recovery
 
 
+@dataclass
+class OffsetContinuity:
+    """Within one consumer generation, an agent sees each partition's offsets one after another.
+
+    Faust can drop messages it fetched (a batch cut short, a queue cleared) and then record the hole as an
+    offset *gap*, which its commit counts as done: the messages are lost for good. A non-compacted topic has no
+    holes of its own, so a jump means exactly that. A new generation (a rebalance, which seeks every partition
+    to its committed offset) starts the count afresh; a message at or below the last one is a redelivery."""
+
+    last: dict[tuple[str, int], int] = field(default_factory=dict)
+    generation: int | None = None
+
+    def skipped(self, generation: int, topic: str, partition: int, offset: int) -> int | None:
+        """The first offset skipped before ``offset`` in this generation, or None when nothing was."""
+        if generation != self.generation:
+            self.last.clear()
+            self.generation = generation
+        previous = self.last.get((topic, partition))
+        if previous is not None and offset > previous + 1:
+            return previous + 1
+        self.last[(topic, partition)] = offset if previous is None else max(previous, offset)
+        return None
+
+
+def exit_for_restart() -> None:
+    """Exit at once with the watchdog's code, so the supervisor starts the worker again."""
+    stop_stalled_process()
+
+
 def new_faust_app(service: str, settings: Settings) -> faust.App:
     """A Faust app with the pipeline's at-least-once settings."""
     brokers = [f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",") if b.strip()]
@@ -226,9 +255,24 @@ def register_step(
         *[s.name for s in sources], key_serializer="raw", value_serializer="raw", partitions=PARTITIONS
     )
 
+    continuity = OffsetContinuity()
+    compacted = {spec.name for spec in sources if spec.compacted}
+
     async def agent(stream: Any) -> None:
         async for event in stream.events():
             message = event.message
+            generation = getattr(service.app, "consumer_generation_id", 0)
+            skipped = continuity.skipped(generation, message.topic, message.partition, message.offset)
+            if skipped is not None and message.topic not in compacted:
+                # the messages from ``skipped`` on were fetched but never reached this agent; Faust would count
+                # them as a gap and commit past them. Exit before anything after them is acked: the restarted
+                # worker reads them again from the committed offset (the rest are duplicates, which steps skip)
+                log.critical(
+                    "%s: %s[%s] jumped from offset %s to %s: messages fetched but never handed over; restarting to"
+                    " read them again", step.agent, message.topic, message.partition, skipped, message.offset,
+                )  # fmt: skip
+                exit_for_restart()
+                return
             incoming = Incoming(
                 topic=message.topic,
                 partition=message.partition,

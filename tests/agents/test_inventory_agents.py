@@ -291,3 +291,36 @@ async def test_each_order_s_hold_is_its_own_entry_so_writes_stay_small(faust_ser
     assert not inventory.table("inventory_stock")[SKU].get("orders"), "the levels entry holds no per-order data"
     assert set(inventory.table("inventory_holds")) == {f"{SKU}/o-1", f"{SKU}/o-2"}
     assert stock(inventory).reserved == 3
+
+
+async def test_messages_fetched_but_never_handed_over_stop_the_worker_before_anything_after_them(
+    faust_service: FaustServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offsets 1–4 of the partition never reached the agent (Faust dropped them and would commit past them as a
+    gap): the worker exits for a restart before it handles offset 5, so nothing after the hole is acked."""
+    import asyncio
+
+    import streams.app
+
+    exits: list[str] = []
+    monkeypatch.setattr(streams.app, "exit_for_restart", lambda: exits.append("exit"))
+    inventory = faust_service("inventory")
+    async with inventory.agent("keep_stock") as agent:
+        await agent.deliver(AddStock(sku=SKU, quantity=5, reason="restock"))
+        assert exits == [] and agent.next_offset == 1
+        agent.wrapper.sent_offset = 5  # the next message the agent sees is offset 5
+        inventory.recorder.clear()
+        with pytest.raises(asyncio.TimeoutError):  # the agent stopped: it never hands the message to its step
+            await agent.deliver(AddStock(sku=SKU, quantity=1, reason="restock"))
+    assert exits == ["exit"] and inventory.recorder.sent == []
+    assert stock(inventory).available == 5
+
+
+def test_offset_continuity_allows_redeliveries_and_a_new_generation_but_no_hole() -> None:
+    from streams.app import OffsetContinuity
+
+    seen = OffsetContinuity()
+    assert [seen.skipped(1, "t", 0, o) for o in (10, 11, 11, 9, 12)] == [None] * 5, "in order, or again"
+    assert seen.skipped(1, "t", 1, 40) is None, "another partition starts where it starts"
+    assert seen.skipped(1, "t", 0, 15) == 13, "13 and 14 never came"
+    assert seen.skipped(2, "t", 0, 7) is None, "a rebalance seeks to the committed offset: a new count"
