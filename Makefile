@@ -29,7 +29,7 @@ agents: ## Faust agent tests only
 integration: ## integration tests only (testcontainers)
 	infra/test.sh -m integration
 
-chaos: ## chaos tests only: three brokers, two workers per service, a broker and a worker killed mid-load
+chaos: ## chaos tests only (kills, broker restarts, Redis flushed, three brokers), with the reproducers of open bugs
 	infra/test.sh -m chaos
 
 lint: ## ruff and mypy

@@ -14,4 +14,9 @@ export TESTCONTAINERS_RYUK_DISABLED=true TC_HOST=127.0.0.1 TESTCONTAINERS_CONNEC
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/pipeline schemas check
-.venv/bin/python -m pytest "$@"
+# without a marker expression of its own, the suite leaves out the reproducers of open bugs (`make chaos` runs them)
+if printf '%s\n' "$@" | grep -qx -- '-m'; then
+  .venv/bin/python -m pytest "$@"
+else
+  .venv/bin/python -m pytest -m "not reproducer" "$@"
+fi
