@@ -18,6 +18,10 @@ from typing import Any
 import faust
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
+from faust.transport.drivers import TRANSPORTS
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
+from faust.types import Message
 
 from pipeline.settings import Settings
 from schemas.catalog import SchemaCatalog
@@ -175,9 +179,33 @@ def exit_for_restart() -> None:
     stop_stalled_process()
 
 
+class GenerationAwareConsumer(AIOKafkaConsumer):
+    """Faust's consumer, except that an ack from an older consumer generation does not count.
+
+    Faust's stream skips a message fetched before a rebalance (its generation is not the app's any more) and
+    *acks* it unprocessed; the commit that follows the new assignment can then pass it, and it is lost. A worker
+    joining its group often rebalances twice in a row, so the first messages after a start were lost that way
+    (a test's AddStock never applied, its order refused for want of stock). Refused here, the ack leaves the
+    message to be read again from the committed offset the new assignment seeks to, and handled then."""
+
+    def ack(self, message: Message) -> bool:
+        if message.generation_id is not None and message.generation_id != self.app.consumer_generation_id:
+            return False
+        return bool(super().ack(message))
+
+
+class GenerationAwareTransport(AIOKafkaTransport):
+    """The aiokafka transport with :class:`GenerationAwareConsumer` (broker URLs ``pipeline-kafka://``)."""
+
+    Consumer = GenerationAwareConsumer
+
+
+TRANSPORTS.aliases["pipeline-kafka"] = f"{__name__}:GenerationAwareTransport"
+
+
 def new_faust_app(service: str, settings: Settings) -> faust.App:
     """A Faust app with the pipeline's at-least-once settings."""
-    brokers = [f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",") if b.strip()]
+    brokers = [f"pipeline-kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",") if b.strip()]
     datadir = Path(settings.data_dir).resolve() / service
     datadir.parent.mkdir(parents=True, exist_ok=True)
     return faust.App(
