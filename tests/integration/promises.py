@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -118,9 +119,9 @@ class OrderLoad:
                 publisher.publish(ORDER_COMMANDS, "PlaceOrder", user_id, requested)
             publisher.flush()
 
-    @property
+    @cached_property
     def ledger(self) -> redis.Redis:
-        """The simulated payment provider's own database."""
+        """The simulated payment provider's own database (one client, asked on every poll of the settle wait)."""
         return redis.Redis.from_url(self.settings.provider_store)
 
     def terminal_count(self, store: redis.Redis) -> int:
