@@ -125,7 +125,7 @@ def worker_env(settings: Settings, data_dir: Path, **overrides: str) -> dict[str
         PIPELINE_DATA_DIR=str(data_dir),
         PIPELINE_TOPIC_REPLICATION_FACTOR=str(settings.topic_replication_factor),
         PIPELINE_TOPIC_MIN_INSYNC_REPLICAS=str(settings.topic_min_insync_replicas),
-        PIPELINE_WORKER_LOG_LEVEL="warning",
+        PIPELINE_WORKER_LOG_LEVEL=os.environ.get("PIPELINE_TEST_WORKER_LOG_LEVEL", "warning"),
         PYTHONUNBUFFERED="1",
     )
     env.update(overrides)

@@ -9,13 +9,25 @@ import redis
 from pipeline.settings import Settings
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
+from tests.forensics import describe_failure
 from tests.stack import KafkaNode, RedisNode, kafka_node, redis_node, remove_stale_containers
+from tests.workers import Pipeline
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that ran workers reports where each group stands and how each process ended."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    running = getattr(item, "funcargs", {}).get("pipeline")
+    if report.when == "call" and report.failed and isinstance(running, Pipeline):
+        report.sections.append(("pipeline at failure", describe_failure(running)))
 
 
 @pytest.fixture(scope="session", autouse=True)
