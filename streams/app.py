@@ -21,14 +21,14 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
-from faust.types import Message
+from faust.types import TP, Message
 
 from pipeline.settings import Settings
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from streams.resilience import CircuitBreaker
 from streams.runtime import Incoming, Outbox, StateStore, StateTable, Step, StepRunner, normalise_headers
-from streams.topics import APP_PREFIX, PARTITIONS, TableSpec, TopicSpec, parked_keys_table
+from streams.topics import APP_PREFIX, PARTITIONS, TOPICS, TableSpec, TopicSpec, internal_topics, parked_keys_table
 from streams.watchdog import Watchdog, stop_stalled_process
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,10 @@ def exit_for_restart() -> None:
     stop_stalled_process()
 
 
+COMPACTED_TOPICS = frozenset(t.name for t in (*TOPICS, *internal_topics()) if t.compacted)
+"""Topics whose offsets can have holes of their own: Faust's commit rules apply to them unchanged."""
+
+
 class GenerationAwareConsumer(AIOKafkaConsumer):
     """Faust's consumer, except that an ack from an older consumer generation does not count.
 
@@ -190,8 +194,75 @@ class GenerationAwareConsumer(AIOKafkaConsumer):
 
     def ack(self, message: Message) -> bool:
         if message.generation_id is not None and message.generation_id != self.app.consumer_generation_id:
+            log.info(
+                "ack of %s[%d]@%d from generation %r refused (now %r): it is read again",
+                message.topic, message.partition, message.offset, message.generation_id,
+                self.app.consumer_generation_id,
+            )  # fmt: skip
             return False
         return bool(super().ack(message))
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """Faust's next offset to commit, but never past a head message of a log without holes that was not handled.
+
+        Faust lets a commit pass exactly one unacknowledged message at a partition's head (its rule tolerates a
+        compacted-away head), so a message dropped there unhandled was committed past and lost for good. On a
+        topic that is not compacted every offset from the log's start on exists, so the commit waits for the
+        head instead; if it never comes, the watchdog sees the partition stand still and restarts the worker,
+        which reads it again."""
+        acked = self._acked[tp]
+        committed = self._committed_offset[tp]
+        if acked and committed is not None and tp.topic not in COMPACTED_TOPICS:
+            first = min(acked)
+            unhandled = first > committed and not self._gap[tp].overlaps(committed)
+            if unhandled and not self._before_log_start(tp, committed):
+                held = self.__dict__.setdefault("_held_heads", {})
+                if held.get(tp) != committed:
+                    held[tp] = committed
+                    log.warning(
+                        "commit of %s[%d] held at %d: that message was not handled (first handled: %d)",
+                        tp.topic, tp.partition, committed, first,
+                    )  # fmt: skip
+                return None
+        offset: int | None = super()._new_offset(tp)
+        return offset
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Faust records offsets it fetched past without handling as a *gap*, which its commit counts as done.
+
+        Only a compacted log has holes of its own; on any other topic a gap is messages dropped unhandled (a
+        batch cut short by a rebalance, records of a partition paused meanwhile), so it is not recorded: the
+        commit stops before them, and the agent's :class:`OffsetContinuity` check restarts the worker."""
+        if tp.topic in COMPACTED_TOPICS:
+            await super()._add_gap(tp, offset_from, offset_to)
+            return
+        log.warning(
+            "%s[%d]: offsets from %d before %d fetched past unhandled; not counted as done",
+            tp.topic, tp.partition, offset_from, offset_to,
+        )  # fmt: skip
+
+    def _before_log_start(self, tp: TP, offset: int) -> bool:
+        """Whether ``offset`` is gone from the log (retention deleted it), as last asked of the broker.
+
+        Asked in the background the first time a head is missing, so a group that resumes from before its
+        log's start is not held for good."""
+        starts: dict[TP, int] = self.__dict__.setdefault("_log_starts", {})
+        if starts.get(tp, -1) > offset:
+            return True
+        asking: set[TP] = self.__dict__.setdefault("_asking_log_start", set())
+        if tp not in asking:
+            asking.add(tp)
+
+            async def ask() -> None:
+                try:
+                    starts.update(await self.earliest_offsets(tp))
+                except Exception as exc:  # noqa: BLE001 - asked again at the next commit
+                    log.warning("log start of %s[%d] not known: %r", tp.topic, tp.partition, exc)
+                finally:
+                    asking.discard(tp)
+
+            asyncio.ensure_future(ask())
+        return False
 
 
 class GenerationAwareTransport(AIOKafkaTransport):

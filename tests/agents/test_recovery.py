@@ -160,3 +160,80 @@ def test_an_ack_from_an_older_consumer_generation_does_not_count(tmp_path: Path)
     stale = Message("t", 0, 7, 0.0, None, None, b"k", b"v", None, generation_id=1)
     consumer = SimpleNamespace(app=SimpleNamespace(consumer_generation_id=2))
     assert GenerationAwareConsumer.ack(consumer, stale) is False  # type: ignore[arg-type]
+
+
+def _consumer_with(tmp_path: Path, topic: str, committed: int, acked: list[int]) -> tuple[Any, TP]:
+    """The inventory worker's real consumer (never started) with one partition's commit bookkeeping set."""
+    app = create_app("inventory", agent_settings(tmp_path)).app
+    consumer = app.consumer
+    tp = TP(topic, 0)
+    consumer._committed_offset[tp] = committed
+    consumer._acked[tp] = list(acked)
+    consumer._acked_index[tp] = set(acked)
+    return consumer, tp
+
+
+async def test_faust_commits_past_one_unhandled_message_at_a_partition_head(tmp_path: Path) -> None:
+    """Pins Faust's own rule, so an upgrade shows whether the pipeline's consumer still needs to hold it."""
+    from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
+
+    consumer, tp = _consumer_with(tmp_path, INVENTORY_COMMANDS.name, committed=10, acked=[11, 12])
+    assert FaustConsumer._new_offset(consumer, tp) == 13
+
+
+async def test_a_commit_waits_for_an_unhandled_message_at_the_head(tmp_path: Path) -> None:
+    consumer, tp = _consumer_with(tmp_path, INVENTORY_COMMANDS.name, committed=10, acked=[11, 12])
+    consumer._log_starts = {tp: 0}
+    assert consumer._new_offset(tp) is None
+    consumer._acked[tp].insert(0, 10)  # the head is handled at last (read again after a restart, say)
+    consumer._acked_index[tp].add(10)
+    assert consumer._new_offset(tp) == 13
+
+
+async def test_a_head_recorded_as_a_gap_or_gone_from_the_log_does_not_hold_the_commit(tmp_path: Path) -> None:
+    consumer, tp = _consumer_with(tmp_path, INVENTORY_COMMANDS.name, committed=10, acked=[11, 12])
+    consumer._gap[tp].addi(10, 11)
+    assert consumer._new_offset(tp) == 13
+
+    consumer, tp = _consumer_with(tmp_path / "gone", INVENTORY_COMMANDS.name, committed=10, acked=[11, 12])
+    consumer._log_starts = {tp: 11}  # retention deleted offset 10: the group resumes from the log's start
+    assert consumer._new_offset(tp) == 13
+
+
+async def test_a_compacted_topic_keeps_faust_rule(tmp_path: Path) -> None:
+    """A compacted log has holes of its own; its head may be gone without being retention's doing."""
+    from streams.topics import USER_SNAPSHOTS
+
+    assert USER_SNAPSHOTS.compacted
+    consumer, tp = _consumer_with(tmp_path, USER_SNAPSHOTS.name, committed=10, acked=[11, 12])
+    assert consumer._new_offset(tp) == 13
+
+
+async def test_a_missing_head_asks_the_broker_where_the_log_starts(tmp_path: Path) -> None:
+    consumer, tp = _consumer_with(tmp_path, INVENTORY_COMMANDS.name, committed=10, acked=[11, 12])
+    asked: list[TP] = []
+
+    async def earliest_offsets(*partitions: TP) -> dict[TP, int]:
+        asked.extend(partitions)
+        return dict.fromkeys(partitions, 11)
+
+    consumer.earliest_offsets = earliest_offsets
+    assert consumer._new_offset(tp) is None  # not known yet: held, and asked
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert asked == [tp]
+    assert consumer._new_offset(tp) == 13
+
+
+async def test_offsets_fetched_past_unhandled_are_not_counted_as_done(tmp_path: Path) -> None:
+    """Faust records a hole in what it fetched as a gap and commits over it; only a compacted log has real holes."""
+    consumer, tp = _consumer_with(tmp_path, INVENTORY_COMMANDS.name, committed=10, acked=[10, 16])
+    await consumer._add_gap(tp, 11, 16)
+    assert not consumer._gap[tp]
+    assert consumer._new_offset(tp) == 11  # Faust's own bookkeeping would say 17
+
+    from streams.topics import USER_SNAPSHOTS
+
+    consumer, tp = _consumer_with(tmp_path / "compacted", USER_SNAPSHOTS.name, committed=10, acked=[10, 16])
+    await consumer._add_gap(tp, 11, 16)
+    assert consumer._new_offset(tp) == 17
