@@ -5,7 +5,7 @@ followed a crashed peer we saw it happen once in a few runs). Nothing inside the
 watchdog looks from the outside, as an operator would: every few seconds it compares, for every partition of
 the worker's source topics, its group's committed offsets with the partitions' end offsets (through
 confluent-kafka and the broker's view, so a stuck Faust consumer, or one that wrongly believes it holds
-nothing, cannot hide it). If some partition stays behind and none of those committed offsets moves for
+nothing, cannot hide it). If some partition stays behind and its committed offset does not move for
 ``stall_timeout_s``, or a step has been running that long, the process exits with
 :data:`STALLED_EXIT_CODE`; its supervisor (compose's restart policy, the test harness) starts it again and the
 at-least-once rules replay whatever was in flight.
@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -35,29 +35,29 @@ TopicPart = tuple[str, int]
 
 @dataclass
 class StallDetector:
-    """Pure bookkeeping: is a set of partitions behind while their committed offsets stand still?"""
+    """Pure bookkeeping: has some partition been behind while its committed offset stood still?
+
+    Each partition is judged on its own: a worker whose commit is held at one unhandled message keeps
+    committing on its other partitions, and that one must still count as stalled."""
 
     stall_timeout_s: float
-    _last_committed: dict[TopicPart, int] | None = None
-    _still_since: float | None = None
+    _last_committed: dict[TopicPart, int] = field(default_factory=dict)
+    _still_since: dict[TopicPart, float] = field(default_factory=dict)
 
     def still_for(self, now: float) -> float:
-        """How long partitions have been behind without their committed offsets moving (0: not stalled)."""
-        return 0.0 if self._still_since is None else now - self._still_since
+        """How long the longest-waiting partition has been behind without moving (0: none is)."""
+        return max((now - since for since in self._still_since.values()), default=0.0)
 
     def observe(self, now: float, committed: dict[TopicPart, int], ends: dict[TopicPart, int]) -> bool:
-        """Record one look; True once the partitions behind have not moved for the whole timeout."""
+        """Record one look; True once some partition behind has not moved for the whole timeout."""
         behind = {tp for tp, end in ends.items() if committed.get(tp, -1) < end and end > 0}
-        before = self._last_committed
-        moved = before is not None and any(committed.get(tp) != before.get(tp) for tp in behind)
+        still_since = {}
+        for tp in behind:
+            moved = committed.get(tp) != self._last_committed.get(tp)
+            still_since[tp] = now if moved or tp not in self._still_since else self._still_since[tp]
+        self._still_since = still_since
         self._last_committed = dict(committed)
-        if not behind:
-            self._still_since = None
-            return False
-        if moved or self._still_since is None:
-            self._still_since = now  # the clock runs from the last movement seen
-            return False
-        return now - self._still_since >= self.stall_timeout_s
+        return any(now - since >= self.stall_timeout_s for since in self._still_since.values())
 
 
 class Watchdog:

@@ -37,3 +37,21 @@ def test_a_partition_never_committed_but_with_messages_counts_as_behind() -> Non
     detector = StallDetector(stall_timeout_s=10)
     detector.observe(0, {}, {TP: 3})
     assert detector.observe(10, {}, {TP: 3})
+
+
+def test_one_partition_standing_still_is_a_stall_while_others_move() -> None:
+    """A commit held at one unhandled message: the worker commits elsewhere, but that partition never moves."""
+    other = ("orders.events.v1", 1)
+    detector = StallDetector(stall_timeout_s=30)
+    assert not detector.observe(0, {TP: 5, other: 0}, {TP: 10, other: 100})
+    assert not detector.observe(20, {TP: 5, other: 40}, {TP: 10, other: 100})
+    assert detector.observe(30, {TP: 5, other: 60}, {TP: 10, other: 100})
+    assert detector.still_for(30) == 30
+
+
+def test_a_partition_that_caught_up_starts_afresh_when_it_falls_behind_again() -> None:
+    detector = StallDetector(stall_timeout_s=30)
+    detector.observe(0, {TP: 5}, {TP: 10})
+    detector.observe(20, {TP: 10}, {TP: 10})
+    assert not detector.observe(40, {TP: 10}, {TP: 12})
+    assert detector.observe(70, {TP: 10}, {TP: 12})
