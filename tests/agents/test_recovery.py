@@ -237,3 +237,26 @@ async def test_offsets_fetched_past_unhandled_are_not_counted_as_done(tmp_path: 
     consumer, tp = _consumer_with(tmp_path / "compacted", USER_SNAPSHOTS.name, committed=10, acked=[10, 16])
     await consumer._add_gap(tp, 11, 16)
     assert consumer._new_offset(tp) == 17
+
+
+async def test_a_fetch_asks_for_the_partitions_active_when_it_began(tmp_path: Path) -> None:
+    """Faust hands its live set of active partitions to the consumer thread and pauses partitions in it while the
+    fetch waits; aiokafka reads an empty set as every partition, so the paused stream partitions' records came
+    back, were dropped as not active, and were never read again. The pipeline's consumer fetches for a copy."""
+    consumer = create_app("inventory", agent_settings(tmp_path)).app.consumer
+    changelog = TP(table("inventory", "inventory_stock").changelog, 0)
+    live = {changelog}
+    asked: list[set[TP]] = []
+
+    async def thread_getmany(active_partitions: set[TP], timeout: float) -> dict[TP, list[Any]]:  # noqa: ASYNC109
+        live.clear()  # recovery pauses the last changelog partition while the fetch waits
+        await asyncio.sleep(0)
+        asked.append(set(active_partitions))
+        return {}
+
+    consumer._thread.getmany = thread_getmany
+    assert await consumer._getmany(live, 1.0) == {}
+    assert asked == [{changelog}]
+
+    assert await consumer._getmany(set(), 1.0) == {}  # nothing active: no fetch for "every partition"
+    assert len(asked) == 1
