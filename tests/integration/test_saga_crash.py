@@ -19,9 +19,13 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from consumers import views
 from pipeline.admin import admin_client, apply_topics
 from pipeline.settings import Settings
+from producers.toolkit import EventPublisher
+from streams.topics import INVENTORY_COMMANDS
 from tests.integration.promises import OrderLoad
+from tests.seeding import uid
 from tests.stack import wait_until
 from tests.workers import Pipeline, running_pipeline
 
@@ -66,3 +70,28 @@ def test_workers_killed_mid_load_lose_nothing(pipeline: Pipeline, settings: Sett
     load.wait_settled(store, pipeline.assert_alive, timeout=400)
     load.check_promises(store)
     print(f"watchdog restarts: {pipeline.watchdog_restarts}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_commands_sent_while_a_worker_is_down_are_all_handled_when_it_starts_again(
+    pipeline: Pipeline, settings: Settings, publisher: EventPublisher, sig: signal.Signals
+) -> None:
+    """Messages already waiting when a worker starts are its first fetch. Faust once fetched them for a set of
+    active partitions that recovery had just emptied, dropped them as not active, and never read them again: a
+    restarted worker lost (or, with the commit guard, stalled on) the commands sent while it was down."""
+    store = redis.Redis.from_url(settings.redis_url)
+    restarts = pipeline.watchdog_restarts
+    worker = pipeline.processes["inventory"]
+    for _ in range(3):
+        worker.kill(sig)
+        skus = [uid("sku") for _ in range(24)]
+        for sku in skus:
+            publisher.publish(INVENTORY_COMMANDS, "AddStock", sku, {"sku": sku, "quantity": 3, "reason": "test"})
+        publisher.flush()
+        worker.start()
+        wait_until(
+            lambda skus=skus: pipeline.assert_alive() or all(views.stock(store, s) is not None for s in skus),
+            timeout=90,
+            what=lambda skus=skus: f"stock of {[s for s in skus if views.stock(store, s) is None]}",
+        )
+    assert pipeline.watchdog_restarts == restarts, "a worker stalled on the messages waiting at its start"
