@@ -184,13 +184,15 @@ COMPACTED_TOPICS = frozenset(t.name for t in (*TOPICS, *internal_topics()) if t.
 
 
 class GenerationAwareConsumer(AIOKafkaConsumer):
-    """Faust's consumer, except that an ack from an older consumer generation does not count.
+    """Faust's consumer, with what keeps its commits from passing a message that was never handled.
 
-    Faust's stream skips a message fetched before a rebalance (its generation is not the app's any more) and
-    *acks* it unprocessed; the commit that follows the new assignment can then pass it, and it is lost. A worker
-    joining its group often rebalances twice in a row, so the first messages after a start were lost that way
-    (a test's AddStock never applied, its order refused for want of stock). Refused here, the ack leaves the
-    message to be read again from the committed offset the new assignment seeks to, and handled then."""
+    * It fetches for a copy of the active partitions (see :meth:`_getmany`).
+    * An ack does not count when it comes from an older consumer generation, or while a rebalance is under way:
+      Faust's stream skips, and *acks* unprocessed, a message fetched before a rebalance, and an ack made after
+      the revocation cleared the partition's bookkeeping would still be counted in the next generation. Both are
+      left out, so the message is read again from the committed offset the new assignment seeks to.
+    * On a topic that is not compacted, a commit never passes an unhandled offset (see :meth:`_new_offset`).
+    """
 
     def ack(self, message: Message) -> bool:
         if message.generation_id is not None and message.generation_id != self.app.consumer_generation_id:
@@ -201,6 +203,14 @@ class GenerationAwareConsumer(AIOKafkaConsumer):
             )  # fmt: skip
             return False
         return bool(super().ack(message))
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        """Forget acks made since the revocation: they belong to no generation, so they must not count."""
+        for tp in assigned:
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+            self._gap.pop(tp, None)
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:  # noqa: ASYNC109
         """Fetch for a copy of the active partitions taken now, never for Faust's live set.

@@ -260,3 +260,23 @@ async def test_a_fetch_asks_for_the_partitions_active_when_it_began(tmp_path: Pa
 
     assert await consumer._getmany(set(), 1.0) == {}  # nothing active: no fetch for "every partition"
     assert len(asked) == 1
+
+
+async def test_acks_made_between_a_revocation_and_the_next_assignment_do_not_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust clears a partition's acks when it is revoked, but a message skipped (and acked unprocessed) or
+    finished during the rebalance adds one afterwards, and the next generation's commit would count it."""
+    from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
+
+    consumer, tp = _consumer_with(tmp_path, INVENTORY_COMMANDS.name, committed=60, acked=[69, 70])
+    consumer._gap[tp].addi(71, 72)
+    assigned_by_faust: list[set[TP]] = []
+
+    async def faust_assignment(self: Any, assigned: set[TP], generation_id: int = 0) -> None:
+        assigned_by_faust.append(assigned)
+
+    monkeypatch.setattr(FaustConsumer, "on_partitions_assigned", faust_assignment)
+    await consumer.on_partitions_assigned({tp}, 4)
+    assert assigned_by_faust == [{tp}]
+    assert not consumer._acked[tp] and not consumer._acked_index[tp] and not consumer._gap[tp]
