@@ -48,6 +48,10 @@ class StallDetector:
         """How long the longest-waiting partition has been behind without moving (0: none is)."""
         return max((now - since for since in self._still_since.values()), default=0.0)
 
+    def forgive(self, now: float) -> None:
+        """Start every partition's clock afresh: the broker was away, and no worker commits without it."""
+        self._still_since = dict.fromkeys(self._still_since, now)
+
     def observe(self, now: float, committed: dict[TopicPart, int], ends: dict[TopicPart, int]) -> bool:
         """Record one look; True once some partition behind has not moved for the whole timeout."""
         behind = {tp for tp, end in ends.items() if committed.get(tp, -1) < end and end > 0}
@@ -123,6 +127,7 @@ class Watchdog:
         except Exception as exc:  # the broker is away: that is not this worker's stall
             log.warning("watchdog could not read offsets: %r", exc)
             self.lag = None
+            self._detector.forgive(time.monotonic())
             return False
         self.lag = lag_by_topic(committed, ends)
         for topic_name, behind_by in self.lag.items():

@@ -55,3 +55,12 @@ def test_a_partition_that_caught_up_starts_afresh_when_it_falls_behind_again() -
     detector.observe(20, {TP: 10}, {TP: 10})
     assert not detector.observe(40, {TP: 10}, {TP: 12})
     assert detector.observe(70, {TP: 10}, {TP: 12})
+
+
+def test_a_broker_outage_starts_the_clocks_afresh() -> None:
+    """While the group's coordinator is away no worker can commit; that time is not the worker's stall."""
+    detector = StallDetector(stall_timeout_s=30)
+    detector.observe(0, {TP: 5}, {TP: 10})
+    detector.forgive(25)
+    assert not detector.observe(40, {TP: 5}, {TP: 10})
+    assert detector.observe(55, {TP: 5}, {TP: 10})
