@@ -97,6 +97,19 @@ class Pipeline:
             )
             raise AssertionError(f"pipeline processes died:\n{details}")
 
+    def commit_guard_warnings(self) -> list[str]:
+        """The workers' log lines where the consumer caught a message fetched past unhandled or held a commit for
+        one (``streams.app.GenerationAwareConsumer``): each would have been a lost message without the guard."""
+        marks = ("fetched past unhandled", "held at")
+        found = []
+        for process in self.processes.values():
+            try:
+                lines = process.log_path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            found += [f"{process.name}: {line}" for line in lines if any(mark in line for mark in marks)]
+        return found
+
     def restart(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Kill ``name`` with ``sig`` and start it again (the crash a test wants to survive)."""
         process = self.processes[name]

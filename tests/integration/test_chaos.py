@@ -132,6 +132,10 @@ def test_two_thousand_orders_through_kills_a_broker_restart_and_a_redis_flush(
     assert not placing.is_alive() and not failures, failures
     load.wait_settled(store, supervise, timeout=900)
     print(f"settled {time.monotonic() - started:.0f}s after the first order; exits: {dict(supervise.exits)}")
+    guarded = pipeline.commit_guard_warnings()
+    print(f"messages the commit guard caught (each would have been lost without it): {len(guarded)}")
+    for line in guarded[:10]:
+        print(f"  {line}")
     outcomes = load.check_promises(store)
     assert sum(outcomes.values()) == ORDERS
 
