@@ -12,7 +12,12 @@ its table or the payment provider. The rules it keeps:
   replays the input against the new state, which the step
   recognises as a duplicate and answers by re-emitting the very same events (same content, same ids).
   Sending first would be unsafe: a replay that meets its inputs in another order (a deadline before a
-  payment) could decide differently and contradict events already sent.
+  payment) could decide differently and contradict events already sent. Every table write is durable before
+  its input is acked, also one whose step sends nothing.
+* Messages already fetched are handled as a batch (:meth:`StepRunner.handle_batch`): each is decided in turn,
+  exactly as alone, then one wait makes all their writes durable, all their events are sent in order and one
+  wait collects the acknowledgements, and only then are they acked. The rules above hold per message; the
+  broker is waited for twice per batch instead of twice per message, and the records share produce requests.
 * A parked message parks its key (:mod:`streams.domain.parking`): the key's later messages on this agent's
   inputs are dead-lettered behind it (``dlq_parked_behind``) while other keys flow on, until a replay of the
   head (``pipeline dlq replay``, headers ``dlq_replay_of`` and ``dlq_origin``) is handled. Each parked key's
