@@ -151,13 +151,15 @@ def ratios(
     faust_per_s: float | None,
     pipeline_events_per_s: float | None,
     faust_acked_per_s: float | None = None,
+    faust_batched_per_s: float | None = None,
 ) -> dict[str, float | None]:
     """The ratios that matter: how much of each ceiling the layer above it keeps.
 
     ``raw_per_s`` is the client round trip ceiling (the lower of produce and consume rates), ``faust_per_s``
     the bare pass-through agent's events/s, ``pipeline_events_per_s`` the busiest worker's input events/s
     at the pipeline's saturation point; ``faust_acked_per_s`` the pass-through that awaits each output's
-    acknowledgement, as the pipeline's edge does.
+    acknowledgement, as the pipeline's edge did one message at a time; ``faust_batched_per_s`` the pass-through
+    that takes the events already fetched together and awaits their acknowledgements at once, as it does now.
     """
     return {
         "pipeline_over_faust": ratio(pipeline_events_per_s, faust_per_s),
@@ -165,6 +167,7 @@ def ratios(
         "pipeline_over_raw": ratio(pipeline_events_per_s, raw_per_s),
         "faust_acked_over_faust": ratio(faust_acked_per_s, faust_per_s),
         "pipeline_over_faust_acked": ratio(pipeline_events_per_s, faust_acked_per_s),
+        "faust_batched_over_acked": ratio(faust_batched_per_s, faust_acked_per_s),
     }
 
 

@@ -5,7 +5,10 @@ acks=-1, linger 0, memory store, raw keys). Two variants:
 
 * ``bare``: the agent enqueues each event in Faust's producer and moves on (Faust's usual pattern);
 * ``acked``: the agent waits for each output's acknowledgement before taking the next event, as the
-  pipeline's edge does (``Outbox.send_prepared``).
+  pipeline's edge did one message at a time;
+* ``batched``: the agent takes the events already fetched together (``streams.app.ready_batches``, at most
+  ``PIPELINE_STREAM_BATCH_MAX``), sends their outputs, waits for all the acknowledgements at once and only then
+  acks them, as the pipeline's edge does now (``StepRunner.handle_batch``).
 
 Run as a process: ``python -m bench.passthrough`` with ``BENCH_PASSTHROUGH_MODE`` and the ``PIPELINE_*``
 settings in the environment. :func:`run_variant` pre-fills the input topic, starts that process and times
@@ -28,7 +31,7 @@ from bench.stack import ROOT
 from pipeline.settings import LIBRDKAFKA_LOGGER, Settings, get_settings
 from streams.topics import PARTITIONS, TopicSpec
 
-MODES = ("bare", "acked")
+MODES = ("bare", "acked", "batched")
 
 
 def service_name(mode: str) -> str:
@@ -71,7 +74,24 @@ def create_app(mode: str, settings: Settings) -> Any:
             if acked:
                 await sent
 
-    app.agent(source, name="passthrough", concurrency=1)(passthrough)
+    async def batched(stream: Any) -> None:
+        import asyncio
+        from contextlib import aclosing
+
+        from streams.app import ready_batches
+
+        manual = stream.noack()
+        async with aclosing(ready_batches(manual.events(), settings.stream_batch_max)) as batches:
+            async for events in batches:
+                sent = [
+                    await sink.send(key=e.message.key, value=e.message.value, headers=list(e.message.headers or ()))
+                    for e in events
+                ]
+                await asyncio.gather(*sent)
+                for e in events:
+                    await manual.ack(e)
+
+    app.agent(source, name="passthrough", concurrency=1)(batched if mode == "batched" else passthrough)
     return app
 
 

@@ -97,7 +97,8 @@ def print_summary(doc: Mapping[str, Any], console: Console) -> None:
             ceilings.add_row("kafka-producer-perf-test", "-", "-", str(perf.get("error", ""))[:60])
     faust = doc.get("faust") or {}
     for mode, figures in (faust.get("variants") or {}).items():
-        what = "Faust pass-through" + (" (await each ack)" if mode == "acked" else " (bare)")
+        kind = {"acked": " (await each ack)", "batched": " (batches, acks awaited together)"}
+        what = "Faust pass-through" + kind.get(mode, " (bare)")
         ceilings.add_row(what, _fmt(figures.get("events_per_s")), "-", f"{figures.get('events')} events, 1 agent")
     pipeline = doc.get("pipeline") or {}
     if pipeline.get("steps"):
@@ -157,6 +158,7 @@ def print_summary(doc: Mapping[str, Any], console: Console) -> None:
         "pipeline_over_raw": "pipeline busiest worker events/s ÷ raw client ceiling",
         "faust_acked_over_faust": "Faust awaiting each ack ÷ Faust bare",
         "pipeline_over_faust_acked": "pipeline busiest worker events/s ÷ Faust awaiting each ack",
+        "faust_batched_over_acked": "Faust batches awaiting acks together ÷ Faust awaiting each ack",
     }
     for key, label in labels.items():
         value = ratios.get(key)

@@ -467,4 +467,5 @@ def _ratios(doc: dict[str, Any]) -> dict[str, float | None]:
         faust_per_s=faust.get("ceiling_events_per_s"),
         pipeline_events_per_s=pipeline.get("busiest_worker_events_per_s"),
         faust_acked_per_s=(faust.get("variants") or {}).get("acked", {}).get("events_per_s"),
+        faust_batched_per_s=(faust.get("variants") or {}).get("batched", {}).get("events_per_s"),
     )

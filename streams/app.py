@@ -8,12 +8,15 @@ calls the pure domain step, sends the resulting events and writes the state back
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 from faust.tables import TableManager
@@ -21,7 +24,7 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
-from faust.types import TP, Message
+from faust.types import TP, EventT, Message
 
 from pipeline.settings import Settings
 from schemas.catalog import SchemaCatalog
@@ -32,6 +35,8 @@ from streams.topics import APP_PREFIX, PARTITIONS, TOPICS, TableSpec, TopicSpec,
 from streams.watchdog import Watchdog, stop_stalled_process
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def app_id(service: str) -> str:
@@ -52,10 +57,12 @@ class ServiceApp:
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
     write_timeout_s: float = 30.0
+    batch_max: int = 16
+    """Most messages an agent handles together (``PIPELINE_STREAM_BATCH_MAX``)."""
 
     async def confirm_writes(self) -> None:
         """Wait until the broker acknowledged every table write made so far (raises if one failed)."""
-        pending = [fut for t in self.tables.values() if isinstance(t, DurableTable) for fut in t.take_unconfirmed()]
+        pending = [fut for t in self.tables.values() if isinstance(t, DurableTable) for fut in t.unconfirmed()]
         if pending:
             await asyncio.wait_for(asyncio.gather(*pending), self.write_timeout_s)
 
@@ -66,6 +73,11 @@ class DurableTable(faust.Table):  # type: ignore[type-arg]
     Faust queues a table write in its producer buffer and sends it from a background task;
     ``producer.flush()`` waits for that buffer only up to 0.1 s, so it cannot prove a write is stored.
     Every changelog future is kept here instead, and :meth:`ServiceApp.confirm_writes` awaits them.
+
+    A write stays listed until the broker acknowledged it, not until someone first awaited it: a caller that
+    waits for "every write so far" must not miss one because another agent of the service is already waiting
+    for it (an agent handling a batch may yield between its writes and its wait). A failed write stays listed,
+    so every later wait raises too.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -75,12 +87,16 @@ class DurableTable(faust.Table):  # type: ignore[type-arg]
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         fut = super().send_changelog(*args, **kwargs)
         self._unconfirmed.append(fut)
+        fut.add_done_callback(self._confirmed)
         return fut
 
-    def take_unconfirmed(self) -> list[asyncio.Future[Any]]:
-        """The writes not yet awaited, handed over once."""
-        taken, self._unconfirmed = self._unconfirmed, []
-        return taken
+    def _confirmed(self, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._unconfirmed.remove(fut)
+
+    def unconfirmed(self) -> list[asyncio.Future[Any]]:
+        """The writes the broker has not acknowledged yet (and any that failed)."""
+        return list(self._unconfirmed)
 
 
 class SeekThenResumeRecovery(Recovery):
@@ -172,6 +188,43 @@ class OffsetContinuity:
             return previous + 1
         self.last[(topic, partition)] = offset if previous is None else max(previous, offset)
         return None
+
+
+@dataclass
+class Admission:
+    """Whether an agent may decide a message now, asked right before each decision of a batch.
+
+    Faust checks a message when its stream hands it over: same consumer generation, flow not suspended by a
+    rebalance. A message of a batch waits while the ones before it are decided, and a rebalance may begin
+    meanwhile (its table partition may be gone already), so the check is made again; a message that fails it is
+    left unhandled and unacked, and read again in the new generation. And within a generation a partition's
+    offsets must follow one another (:class:`OffsetContinuity`): a hole stops the worker for a restart."""
+
+    app: Any
+    agent: str
+    compacted: frozenset[str]
+    continuity: OffsetContinuity = field(default_factory=OffsetContinuity)
+
+    def admits(self, message: Message) -> bool:
+        generation = self.app.consumer_generation_id
+        if message.generation_id != generation or not self.app.flow_control.is_active():
+            return False
+        skipped = self.continuity.skipped(generation, message.topic, message.partition, message.offset)
+        if skipped is not None and message.topic not in self.compacted:
+            # the messages from ``skipped`` on were fetched but never reached this agent; Faust would count
+            # them as a gap and commit past them. Exit before anything after them is acked: the restarted
+            # worker reads them again from the committed offset (the rest are duplicates, which steps skip)
+            log.critical(
+                "%s: %s[%s] jumped from offset %s to %s: messages fetched but never handed over; restarting to"
+                " read them again", self.agent, message.topic, message.partition, skipped, message.offset,
+            )  # fmt: skip
+            exit_for_restart()
+            raise RestartForRedelivery(f"{message.topic}[{message.partition}] from offset {skipped}")
+        return True
+
+
+class RestartForRedelivery(Exception):  # noqa: N818 - a signal, not an error
+    """Raised after :func:`exit_for_restart` (which returns only where a test replaces it): the agent stops."""
 
 
 def exit_for_restart() -> None:
@@ -342,6 +395,56 @@ def faust_sender(app: faust.App) -> Callable[..., Any]:
     return send
 
 
+def incoming_of(message: Message) -> Incoming:
+    """A Faust message as the edge takes it."""
+    return Incoming(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=normalise_headers(message.headers),
+    )
+
+
+async def ready_batches(source: AsyncIterable[T], most: int) -> AsyncGenerator[list[T], None]:
+    """``source``'s items in lists of those already there when the consumer asks: at least one, at most ``most``.
+
+    A task reads ``source`` ahead (at most ``most`` items waiting), so a consumer that was busy finds what
+    arrived meanwhile and takes it at once, while one that keeps up gets each item alone, with no wait for
+    company (no linger: batches form only under load). Ends when ``source`` ends; re-raises its error after
+    the items read before it."""
+    waiting: asyncio.Queue[tuple[T | None, BaseException | None, bool]] = asyncio.Queue(maxsize=most)
+
+    async def read() -> None:
+        try:
+            async for item in source:
+                await waiting.put((item, None, False))
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            await waiting.put((None, exc, True))
+        else:
+            await waiting.put((None, None, True))
+
+    reader = asyncio.ensure_future(read())
+    try:
+        ended = False
+        while not ended:
+            item, error, ended = await waiting.get()
+            batch: list[T] = [] if ended else [item]  # type: ignore[list-item]
+            while not ended and len(batch) < most and not waiting.empty():
+                item, error, ended = waiting.get_nowait()
+                if not ended:
+                    batch.append(item)  # type: ignore[arg-type]
+            if batch:
+                yield batch
+            if error is not None:
+                raise error
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
 def new_table(app: faust.App, spec: TableSpec) -> DurableTable:
     """A changelog-backed table of JSON values keyed by order id, SKU or user id."""
     table = DurableTable(
@@ -379,40 +482,39 @@ def register_step(
         *[s.name for s in sources], key_serializer="raw", value_serializer="raw", partitions=PARTITIONS
     )
 
-    continuity = OffsetContinuity()
-    compacted = {spec.name for spec in sources if spec.compacted}
+    admission = Admission(service.app, step.agent, frozenset(spec.name for spec in sources if spec.compacted))
+    app = service.app
+
+    def admit_next(stream: Any, fetched: dict[tuple[str, int, int], EventT[Any]], incoming: Incoming) -> bool:
+        """Admit the next message of a batch; an admitted one becomes the agent's current event, as Faust's stream
+        iteration would make it (a table write goes to the changelog partition of the current event's)."""
+        event = fetched[(incoming.topic, incoming.partition, incoming.offset)]
+        if not admission.admits(event.message):
+            return False
+        stream._set_current_event(event)
+        return True
 
     async def agent(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            generation = getattr(service.app, "consumer_generation_id", 0)
-            skipped = continuity.skipped(generation, message.topic, message.partition, message.offset)
-            if skipped is not None and message.topic not in compacted:
-                # the messages from ``skipped`` on were fetched but never reached this agent; Faust would count
-                # them as a gap and commit past them. Exit before anything after them is acked: the restarted
-                # worker reads them again from the committed offset (the rest are duplicates, which steps skip)
-                log.critical(
-                    "%s: %s[%s] jumped from offset %s to %s: messages fetched but never handed over; restarting to"
-                    " read them again", step.agent, message.topic, message.partition, skipped, message.offset,
-                )  # fmt: skip
-                exit_for_restart()
-                return
-            incoming = Incoming(
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-                key=message.key,
-                value=message.value,
-                headers=normalise_headers(message.headers),
-            )
-            try:
-                await runner.handle(incoming)
-            except Exception as exc:
-                # a state write or an event the broker did not take: stop the worker before Faust acks the
-                # input, so the input is replayed (and its events re-emitted) by whoever takes the partition
-                log.critical("%s could not store the outcome of %s: %r; stopping", step.agent, incoming, exc)
-                await service.app.crash(exc)
-                raise
+        # acks are the agent's own: a message is acked only once its batch's writes and outputs are acknowledged
+        manual = stream.noack()
+        async with aclosing(ready_batches(manual.events(), service.batch_max)) as batches:
+            async for events in batches:
+                incomings = [incoming_of(event.message) for event in events]
+                fetched = {(i.topic, i.partition, i.offset): e for i, e in zip(incomings, events, strict=True)}
+                try:
+                    handled = await runner.handle_batch(incomings, functools.partial(admit_next, manual, fetched))
+                except RestartForRedelivery:
+                    return  # nothing after the hole is acked; the agent stops (the real exit ended the process)
+                except Exception as exc:
+                    # a state write or an event the broker did not take: stop the worker before Faust acks the
+                    # inputs, so they are replayed (and their events re-emitted) by whoever takes the partition
+                    log.critical("%s could not store the outcome of %s: %r; stopping", step.agent, incomings, exc)
+                    await app.crash(exc)
+                    raise
+                finally:
+                    manual._set_current_event(None)
+                for event in events[:handled]:
+                    await manual.ack(event)
 
     agent.__name__ = agent.__qualname__ = step.agent
     service.app.agent(channel, name=step.agent, concurrency=1)(agent)
@@ -427,7 +529,7 @@ def create_app(service: str, settings: Settings) -> ServiceApp:
     catalog = SchemaCatalog.load()
     codec = AvroCodec(catalog)
     app = new_faust_app(service, settings)
-    built = ServiceApp(service, app, write_timeout_s=settings.delivery_timeout_s)
+    built = ServiceApp(service, app, write_timeout_s=settings.delivery_timeout_s, batch_max=settings.stream_batch_max)
     built.outbox = Outbox(codec, catalog, faust_sender(app), source=f"/order-pipeline/{service}")
     wire(built, settings, codec)
     watchdog = add_watchdog(built, settings)

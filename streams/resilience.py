@@ -158,12 +158,13 @@ async def retry(
 ) -> T:
     """Run ``operation``; retry transient errors per ``policy``; re-raise the last error when tries run out
     (and at once for an error that is not transient)."""
-    draw = rng or random.Random()
+    draw = rng  # made on the first failure: seeding reads the OS's entropy, a cost every handled message paid
     for attempt in range(1, policy.attempts + 1):
         try:
             return await operation()
         except Exception as exc:
             if not transient(exc) or attempt == policy.attempts:
                 raise
+            draw = draw or random.Random()
             await sleep(policy.delay(attempt, draw))
     raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover

@@ -12,7 +12,12 @@ its table or the payment provider. The rules it keeps:
   replays the input against the new state, which the step
   recognises as a duplicate and answers by re-emitting the very same events (same content, same ids).
   Sending first would be unsafe: a replay that meets its inputs in another order (a deadline before a
-  payment) could decide differently and contradict events already sent.
+  payment) could decide differently and contradict events already sent. Every table write is durable before
+  its input is acked, also one whose step sends nothing.
+* Messages already fetched are handled as a batch (:meth:`StepRunner.handle_batch`): each is decided in turn,
+  exactly as alone, then one wait makes all their writes durable, all their events are sent in order and one
+  wait collects the acknowledgements, and only then are they acked. The rules above hold per message; the
+  broker is waited for twice per batch instead of twice per message, and the records share produce requests.
 * A parked message parks its key (:mod:`streams.domain.parking`): the key's later messages on this agent's
   inputs are dead-lettered behind it (``dlq_parked_behind``) while other keys flow on, until a replay of the
   head (``pipeline dlq replay``, headers ``dlq_replay_of`` and ``dlq_origin``) is handled. Each parked key's
@@ -33,7 +38,8 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -102,7 +108,10 @@ ACTION_HEADER = "dlq_action"
 
 @dataclass(frozen=True)
 class Incoming:
-    """One message as the agent received it, before decoding."""
+    """One message as the agent received it, before decoding.
+
+    The properties derived from the headers are computed once per message (``cached_property``): the edge asks
+    for the envelope, the event id and the origin several times while handling one message."""
 
     topic: str
     partition: int
@@ -111,17 +120,17 @@ class Incoming:
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
 
-    @property
+    @cached_property
     def envelope(self) -> Envelope | None:
         return Envelope.from_headers(self.headers)
 
-    @property
+    @cached_property
     def event_id(self) -> str:
         """The envelope's id, or the message's (original) position when it came without one (e.g. from kcat)."""
         envelope = self.envelope
         return envelope.event_id if envelope else self.origin.to_header()
 
-    @property
+    @cached_property
     def replay_of(self) -> str | None:
         """The dead letter this message re-publishes (``pipeline dlq replay``), or None."""
         for name, value in reversed(self.headers):
@@ -129,14 +138,14 @@ class Incoming:
                 return value.decode(errors="replace")
         return None
 
-    @property
+    @cached_property
     def discards(self) -> bool:
         """A replay that asks to drop its parked original unhandled (an operator gave up on it)."""
         if self.replay_of is None:
             return False
         return any(name == ACTION_HEADER and value == b"discard" for name, value in self.headers)
 
-    @property
+    @cached_property
     def origin(self) -> Position:
         """Where the message was first read: a replay's original position, else its own."""
         if self.replay_of is not None:
@@ -145,7 +154,7 @@ class Incoming:
                     return origin
         return Position(self.topic, self.partition, self.offset)
 
-    @property
+    @cached_property
     def arrival(self) -> Arrival:
         """The message as the parking rule sees it (the Kafka key; an empty key parks nothing)."""
         key = self.key.decode(errors="replace") if self.key else None
@@ -248,6 +257,14 @@ class Outbox:
         self, incoming: Incoming, *, agent: str, error: str, attempts: int = 1, behind: Position | None = None
     ) -> None:
         """Park ``incoming`` in its topic's dead-letter topic with the reason; original bytes kept."""
+        await self.send_prepared(
+            [self.prepare_dead_letter(incoming, agent=agent, error=error, attempts=attempts, behind=behind)]
+        )
+
+    def prepare_dead_letter(
+        self, incoming: Incoming, *, agent: str, error: str, attempts: int = 1, behind: Position | None = None
+    ) -> Outgoing:
+        """The dead letter of ``incoming`` (original key, bytes and headers plus ``dlq_*``), ready to send."""
         spec = topic(incoming.topic)
         headers = dead_letter_headers(
             incoming.headers,
@@ -260,7 +277,7 @@ class Outbox:
             parked_behind=behind.to_header() if behind is not None else None,
         )
         log.warning("dead-lettered %s[%s]@%s: %s", incoming.topic, incoming.partition, incoming.offset, error)
-        await self._send(spec.dead_letter_name, incoming.key or b"", incoming.value or b"", headers)
+        return Outgoing(spec.dead_letter_name, incoming.key or b"", incoming.value or b"", headers)
 
 
 class StateStore(ABC):
@@ -347,6 +364,17 @@ class Step:
     after_write: Callable[[str, Any], None] | None = None
 
 
+@dataclass
+class Staged:
+    """One message handled up to the broker: whether its table writes must be made durable, what to send once
+    they are, and the record counted as processed once that is acknowledged."""
+
+    outgoing: list[Outgoing] = field(default_factory=list)
+    durable: bool = False
+    processed: str | None = None
+    started: float = 0.0
+
+
 class StepRunner:
     """Runs one :class:`Step` over a stream of :class:`Incoming` messages."""
 
@@ -376,11 +404,56 @@ class StepRunner:
         """The topics the agent around this runner reads (set when it is registered)."""
 
     async def handle(self, incoming: Incoming) -> None:
-        """Handle one message; never raises for a message's content (it dead-letters instead).
+        """Handle one message; never raises for a message's content (it dead-letters instead)."""
+        await self.handle_batch((incoming,))
+
+    async def handle_batch(
+        self, batch: Sequence[Incoming], admit_next: Callable[[Incoming], bool] | None = None
+    ) -> int:
+        """Handle messages taken together, in order; how many (from the first) were handled.
+
+        Each message is decided in turn against the state the ones before it left, its table writes made and
+        its outputs prepared, exactly as alone. Then one wait makes every write of the batch durable, every
+        output is sent in order, and their acknowledgements are awaited together. So, as for a single message,
+        each message's state is durable before its events are sent, and both are acknowledged before the
+        caller acks it; but a batch waits for the broker twice, not twice per message, and its records share
+        produce requests. ``admit_next`` is asked right before each message is decided; False leaves that
+        message and the rest unhandled (a rebalance began: the caller must not ack them, they are read again).
+        Raises only when the broker did not take a write or an output: then nothing of the batch may be acked.
+        """
+        self.busy_since = time.monotonic()
+        staged: list[Staged] = []
+        try:
+            for incoming in batch:
+                if admit_next is not None and not admit_next(incoming):
+                    break
+                staged.append(await self._stage(incoming))
+            if any(s.durable for s in staged):
+                await self._make_durable()
+            await self._outbox.send_prepared([message for s in staged for message in s.outgoing])
+        finally:
+            done = time.monotonic()
+            observe = STEP_SECONDS.labels(self.step.agent).observe
+            for s in staged:
+                observe(done - s.started)
+            self.busy_since = None
+            self.last_progress = done
+        for s in staged:
+            if s.processed is not None:
+                EVENTS.labels(self.step.agent, s.processed, "processed").inc()
+                self.processed += 1
+        return len(staged)
+
+    def busy_for(self) -> float:
+        """How long the step now running has been running (0 when idle)."""
+        return 0.0 if self.busy_since is None else time.monotonic() - self.busy_since
+
+    async def _stage(self, incoming: Incoming) -> Staged:
+        """Decide one message and make its writes; what to confirm and send comes back.
 
         Each message is one span, a child of the span that sent it (the ``traceparent`` header), and the
         parent of everything it causes."""
-        self.busy_since = time.monotonic()
+        started = time.monotonic()
         envelope = incoming.envelope
         attributes: dict[str, str | int] = {
             "messaging.system": "kafka",
@@ -397,29 +470,20 @@ class StepRunner:
             kind=SpanKind.CONSUMER,
             attributes=attributes,
         ) as span:
-            try:
-                await self._handle(incoming, span)
-            finally:
-                STEP_SECONDS.labels(self.step.agent).observe(time.monotonic() - self.busy_since)
-                self.busy_since = None
-                self.last_progress = time.monotonic()
+            staged = await self._handle(incoming, span)
+        staged.started = started
+        return staged
 
-    def busy_for(self) -> float:
-        """How long the step now running has been running (0 when idle)."""
-        return 0.0 if self.busy_since is None else time.monotonic() - self.busy_since
-
-    async def _handle(self, incoming: Incoming, span: Span) -> None:
+    async def _handle(self, incoming: Incoming, span: Span) -> Staged:
         step = self.step
         arrival = incoming.arrival
         queue = self.parked.queue(arrival.key)
         if incoming.discards:
-            await self._discard(incoming, arrival, queue, span)
-            return
+            return self._discard(incoming, arrival, queue, span)
         try:
             decoded = self._codec.decode(incoming.value or b"", expected=topic(incoming.topic).records)
         except DecodeError as exc:
-            await self._park(incoming, f"{type(exc).__name__}: {exc}", span, "?", queue)
-            return
+            return self._park(incoming, f"{type(exc).__name__}: {exc}", span, "?", queue)
         span.update_name(f"{step.agent} {decoded.name}")
         verdict = admit(queue, arrival)
         if verdict is not Verdict.PROCESS:
@@ -428,26 +492,22 @@ class StepRunner:
             EVENTS.labels(step.agent, decoded.name, "ignored").inc()
             # a head that decodes now as a record this agent passes by is done with
             done = settle(queue, arrival, incoming.event_id, failure=None)
-            if verdict is Verdict.PROCESS_HEAD and self._save_parked(arrival, queue, done):
-                await self._make_durable()
-            return
+            return Staged(durable=verdict is Verdict.PROCESS_HEAD and self._save_parked(arrival, queue, done))
         if verdict is Verdict.PARK_BEHIND:
-            await self._park(incoming, parked_behind_reason(queue[0], arrival.key or ""), span, decoded.name, queue)
-            return
+            return self._park(incoming, parked_behind_reason(queue[0], arrival.key or ""), span, decoded.name, queue)
         if verdict is Verdict.PARK_AGAIN:  # redelivered after a crash: its dead letter may not have been sent
             mine = next(m for m in queue if m.origin == arrival.origin)
-            await self._park(incoming, mine.reason, span, decoded.name, queue)
-            return
+            return self._park(incoming, mine.reason, span, decoded.name, queue)
         if verdict is Verdict.DUPLICATE:
             log.info("%s: %s repeats %s, queued for key %r", step.agent, arrival.origin, arrival.event_id, arrival.key)
             EVENTS.labels(step.agent, decoded.name, "duplicate").inc()
-            return
+            return Staged()
         if verdict is Verdict.REFUSE:
             reason = f"replay refused: {arrival.origin} waits behind {queue[0].origin}, which must be replayed first"
             log.warning("%s: %s (dead letter %s stays)", step.agent, reason, incoming.replay_of)
             span.set_status(Status(StatusCode.ERROR, reason))
             EVENTS.labels(step.agent, decoded.name, "refused").inc()
-            return
+            return Staged()
 
         def attempt_failed(exc: Exception) -> bool:
             log.warning("%s failed on %s (will retry): %r", step.agent, decoded.name, exc)
@@ -484,7 +544,7 @@ class StepRunner:
         except Exception as exc:  # a bug in a step must not lose the event: park it with the reason
             log.exception("%s failed on %s", step.agent, decoded.name)
             span.record_exception(exc)
-            await self._park(
+            return self._park(
                 incoming,
                 f"{type(exc).__name__} in {step.agent}: {exc}",
                 span,
@@ -492,7 +552,6 @@ class StepRunner:
                 queue,
                 attempts=self.retry_policy.attempts,
             )
-            return
         span.set_attribute("pipeline.emitted", [name for name, _ in records])
         changed = decision.state != state
         if changed:
@@ -502,13 +561,11 @@ class StepRunner:
             count_outcomes(decision.events)
         # a handled head is popped in the same durable write as the state: a crash replays it, or finds it done
         popped = self._save_parked(arrival, queue, settle(queue, arrival, incoming.event_id, failure=None))
-        if (changed and outgoing) or repaired or popped:
-            await self._make_durable()  # a repair is made durable even when the replay has nothing new to send
-        await self._outbox.send_prepared(outgoing)
-        EVENTS.labels(step.agent, decoded.name, "processed").inc()
-        self.processed += 1
+        # every write is durable before the input is acked (and before its events are sent), even one that sends
+        # nothing; a repair is made durable even when the replay has nothing new to send
+        return Staged(outgoing, durable=changed or repaired or popped, processed=decoded.name)
 
-    async def _park(
+    def _park(
         self,
         incoming: Incoming,
         error: str,
@@ -516,24 +573,24 @@ class StepRunner:
         record: str,
         queue: Queue,
         attempts: int = 1,
-    ) -> None:
+    ) -> Staged:
         """Dead-letter ``incoming``; its key's queue (it queued, unless already) is durable before the send."""
         self.dead_lettered += 1
         span.set_status(Status(StatusCode.ERROR, error))
         EVENTS.labels(self.step.agent, record, "dead_lettered").inc()
         arrival = incoming.arrival
-        if self._save_parked(arrival, queue, settle(queue, arrival, incoming.event_id, failure=error)):
-            await self._make_durable()
+        durable = self._save_parked(arrival, queue, settle(queue, arrival, incoming.event_id, failure=error))
         head = queue[0].origin if queue and arrival.key is not None else None
-        await self._outbox.dead_letter(
+        letter = self._outbox.prepare_dead_letter(
             incoming,
             agent=self.step.agent,
             error=error,
             attempts=attempts,
             behind=head if head != arrival.origin else None,
         )
+        return Staged([letter], durable=durable)
 
-    async def _discard(self, incoming: Incoming, arrival: Arrival, queue: Queue, span: Span) -> None:
+    def _discard(self, incoming: Incoming, arrival: Arrival, queue: Queue, span: Span) -> Staged:
         """Drop the parked head ``incoming`` re-publishes, never running the step on it (it may not even decode):
         the key's next parked message becomes head. Anything but the head is left as it is."""
         agent = self.step.agent
@@ -542,12 +599,12 @@ class StepRunner:
             log.warning("%s: discard of %s refused: %s for key %r", agent, arrival.origin, head, arrival.key)
             span.set_status(Status(StatusCode.ERROR, "discard refused"))
             EVENTS.labels(agent, "?", "refused").inc()
-            return
+            return Staged()
         self._save_parked(arrival, queue, queue[1:])
-        await self._make_durable()
         log.warning("%s: parked %s of key %r discarded (%s)", agent, arrival.origin, arrival.key, incoming.replay_of)
         span.set_attribute("pipeline.parking", "discarded")
         EVENTS.labels(agent, "?", "discarded").inc()
+        return Staged(durable=True)
 
     def _save_parked(self, arrival: Arrival, before: Queue, after: Queue) -> bool:
         """Write a key's changed queue (the caller makes it durable); whether it changed."""

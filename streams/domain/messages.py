@@ -783,11 +783,27 @@ class JsonState:
         return _load_dataclass(cls, data)
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+"""Types stored as they are: most fields are, so they are recognised first, by exact type."""
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names, computed once per class (``dataclasses.fields`` builds a tuple each call)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def _dump_fields(obj: Any, *, as_json: bool) -> dict[str, Any]:
-    return {f.name: _dump(getattr(obj, f.name), as_json=as_json) for f in dataclasses.fields(obj)}
+    return {name: _dump(getattr(obj, name), as_json=as_json) for name in _field_names(type(obj))}
 
 
 def _dump(value: Any, *, as_json: bool) -> Any:
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, datetime):
         return value.isoformat() if as_json else value
     if isinstance(value, Enum):
@@ -823,6 +839,8 @@ def _load_dataclass(cls: type[T], value: Mapping[str, Any]) -> T:
 
 
 def _load(tp: Any, value: Any) -> Any:
+    if type(value) is tp and tp in _SCALARS and tp is not type(None):
+        return value  # a plain field of its own type (``int`` and ``bool`` are told apart by the exact type)
     origin = get_origin(tp)
     if origin is Union or origin is types.UnionType:
         options = [a for a in get_args(tp) if a is not type(None)]

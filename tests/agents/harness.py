@@ -202,8 +202,8 @@ class AgentDriver:
       single-topic channel; a multi-topic agent's messages would arrive as topic ``<internal>``. So each
       delivery first names the topic it comes from (``original_channel``).
     * ``put(wait=True)`` returns when the stream hands the value to the agent, not when the agent is done
-      with it. So the runner's ``handle`` is wrapped to report completion, and :meth:`deliver` waits
-      (bounded) for that instead; an exception from ``handle`` is re-raised here.
+      with it. So the runner's ``handle_batch`` is wrapped to report completion of each message it was
+      given, and :meth:`deliver` waits (bounded) for that instead; an exception from it is re-raised here.
     """
 
     def __init__(self, service: FaustService, agent: str, wrapper: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,17 +211,19 @@ class AgentDriver:
         self.wrapper = wrapper
         self.runner = service.built.runners[agent]
         self._done: asyncio.Queue[BaseException | None] = asyncio.Queue()
-        handle = self.runner.handle
+        handle_batch = self.runner.handle_batch
 
-        async def reporting_handle(message: Incoming) -> None:
+        async def reporting_handle_batch(batch: Sequence[Incoming], *args: Any) -> int:
             try:
-                await handle(message)
+                handled = await handle_batch(batch, *args)
             except BaseException as exc:
                 self._done.put_nowait(exc)
                 raise
-            self._done.put_nowait(None)
+            for _ in batch:
+                self._done.put_nowait(None)
+            return handled
 
-        monkeypatch.setattr(self.runner, "handle", reporting_handle)
+        monkeypatch.setattr(self.runner, "handle_batch", reporting_handle_batch)
 
     @property
     def next_offset(self) -> int:

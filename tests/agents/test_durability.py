@@ -63,7 +63,34 @@ async def test_confirm_writes_waits_for_the_changelog_ack(tmp_path: Path) -> Non
     assert await _still_waiting(confirming), "a write the broker has not acknowledged is not durable"
     write.set_result(None)
     await asyncio.wait_for(confirming, 1.0)
-    assert stock.take_unconfirmed() == [], "each write is awaited once"
+    assert stock.unconfirmed() == [], "an acknowledged write is not waited for again"
+
+
+async def test_a_write_another_wait_already_holds_is_still_waited_for(tmp_path: Path) -> None:
+    """Two agents of a service both wait for "every write so far": the second must not miss the first's write
+    because the first is already waiting for it (an agent handling a batch yields between writes and wait)."""
+    built = ServiceApp("inventory", new_faust_app("inventory", agent_settings(tmp_path)))
+    stock = new_table(built.app, table("inventory", "inventory_stock"))
+    built.tables["inventory_stock"] = stock
+    stock.send_changelog(0, "SKU-1", {"available": 5})
+    [write] = stock._unconfirmed
+    first = asyncio.ensure_future(built.confirm_writes())
+    assert await _still_waiting(first)
+    second = asyncio.ensure_future(built.confirm_writes())
+    assert await _still_waiting(second), "the write is not acknowledged: the second wait holds too"
+    write.set_result(None)
+    await asyncio.wait_for(asyncio.gather(first, second), 1.0)
+
+
+async def test_a_failed_write_fails_every_later_wait(tmp_path: Path) -> None:
+    built = ServiceApp("inventory", new_faust_app("inventory", agent_settings(tmp_path)))
+    stock = new_table(built.app, table("inventory", "inventory_stock"))
+    built.tables["inventory_stock"] = stock
+    stock.send_changelog(0, "SKU-1", {"available": 5})
+    stock._unconfirmed[0].set_exception(RuntimeError("NotEnoughReplicas"))
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="NotEnoughReplicas"):
+            await built.confirm_writes()
 
 
 async def test_a_failed_changelog_write_raises(tmp_path: Path) -> None:

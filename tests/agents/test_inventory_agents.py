@@ -9,8 +9,9 @@ replaced (see ``conftest.faust_service``): the sender, and the producer flush be
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -257,13 +258,13 @@ async def test_the_agent_sees_the_message_as_kafka_delivered_it(faust_service: F
     inventory = faust_service("inventory")
     seen: list[Incoming] = []
     async with inventory.agent("keep_stock") as agent:
-        handle = agent.runner.handle
+        handle_batch = agent.runner.handle_batch
 
-        async def spy(message: Incoming) -> None:
-            seen.append(message)
-            await handle(message)
+        async def spy(batch: Sequence[Incoming], *args: Any) -> int:
+            seen.extend(batch)
+            return await handle_batch(batch, *args)
 
-        inventory.monkeypatch.setattr(agent.runner, "handle", spy)
+        inventory.monkeypatch.setattr(agent.runner, "handle_batch", spy)
         offset = agent.next_offset
         headers = await agent.deliver(ADD, partition=5)
 
@@ -298,8 +299,6 @@ async def test_messages_fetched_but_never_handed_over_stop_the_worker_before_any
 ) -> None:
     """Offsets 1–4 of the partition never reached the agent (Faust dropped them and would commit past them as a
     gap): the worker exits for a restart before it handles offset 5, so nothing after the hole is acked."""
-    import asyncio
-
     import streams.app
 
     exits: list[str] = []
@@ -310,7 +309,8 @@ async def test_messages_fetched_but_never_handed_over_stop_the_worker_before_any
         assert exits == [] and agent.next_offset == 1
         agent.wrapper.sent_offset = 5  # the next message the agent sees is offset 5
         inventory.recorder.clear()
-        with pytest.raises(asyncio.TimeoutError):  # the agent stopped: it never hands the message to its step
+        # the agent stops (the real exit ends the process here): it never hands the message to its step
+        with pytest.raises(streams.app.RestartForRedelivery):
             await agent.deliver(AddStock(sku=SKU, quantity=1, reason="restock"))
     assert exits == ["exit"] and inventory.recorder.sent == []
     assert stock(inventory).available == 5
@@ -324,3 +324,36 @@ def test_offset_continuity_allows_redeliveries_and_a_new_generation_but_no_hole(
     assert seen.skipped(1, "t", 1, 40) is None, "another partition starts where it starts"
     assert seen.skipped(1, "t", 0, 15) == 13, "13 and 14 never came"
     assert seen.skipped(2, "t", 0, 7) is None, "a rebalance seeks to the committed offset: a new count"
+
+
+async def test_messages_arriving_while_the_agent_waits_for_the_broker_are_handled_together(
+    faust_service: FaustServiceFactory,
+) -> None:
+    """The real agent: the first message goes alone and at once; those that arrive while its write is being made
+    durable are taken as one batch, with one durable wait before their events, sent in input order."""
+    import asyncio
+
+    inventory = faust_service("inventory")
+    recorder = inventory.recorder
+
+    async def slow_broker() -> None:
+        recorder.log.append(("durable",))
+        await asyncio.sleep(0.2)
+
+    inventory.monkeypatch.setattr(inventory.built, "confirm_writes", slow_broker)
+    skus = [f"sku-{i}" for i in range(5)]
+    async with inventory.agent("keep_stock") as agent:
+        agent.wrapper.original_channel = inventory.built.app.topic("inventory.commands.v1")
+        for sku in skus:
+            add = AddStock(sku=sku, quantity=1, reason="restock")
+            await agent.wrapper.put(
+                value=encoded(add), key=sku.encode(), headers=list(envelope_headers(add.record_name)), wait=False
+            )
+        for _ in skus:
+            assert await asyncio.wait_for(agent._done.get(), 2.0) is None
+
+    durable_waits = recorder.log.count(("durable",))
+    assert durable_waits < len(skus), "messages that waited were handled together, with one durable wait"
+    assert recorder.log[0] == ("durable",) and len(recorder.log) == durable_waits + len(skus)
+    assert [s.key.decode() for s in recorder.sent] == skus
+    assert all(Stock.from_json(inventory.table("inventory_stock")[sku]).available == 1 for sku in skus)

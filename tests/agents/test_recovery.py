@@ -280,3 +280,52 @@ async def test_acks_made_between_a_revocation_and_the_next_assignment_do_not_cou
     await consumer.on_partitions_assigned({tp}, 4)
     assert assigned_by_faust == [{tp}]
     assert not consumer._acked[tp] and not consumer._acked_index[tp] and not consumer._gap[tp]
+
+
+class _Flow:
+    def __init__(self) -> None:
+        self.active = True
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+class _App:
+    def __init__(self) -> None:
+        self.consumer_generation_id = 3
+        self.flow_control = _Flow()
+
+
+def _message(offset: int, generation: int = 3) -> Any:
+    from faust.types import Message
+
+    topic = "inventory.commands.v1"
+    return Message(topic, 0, offset, 0.0, 0, None, b"k", b"v", None, tp=TP(topic, 0), generation_id=generation)
+
+
+def test_a_message_waiting_in_a_batch_is_not_decided_once_a_rebalance_began() -> None:
+    """Faust checked generation and flow when it handed the message over; a message of a batch waits while the ones
+    before it are decided, so the agent asks again right before each decision."""
+    from streams.app import Admission
+
+    app = _App()
+    admission = Admission(app, "keep_stock", frozenset())
+    assert admission.admits(_message(0))
+    app.flow_control.active = False  # a rebalance began: the partitions are being revoked
+    assert not admission.admits(_message(1))
+    app.flow_control.active = True
+    app.consumer_generation_id = 4  # and a new generation was assigned
+    assert not admission.admits(_message(1)), "fetched in the old generation: it is read again, not decided"
+    assert admission.admits(_message(1, generation=4))
+
+
+def test_a_hole_in_a_batch_stops_the_worker_before_the_message_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import streams.app
+
+    exits: list[str] = []
+    monkeypatch.setattr(streams.app, "exit_for_restart", lambda: exits.append("exit"))
+    admission = streams.app.Admission(_App(), "keep_stock", frozenset())
+    assert admission.admits(_message(0))
+    with pytest.raises(streams.app.RestartForRedelivery):
+        admission.admits(_message(2))
+    assert exits == ["exit"]

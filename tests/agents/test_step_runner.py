@@ -7,6 +7,7 @@ easy to set up and every table write visible in one log with ``make_durable`` an
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from dataclasses import replace
 
@@ -191,3 +192,64 @@ async def test_a_step_that_keeps_failing_is_parked_after_its_attempts() -> None:
     assert parked.topic == "inventory.commands.v1.dlq" and parked.header["dlq_attempts"] == "3"
     assert parked.header["dlq_error"] == "ConnectionError in keep_stock: still down"
     assert edge.table == {}
+
+
+async def test_a_batch_is_made_durable_once_and_sends_every_event_after_it_in_input_order() -> None:
+    """Messages handled together: each decided against the state the one before it left, every write of the batch
+    durable with one wait before any event goes out, and the events in the order of their inputs."""
+    edge = Edge.build("keep_stock", STOCK)
+    batch = [
+        incoming(ADD, offset=0),
+        incoming(ReserveStock(order_id="o-1", sku="a", quantity=2, requested_at=T0), offset=1),
+        incoming(ReserveStock(order_id="o-2", sku="a", quantity=4, requested_at=T0), offset=2),
+    ]
+    assert await edge.runner.handle_batch(batch) == 3
+
+    log = edge.recorder.log
+    assert log.count(("durable",)) == 1
+    assert all(entry[0] == "write" for entry in log[: log.index(("durable",))])
+    assert [entry[0] for entry in log[log.index(("durable",)) + 1 :]] == ["send"] * 3
+    answers = [(s.decoded().name, s.decoded().value.get("order_id")) for s in edge.recorder.sent]
+    assert answers == [("StockAdded", None), ("StockLineReserved", "o-1"), ("StockLineRejected", "o-2")], (
+        "the second reservation saw the first one's hold: only 3 of 5 were left"
+    )
+    assert edge.runner.processed == 3
+
+
+async def test_a_batch_stops_at_the_first_message_not_admitted() -> None:
+    """A rebalance began: that message and the ones after it are left unhandled (not decided, not written)."""
+    edge = Edge.build("keep_stock", STOCK)
+    batch = [incoming(ADD, offset=0), incoming(ADD, offset=1), incoming(ADD, offset=2)]
+    assert await edge.runner.handle_batch(batch, lambda m: m.offset < 1) == 1
+    assert Stock.from_json(edge.table["a"]).available == 5
+    assert [s.decoded().name for s in edge.recorder.sent] == ["StockAdded"]
+
+
+async def test_a_batch_whose_output_the_broker_refused_raises_and_counts_nothing() -> None:
+    edge = Edge.build("keep_stock", STOCK)
+
+    async def refusing(*args: object) -> object:
+        await edge.recorder.send(*args)  # type: ignore[arg-type]
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        failed.set_exception(RuntimeError("NotEnoughReplicas"))
+        return failed
+
+    edge.runner._outbox._send = refusing  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="NotEnoughReplicas"):
+        await edge.runner.handle_batch([incoming(ADD, offset=0), incoming(ADD, offset=1)])
+    assert edge.runner.processed == 0, "the caller acks nothing of the batch"
+
+
+async def test_a_parked_key_within_a_batch_parks_its_later_message_behind_it() -> None:
+    """Parking holds inside a batch: the key's queue written for the first failure is seen by the next message."""
+    edge = Edge.build("keep_stock", STOCK)
+    garbage = Incoming("inventory.commands.v1", 0, 0, b"a", b"\x00\x01", ())
+    await edge.runner.handle_batch([garbage, incoming(ADD, offset=1)])
+    assert [s.topic for s in edge.recorder.sent] == ["inventory.commands.v1.dlq"] * 2
+    assert edge.recorder.sent[1].header["dlq_parked_behind"] == "inventory.commands.v1:0:0"
+    assert edge.recorder.log.count(("durable",)) == 1 and edge.recorder.log[-3:] == [
+        ("durable",),
+        ("send", "inventory.commands.v1.dlq"),
+        ("send", "inventory.commands.v1.dlq"),
+    ]
+    assert "a" not in edge.table

@@ -133,13 +133,16 @@ def test_saturation_rate_is_the_best_completed_rate() -> None:
 
 
 def test_ratios_between_the_layers() -> None:
-    got = ratios(raw_per_s=40_000, faust_per_s=2_000, pipeline_events_per_s=150, faust_acked_per_s=300)
+    got = ratios(
+        raw_per_s=40_000, faust_per_s=2_000, pipeline_events_per_s=150, faust_acked_per_s=300, faust_batched_per_s=900
+    )
     assert got == {
         "pipeline_over_faust": 0.075,
         "faust_over_raw": 0.05,
         "pipeline_over_raw": 0.00375,
         "faust_acked_over_faust": 0.15,
         "pipeline_over_faust_acked": 0.5,
+        "faust_batched_over_acked": 3.0,
     }
 
 

@@ -354,3 +354,16 @@ def test_the_domain_imports_only_the_standard_library() -> None:
                 top = name.split(".")[0]
                 assert top in sys.stdlib_module_names or name.startswith("streams.domain"), f"{path.name}: {name}"
     assert core.__name__ == "streams.domain.core"
+
+
+def test_plain_fields_load_and_dump_as_they_are_and_a_wrong_type_is_still_refused() -> None:
+    """The loader's fast path for a field of its own plain type must not let other types through."""
+    from streams.domain.messages import _dump, _load
+
+    assert _load(str, "x") == "x" and _load(int, 3) == 3 and _load(float, 1.5) == 1.5
+    assert _load(int | None, None) is None
+    with pytest.raises(TypeError):
+        _load(int, "3")
+    with pytest.raises(TypeError):
+        _load(str, 3)
+    assert _dump(3, as_json=True) == 3 and _dump(None, as_json=True) is None

@@ -131,3 +131,18 @@ def test_backoff_grows_and_is_capped() -> None:
     top = random.Random(0)
     top.uniform = lambda a, b: b  # type: ignore[method-assign]
     assert [policy.delay(n, top) for n in (1, 2, 3, 4, 5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
+
+
+def test_a_first_try_that_succeeds_draws_no_random_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every handled message runs through ``retry``; seeding a generator reads the OS's entropy, so it is made
+    only once a try failed and a backoff must be drawn."""
+
+    def no_generator() -> random.Random:
+        raise AssertionError("a Random was made for a call that did not fail")
+
+    monkeypatch.setattr(random, "Random", no_generator)
+
+    async def fine() -> int:
+        return 7
+
+    assert asyncio.run(retry(fine, RetryPolicy(attempts=3, base_s=0.01), transient=lambda e: True)) == 7
