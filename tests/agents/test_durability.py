@@ -66,13 +66,19 @@ async def test_confirm_writes_waits_for_the_changelog_ack(tmp_path: Path) -> Non
     assert stock.unconfirmed() == [], "an acknowledged write is not waited for again"
 
 
-async def test_a_write_another_wait_already_holds_is_still_waited_for(tmp_path: Path) -> None:
-    """Two agents of a service both wait for "every write so far": the second must not miss the first's write
-    because the first is already waiting for it (an agent handling a batch yields between writes and wait)."""
+def _inventory_with_one_stock_write(tmp_path: Path) -> tuple[ServiceApp, Any]:
+    """The inventory service's app with its stock table and one changelog write sent, not yet acknowledged."""
     built = ServiceApp("inventory", new_faust_app("inventory", agent_settings(tmp_path)))
     stock = new_table(built.app, table("inventory", "inventory_stock"))
     built.tables["inventory_stock"] = stock
     stock.send_changelog(0, "SKU-1", {"available": 5})
+    return built, stock
+
+
+async def test_a_write_another_wait_already_holds_is_still_waited_for(tmp_path: Path) -> None:
+    """Two agents of a service both wait for "every write so far": the second must not miss the first's write
+    because the first is already waiting for it (an agent handling a batch yields between writes and wait)."""
+    built, stock = _inventory_with_one_stock_write(tmp_path)
     [write] = stock._unconfirmed
     first = asyncio.ensure_future(built.confirm_writes())
     assert await _still_waiting(first)
@@ -83,10 +89,7 @@ async def test_a_write_another_wait_already_holds_is_still_waited_for(tmp_path: 
 
 
 async def test_a_failed_write_fails_every_later_wait(tmp_path: Path) -> None:
-    built = ServiceApp("inventory", new_faust_app("inventory", agent_settings(tmp_path)))
-    stock = new_table(built.app, table("inventory", "inventory_stock"))
-    built.tables["inventory_stock"] = stock
-    stock.send_changelog(0, "SKU-1", {"available": 5})
+    built, stock = _inventory_with_one_stock_write(tmp_path)
     stock._unconfirmed[0].set_exception(RuntimeError("NotEnoughReplicas"))
     for _ in range(2):
         with pytest.raises(RuntimeError, match="NotEnoughReplicas"):
@@ -94,10 +97,7 @@ async def test_a_failed_write_fails_every_later_wait(tmp_path: Path) -> None:
 
 
 async def test_a_failed_changelog_write_raises(tmp_path: Path) -> None:
-    built = ServiceApp("inventory", new_faust_app("inventory", agent_settings(tmp_path)))
-    stock = new_table(built.app, table("inventory", "inventory_stock"))
-    built.tables["inventory_stock"] = stock
-    stock.send_changelog(0, "SKU-1", {"available": 5})
+    built, stock = _inventory_with_one_stock_write(tmp_path)
     stock._unconfirmed[0].set_exception(RuntimeError("NotEnoughReplicas"))
     with pytest.raises(RuntimeError, match="NotEnoughReplicas"):
         await built.confirm_writes()
