@@ -28,8 +28,8 @@ from typing import Any
 
 from bench.raw import SampleMessage
 from bench.stack import ROOT
-from pipeline.settings import LIBRDKAFKA_LOGGER, Settings, get_settings
-from streams.topics import PARTITIONS, TopicSpec
+from common.settings import LIBRDKAFKA_LOGGER, Settings, get_settings
+from schemas.topics import PARTITIONS, TopicSpec
 
 MODES = ("bare", "acked", "batched")
 
@@ -40,7 +40,7 @@ def service_name(mode: str) -> str:
 
 def topics(mode: str) -> tuple[TopicSpec, TopicSpec, TopicSpec]:
     """Input, output and the app's leader topic (pre-created: the broker creates no topic by itself)."""
-    from streams.topics import APP_PREFIX
+    from schemas.topics import APP_PREFIX
 
     return (
         TopicSpec(f"bench.faust-{mode}.in", records=(), description="bench input", dead_letter=False),
@@ -113,7 +113,7 @@ def run_variant(
     """
     from confluent_kafka import Consumer, Producer, TopicPartition
 
-    from pipeline.admin import admin_client, apply_topics
+    from common.admin import admin_client, apply_topics
     from producers.toolkit import producer_config
 
     source, sink, leader = topics(mode)

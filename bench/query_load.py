@@ -23,8 +23,8 @@ import aiohttp
 from bench.figures import latency_summary, per_second
 from bench.stack import free_port, wait_until
 from bench.workers import PIPELINE, Process
+from common.settings import Settings
 from gateway.auth import issue_token
-from pipeline.settings import Settings
 
 MAX_REQUESTS = 200_000
 """A hard bound on one endpoint's requests, whatever the duration."""

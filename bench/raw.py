@@ -18,8 +18,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from bench.figures import parse_perf_test, per_second
-from pipeline.envelope import Envelope
-from pipeline.settings import LIBRDKAFKA_LOGGER, Settings
+from common.envelope import Envelope
+from common.settings import LIBRDKAFKA_LOGGER, Settings
 from producers.toolkit import producer_config
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec

@@ -32,8 +32,8 @@ from bench.figures import (
     summarise_profile,
 )
 from bench.stack import ROOT
-from pipeline.settings import Settings, get_settings
-from streams.topics import TopicSpec
+from common.settings import Settings, get_settings
+from schemas.topics import TopicSpec
 
 RAW_TOPIC = TopicSpec("bench.raw", records=(), description="raw client ceiling", dead_letter=False)
 
@@ -196,7 +196,7 @@ def _stack(
 def _drop_topics(settings: Settings, names: list[str]) -> None:
     if not names:
         return
-    from pipeline.admin import admin_client
+    from common.admin import admin_client
 
     try:
         for future in admin_client(settings).delete_topics(names, operation_timeout=30).values():
@@ -254,7 +254,7 @@ def _raw_stage(
     created: list[str],
 ) -> dict[str, Any]:
     from bench import raw
-    from pipeline.admin import admin_client, apply_topics
+    from common.admin import admin_client, apply_topics
 
     apply_topics(admin_client(settings), settings, [RAW_TOPIC])
     created.append(RAW_TOPIC.name)
@@ -315,7 +315,7 @@ def _pipeline_stage(
 
     from bench.saga_load import LoadContext, LoadPlan, profiling, run_schedule, run_step, seed
     from bench.workers import Workers, running_workers
-    from pipeline.admin import admin_client, apply_topics, groups_not_ready, worker_groups
+    from common.admin import admin_client, apply_topics, groups_not_ready, worker_groups
     from producers.toolkit import EventPublisher
     from schemas.catalog import SchemaCatalog
 
@@ -397,7 +397,7 @@ def _groups_with_members(admin: Any, groups: list[str]) -> list[str]:
 
 def _profiles(outputs: dict[str, Path], step: dict[str, Any], rate: float) -> dict[str, Any]:
     """Each worker's py-spy profile with its CPU use and the events its group consumed in the profiled step."""
-    from streams.topics import APP_PREFIX
+    from schemas.topics import APP_PREFIX
 
     workers = {}
     cpu, consumed = step["cpu"], step["consumed_per_group"]

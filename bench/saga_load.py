@@ -29,10 +29,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from bench.figures import is_saturated, latency_growth, latency_summary, per_second, send_offsets
 from bench.probes import CpuSnapshot, Offsets, deltas, read_offsets
 from bench.stack import wait_until
-from consumers.projection import order_key
-from pipeline.admin import worker_groups
+from common.admin import worker_groups
 from producers.toolkit import EventPublisher
-from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, TOPICS, USER_COMMANDS, internal_topics
+from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, TOPICS, USER_COMMANDS, internal_topics
+from streams.views.projection import order_key
 
 TERMINAL = frozenset({"CONFIRMED", "CANCELLED", "REJECTED", "COMPENSATION_FAILED"})
 POLL_S = 0.05

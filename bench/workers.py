@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.stack import ROOT, wait_until
-from pipeline.admin import admin_client, groups_not_ready, worker_groups
-from pipeline.settings import Settings
-from streams.topics import SERVICES
+from common.admin import admin_client, groups_not_ready, worker_groups
+from common.settings import Settings
+from schemas.topics import SERVICES
 from streams.watchdog import STALLED_EXIT_CODE
 
 PIPELINE = str(ROOT / ".venv" / "bin" / "pipeline")

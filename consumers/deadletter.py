@@ -35,12 +35,12 @@ from typing import Any, Self
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from common.envelope import dead_letter_headers as envelope_dead_letter_headers
+from common.settings import Settings
 from consumers.toolkit import Consumed, ConsumeError, EventConsumer
-from pipeline.envelope import dead_letter_headers as envelope_dead_letter_headers
-from pipeline.settings import Settings
 from producers.toolkit import producer_config
+from schemas.topics import SERVICES, TOPICS, UnknownTopic, parked_keys_table, topic
 from streams.domain.parking import Position
-from streams.topics import SERVICES, TOPICS, UnknownTopic, parked_keys_table, topic
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class DeadLetterFailed(Exception):
 def dead_letter_headers(
     message: Consumed, *, error: str, agent: str, attempts: int, now: datetime | None = None
 ) -> list[tuple[str, str | bytes | None]]:
-    """The original headers followed by the ``dlq_*`` ones (:func:`pipeline.envelope.dead_letter_headers`)."""
+    """The original headers followed by the ``dlq_*`` ones (:func:`common.envelope.dead_letter_headers`)."""
     return envelope_dead_letter_headers(
         message.raw_headers,
         topic=message.topic,

@@ -2,7 +2,7 @@
 
 It reads ``orders.events.v1``, ``inventory.events.v1``, ``inventory.stock.v1``, ``payments.events.v1``,
 ``notifications.events.v1`` and ``users.events.v1`` through :class:`~consumers.toolkit.EventConsumer` (group
-``order-pipeline-projector``), decides with the pure functions of :mod:`consumers.projection` and writes each
+``order-pipeline-projector``), decides with the pure functions of :mod:`streams.views.projection` and writes each
 event's changes in **one MULTI/EXEC** under WATCH of the keys it read (:class:`ViewStore`). Offsets are stored
 only after that write (at-least-once; replays are no-ops). A message that does not decode, or an event the
 projector cannot apply, is parked in ``<topic>.dlq`` (:mod:`consumers.deadletter`) and the partition flows on.
@@ -56,7 +56,7 @@ key                                             type    content
 
 Idempotency: an order event whose id (``ce_id``, else ``topic:partition:offset``) is in the order's timeline
 changes nothing; stock is version-gated; notices are deduplicated by ``notification_id``. Read the views with
-:mod:`consumers.views`.
+:mod:`streams.views.read`.
 """
 
 from __future__ import annotations
@@ -75,8 +75,23 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.settings import Settings
+from common.telemetry import context_from, tracer
 from consumers.deadletter import DeadLetters
-from consumers.projection import (
+from consumers.toolkit import Consumed, EventConsumer
+from schemas.catalog import SchemaCatalog
+from schemas.codec import AvroCodec
+from schemas.errors import DecodeError
+from schemas.topics import (
+    INVENTORY_EVENTS,
+    INVENTORY_STOCK,
+    NOTIFICATION_EVENTS,
+    ORDER_EVENTS,
+    PAYMENT_EVENTS,
+    USER_EVENTS,
+)
+from schemas.topics import topic as find_topic
+from streams.views.projection import (
     BUILT_KEY,
     REBUILDING_KEY,
     VIEW_PREFIX,
@@ -94,21 +109,6 @@ from consumers.projection import (
     user_key,
     user_rejection_ids_key,
 )
-from consumers.toolkit import Consumed, EventConsumer
-from pipeline.settings import Settings
-from pipeline.telemetry import context_from, tracer
-from schemas.catalog import SchemaCatalog
-from schemas.codec import AvroCodec
-from schemas.errors import DecodeError
-from streams.topics import (
-    INVENTORY_EVENTS,
-    INVENTORY_STOCK,
-    NOTIFICATION_EVENTS,
-    ORDER_EVENTS,
-    PAYMENT_EVENTS,
-    USER_EVENTS,
-)
-from streams.topics import topic as find_topic
 
 if TYPE_CHECKING:
     from redis.client import Pipeline

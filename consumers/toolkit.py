@@ -24,8 +24,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipeline.envelope import Envelope, RawHeaders, headers_dict
-from pipeline.settings import LIBRDKAFKA_LOGGER, Settings
+from common.envelope import Envelope, RawHeaders, headers_dict
+from common.settings import LIBRDKAFKA_LOGGER, Settings
 
 
 class ConsumeError(Exception):

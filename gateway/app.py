@@ -2,7 +2,7 @@
 
 Writes become **commands on Kafka command topics** (through :class:`gateway.commands.CommandPublisher`, which
 wraps :class:`producers.toolkit.EventPublisher`) and are answered ``202 Accepted`` once the broker acknowledged
-them; reads come **only from the Redis views** (:mod:`consumers.views`). Nothing else is touched.
+them; reads come **only from the Redis views** (:mod:`streams.views.read`). Nothing else is touched.
 
 Every request passes two middlewares:
 
@@ -35,20 +35,20 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from consumers import views
-from consumers.projection import STATUS_RANK, TERMINAL_RANK
+from common.health import Check, broker_check, health_report, redis_check
+from common.settings import DEV_JWT_SECRET, Settings
+from common.telemetry import HTTP_REQUESTS, HTTP_SECONDS, context_from, setup_tracing, tracer
 from gateway.auth import AuthError, Principal, TokenPolicy, authenticate
 from gateway.idempotency import IdempotencyStore, InvalidIdempotencyKey, StoredResponse, check_key, fingerprint
 from gateway.models import PlaceOrderRequest, RegisterUserRequest, UpdateProfileRequest
 from gateway.openapi import build_document
 from gateway.ratelimit import Decision, RateLimiter, RedisRateLimiter
 from gateway.tracing import TraceContext
-from pipeline.health import Check, broker_check, health_report, redis_check
-from pipeline.settings import DEV_JWT_SECRET, Settings
-from pipeline.telemetry import HTTP_REQUESTS, HTTP_SECONDS, context_from, setup_tracing, tracer
 from producers.toolkit import PublishError, RecordNotAllowed
 from schemas.errors import InvalidRecord
-from streams.topics import ORDER_COMMANDS, USER_COMMANDS, TopicSpec
+from schemas.topics import ORDER_COMMANDS, USER_COMMANDS, TopicSpec
+from streams.views import read as views
+from streams.views.projection import STATUS_RANK, TERMINAL_RANK
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis

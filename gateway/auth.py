@@ -18,7 +18,7 @@ from typing import Any
 
 import jwt
 
-from pipeline.settings import Settings
+from common.settings import Settings
 
 LEEWAY_S = 5
 """Clock skew tolerated on ``exp`` / ``nbf`` / ``iat``."""

@@ -18,11 +18,11 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaException
 
-from pipeline.envelope import Envelope
-from pipeline.settings import Settings
+from common.envelope import Envelope
+from common.settings import Settings
 from producers.toolkit import Delivered, DeliveryFailed, EventPublisher, PublishError
 from schemas.catalog import SchemaCatalog
-from streams.topics import TopicSpec
+from schemas.topics import TopicSpec
 
 log = logging.getLogger("gateway.commands")
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from pipeline.settings import LIBRDKAFKA_LOGGER, Settings, get_settings
-from streams.topics import SERVICES as WORKER_SERVICES
+from common.settings import LIBRDKAFKA_LOGGER, Settings, get_settings
+from schemas.topics import SERVICES as WORKER_SERVICES
 
 
 class CliError(click.ClickException):
@@ -38,7 +38,7 @@ def main() -> None:
 
 @main.group()
 def topics() -> None:
-    """The pipeline's topics, as declared in streams/topics.py."""
+    """The pipeline's topics, as declared in schemas/topics.py."""
 
 
 @topics.command("apply")
@@ -46,7 +46,7 @@ def topics_apply() -> None:
     """Create or update every declared topic (and its dead-letter topic); safe to run again."""
     from confluent_kafka import KafkaException
 
-    from pipeline.admin import TopicDrift, admin_client, apply_topics
+    from common.admin import TopicDrift, admin_client, apply_topics
 
     settings = get_settings()
     try:
@@ -60,7 +60,7 @@ def topics_apply() -> None:
 @topics.command("list")
 def topics_list() -> None:
     """Each declared topic with its records."""
-    from pipeline.admin import all_topics
+    from common.admin import all_topics
 
     for spec in all_topics():
         records = ", ".join(spec.records) if spec.records else "(raw dead letters)"
@@ -88,7 +88,7 @@ def schemas_check(root: Path | None) -> None:
     from schemas.catalog import SCHEMA_ROOT, SchemaCatalog
     from schemas.compat import check_compatibility
     from schemas.errors import SchemaError
-    from streams.topics import records_by_topic
+    from schemas.topics import records_by_topic
 
     try:
         catalog = SchemaCatalog.load(root or SCHEMA_ROOT)
@@ -145,8 +145,8 @@ def publish(
     from producers.toolkit import EventPublisher, PublishError
     from schemas.catalog import SchemaCatalog
     from schemas.errors import SchemaError
-    from streams.topics import UnknownTopic
-    from streams.topics import topic as find_topic
+    from schemas.topics import UnknownTopic
+    from schemas.topics import topic as find_topic
 
     value = _parse_data(sys.stdin.read() if data == "-" else data)
     if not key:
@@ -202,8 +202,8 @@ def tail(
     from schemas.catalog import SchemaCatalog
     from schemas.codec import AvroCodec, to_json_compatible
     from schemas.errors import DecodeError
-    from streams.topics import UnknownTopic, dead_letter_topics
-    from streams.topics import topic as find_topic
+    from schemas.topics import UnknownTopic, dead_letter_topics
+    from schemas.topics import topic as find_topic
 
     settings = get_settings()
     dlq = {t.name: t for t in dead_letter_topics()}
@@ -257,7 +257,7 @@ def worker(service: str) -> None:
 
     import faust
 
-    from pipeline.telemetry import RepeatedRecords, setup_tracing
+    from common.telemetry import RepeatedRecords, setup_tracing
     from streams.app import create_app
 
     faulthandler.enable()  # a crash inside a client library leaves the Python stacks in the log
@@ -306,7 +306,7 @@ def demo(**options: Any) -> None:
 def _broker_ready(settings: Settings) -> str | None:
     from confluent_kafka import KafkaException
 
-    from pipeline.admin import admin_client
+    from common.admin import admin_client
 
     quiet = logging.getLogger("pipeline.probe")  # a probe expects refused connections: keep them off the screen
     quiet.propagate = False
@@ -379,10 +379,10 @@ def project(idle_exit: float | None) -> None:
 
     from confluent_kafka import KafkaException
 
+    from common.telemetry import setup_tracing
     from consumers.deadletter import DeadLetterFailed
     from consumers.projector import GROUP_ID, PROJECTED_TOPICS, ProjectorWorker
     from consumers.toolkit import ConsumeError
-    from pipeline.telemetry import setup_tracing
     from schemas.errors import SchemaError
 
     settings = get_settings()
@@ -451,7 +451,7 @@ def views_rebuild(idle_timeout: float, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the view as JSON")
 def order_view(order_id: str, as_json: bool) -> None:
     """Print ORDER_ID's view and its saga timeline from Redis."""
-    from consumers.views import get_order
+    from streams.views.read import get_order
 
     settings = get_settings()
     view = get_order(_query_redis(settings), order_id)
@@ -488,7 +488,7 @@ def order_view(order_id: str, as_json: bool) -> None:
 @click.option("--width", type=click.IntRange(min=10), default=40, show_default=True, help="width of the bars")
 def trace_view(order_id: str, width: int) -> None:
     """Show ORDER_ID's saga as a waterfall: each step's service, event and time since the order began."""
-    from consumers.views import get_order
+    from streams.views.read import get_order
 
     settings = get_settings()
     view = get_order(_query_redis(settings), order_id)
@@ -525,7 +525,7 @@ def waterfall(timeline: list[dict[str, Any]], width: int) -> list[str]:
 @click.argument("sku")
 def stock_view(sku: str) -> None:
     """Print SKU's stock view (available, reserved, sold, stock_version) from Redis."""
-    from consumers.views import stock
+    from streams.views.read import stock
 
     settings = get_settings()
     view = stock(_query_redis(settings), sku)
@@ -709,7 +709,7 @@ def provider_outage(state: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the view as JSON")
 def user_view(user_id: str, as_json: bool) -> None:
     """Print USER_ID's view (profile, e-mail, version, stats) and refused commands from Redis."""
-    from consumers.views import get_user, user_rejections, user_stats
+    from streams.views.read import get_user, user_rejections, user_stats
 
     settings = get_settings()
     client = _query_redis(settings)
@@ -737,7 +737,7 @@ def wait_workers(timeout: float) -> None:
     """Wait until every worker and the projector hold their partitions; exit 1 if not within the timeout."""
     from confluent_kafka import KafkaException
 
-    from pipeline.admin import admin_client, groups_not_ready, worker_groups
+    from common.admin import admin_client, groups_not_ready, worker_groups
 
     admin = admin_client(get_settings())
     deadline = time.monotonic() + timeout

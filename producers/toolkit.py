@@ -15,11 +15,11 @@ from typing import Any, Self
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from pipeline.envelope import Envelope
-from pipeline.settings import LIBRDKAFKA_LOGGER, Settings
+from common.envelope import Envelope
+from common.settings import LIBRDKAFKA_LOGGER, Settings
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
-from streams.topics import TopicSpec
+from schemas.topics import TopicSpec
 
 
 class PublishError(Exception):

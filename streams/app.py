@@ -26,12 +26,12 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
 from faust.types import TP, EventT, Message
 
-from pipeline.settings import Settings
+from common.settings import Settings
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
+from schemas.topics import APP_PREFIX, PARTITIONS, TOPICS, TableSpec, TopicSpec, internal_topics, parked_keys_table
 from streams.resilience import CircuitBreaker
 from streams.runtime import Incoming, Outbox, StateStore, StateTable, Step, StepRunner, normalise_headers
-from streams.topics import APP_PREFIX, PARTITIONS, TOPICS, TableSpec, TopicSpec, internal_topics, parked_keys_table
 from streams.watchdog import Watchdog, stop_stalled_process
 
 log = logging.getLogger(__name__)

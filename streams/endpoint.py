@@ -20,9 +20,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pipeline.health import Check, broker_check, health_report, memory_check, redis_check
-from pipeline.settings import Settings
-from pipeline.telemetry import BREAKER_STATE
+from common.health import Check, broker_check, health_report, memory_check, redis_check
+from common.settings import Settings
+from common.telemetry import BREAKER_STATE
 from streams.app import ServiceApp
 from streams.resilience import BreakerState, CircuitBreaker
 from streams.watchdog import Watchdog

@@ -44,8 +44,8 @@ from typing import Any, Protocol
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from pipeline.envelope import Envelope, dead_letter_headers
-from pipeline.telemetry import (
+from common.envelope import Envelope, dead_letter_headers
+from common.telemetry import (
     DEAD_LETTER_DEPTH,
     EVENTS,
     PARKED_KEYS,
@@ -58,6 +58,7 @@ from pipeline.telemetry import (
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
+from schemas.topics import topic, topic_for_record
 from streams.domain.parking import (
     Arrival,
     ParkedMessage,
@@ -69,7 +70,6 @@ from streams.domain.parking import (
     settle,
 )
 from streams.resilience import RetryPolicy, retry
-from streams.topics import topic, topic_for_record
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,22 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
-from pipeline.settings import Settings
+from common.settings import Settings
 from schemas.codec import AvroCodec
+from schemas.topics import (
+    INVENTORY_COMMANDS,
+    INVENTORY_EVENTS,
+    ORDER_COMMANDS,
+    ORDER_DEADLINES,
+    ORDER_EVENTS,
+    PAYMENT_COMMANDS,
+    PAYMENT_EVENTS,
+    USER_COMMANDS,
+    USER_EMAILS,
+    USER_EVENTS,
+    TopicSpec,
+    table,
+)
 from streams.app import ServiceApp, new_table, register_step
 from streams.domain import orders, payments
 from streams.domain.core import (
@@ -71,20 +85,6 @@ from streams.payment_provider import ProviderBehaviour, ProviderUnavailable, Sim
 from streams.resilience import BreakerState, CircuitBreaker, CircuitOpen, RetryPolicy, retry
 from streams.runtime import Incoming, Step
 from streams.stores import StockStore
-from streams.topics import (
-    INVENTORY_COMMANDS,
-    INVENTORY_EVENTS,
-    ORDER_COMMANDS,
-    ORDER_DEADLINES,
-    ORDER_EVENTS,
-    PAYMENT_COMMANDS,
-    PAYMENT_EVENTS,
-    USER_COMMANDS,
-    USER_EMAILS,
-    USER_EVENTS,
-    TopicSpec,
-    table,
-)
 
 T = TypeVar("T")
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.settings import LIBRDKAFKA_LOGGER, Settings
-from pipeline.telemetry import CONSUMER_LAG
+from common.settings import LIBRDKAFKA_LOGGER, Settings
+from common.telemetry import CONSUMER_LAG
 
 log = logging.getLogger(__name__)
 

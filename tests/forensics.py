@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.admin import worker_groups
-from pipeline.settings import Settings
-from streams.topics import PARTITIONS, TOPICS
+from common.admin import worker_groups
+from common.settings import Settings
+from schemas.topics import PARTITIONS, TOPICS
 from tests.workers import Pipeline
 
 

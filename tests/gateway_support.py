@@ -17,13 +17,13 @@ import redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from common.envelope import Envelope
+from common.settings import Settings
 from gateway.auth import issue_token
-from pipeline.envelope import Envelope
-from pipeline.settings import Settings
 from producers.toolkit import DeliveryFailed, RecordNotAllowed
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
-from streams.topics import TopicSpec
+from schemas.topics import TopicSpec
 
 
 def token_for(settings: Settings, subject: str, *, ttl_s: int = 600, **extra: Any) -> str:

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable
 
 import redis
 
-from consumers import views
 from producers.toolkit import EventPublisher
-from streams.topics import USER_COMMANDS
+from schemas.topics import USER_COMMANDS
+from streams.views import read as views
 from tests.stack import wait_until
 
 

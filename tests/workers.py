@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.settings import Settings
-from streams.topics import APP_PREFIX, SERVICES
+from common.settings import Settings
+from schemas.topics import APP_PREFIX, SERVICES
 from streams.watchdog import STALLED_EXIT_CODE
 from tests.stack import free_port, wait_until
 
@@ -147,8 +147,8 @@ def worker_env(settings: Settings, data_dir: Path, **overrides: str) -> dict[str
 
 _WAIT_FOR_GROUPS = """
 import json, sys, time
-from pipeline.admin import admin_client, groups_not_ready, worker_groups
-from pipeline.settings import Settings
+from common.admin import admin_client, groups_not_ready, worker_groups
+from common.settings import Settings
 admin, members = admin_client(Settings()), json.loads(sys.argv[1])
 while True:
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import streams.app
-from pipeline.settings import Settings
+from common.settings import Settings
 from tests.agents.harness import FaustService, FaustServiceFactory, Recorder
 
 ASYNC_TEST_TIMEOUT_S = 10.0

@@ -22,17 +22,17 @@ from typing import Any
 
 import pytest
 
-from pipeline.envelope import Envelope, headers_dict
+from common.envelope import Envelope, headers_dict
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec, Decoded
+from schemas.topics import topic as topic_spec
+from schemas.topics import topic_for_record
 from streams.app import ServiceApp
 from streams.domain.core import SagaConfig
 from streams.domain.messages import Message, to_record
 from streams.domain.saga import Service
 from streams.runtime import Incoming, Outbox, StepRunner
 from streams.services import _step
-from streams.topics import topic as topic_spec
-from streams.topics import topic_for_record
 
 CATALOG = SchemaCatalog.load()
 CODEC = AvroCodec(CATALOG)
@@ -56,7 +56,7 @@ def envelope_headers(
     correlation_id: str | None = None,
     traceparent: str | None = TRACEPARENT,
 ) -> Headers:
-    """Headers made by :class:`~pipeline.envelope.Envelope` for a message of ``record``."""
+    """Headers made by :class:`~common.envelope.Envelope` for a message of ``record``."""
     schema = CATALOG.latest(record)
     envelope = Envelope(
         event_type=schema.full_name,

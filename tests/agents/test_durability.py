@@ -17,10 +17,10 @@ import pytest
 
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
+from schemas.topics import table
 from streams.app import DurableTable, ServiceApp, create_app, new_faust_app, new_table
 from streams.domain.messages import StockAdded, to_record
 from streams.runtime import Outbox
-from streams.topics import table
 from tests.agents.conftest import agent_settings
 
 pytestmark = pytest.mark.agents

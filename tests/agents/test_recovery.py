@@ -22,8 +22,8 @@ import pytest
 from faust.tables.recovery import Recovery
 from faust.types import TP
 
+from schemas.topics import INVENTORY_COMMANDS, INVENTORY_EVENTS, ORDER_EVENTS, PARTITIONS, table
 from streams.app import SeekThenResumeRecovery, create_app
-from streams.topics import INVENTORY_COMMANDS, INVENTORY_EVENTS, ORDER_EVENTS, PARTITIONS, table
 from tests.agents.conftest import agent_settings
 
 pytestmark = pytest.mark.agents
@@ -202,7 +202,7 @@ async def test_a_head_recorded_as_a_gap_or_gone_from_the_log_does_not_hold_the_c
 
 async def test_a_compacted_topic_keeps_faust_rule(tmp_path: Path) -> None:
     """A compacted log has holes of its own; its head may be gone without being retention's doing."""
-    from streams.topics import USER_SNAPSHOTS
+    from schemas.topics import USER_SNAPSHOTS
 
     assert USER_SNAPSHOTS.compacted
     consumer, tp = _consumer_with(tmp_path, USER_SNAPSHOTS.name, committed=10, acked=[11, 12])
@@ -232,7 +232,7 @@ async def test_offsets_fetched_past_unhandled_are_not_counted_as_done(tmp_path: 
     assert not consumer._gap[tp]
     assert consumer._new_offset(tp) == 11  # Faust's own bookkeeping would say 17
 
-    from streams.topics import USER_SNAPSHOTS
+    from schemas.topics import USER_SNAPSHOTS
 
     consumer, tp = _consumer_with(tmp_path / "compacted", USER_SNAPSHOTS.name, committed=10, acked=[10, 16])
     await consumer._add_gap(tp, 11, 16)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from pipeline.settings import Settings
+from common.settings import Settings
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
 from tests.forensics import describe_failure

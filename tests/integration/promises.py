@@ -22,19 +22,14 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from consumers import views
-from consumers.projection import order_key
+from common.settings import LIBRDKAFKA_LOGGER, Settings
 from consumers.projector import GROUP_ID as PROJECTOR_GROUP
 from consumers.projector import PROJECTED_TOPICS
 from consumers.toolkit import EventConsumer
-from pipeline.settings import LIBRDKAFKA_LOGGER, Settings
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
-from streams.domain.reservations import HANDLES as RESERVATION_INPUTS
-from streams.payment_provider import LEDGER
-from streams.stores import hold_key
-from streams.topics import (
+from schemas.topics import (
     INVENTORY_COMMANDS,
     INVENTORY_EVENTS,
     ORDER_COMMANDS,
@@ -43,6 +38,11 @@ from streams.topics import (
     PAYMENT_EVENTS,
     table,
 )
+from streams.domain.reservations import HANDLES as RESERVATION_INPUTS
+from streams.payment_provider import LEDGER
+from streams.stores import hold_key
+from streams.views import read as views
+from streams.views.projection import order_key
 from tests.seeding import register_users
 from tests.stack import wait_until
 

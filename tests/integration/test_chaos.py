@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import pytest
 import redis
 
+from common.admin import admin_client, apply_topics
+from common.settings import Settings
 from consumers.projector import rebuild_views
-from pipeline.admin import admin_client, apply_topics
-from pipeline.settings import Settings
-from streams.topics import SERVICES
+from schemas.topics import SERVICES
 from tests.integration.promises import OrderLoad, dump_views, scratch_redis, wait_fully_projected
 from tests.stack import KafkaNode, wait_until
 from tests.workers import Pipeline, running_pipeline

@@ -23,14 +23,14 @@ import redis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from consumers import views
+from common.admin import admin_client, apply_topics
+from common.settings import Settings
 from consumers.toolkit import Consumed, EventConsumer
-from pipeline.admin import admin_client, apply_topics
-from pipeline.settings import Settings
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
-from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
+from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
+from streams.views import read as views
 from tests.gateway_support import token_for
 from tests.seeding import register_users, uid
 from tests.stack import free_port, kafka_node, redis_node, wait_until

@@ -15,12 +15,12 @@ import redis
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from common.admin import admin_client, all_topics, apply_topics
+from common.settings import Settings
 from consumers.toolkit import EventConsumer
-from pipeline.admin import admin_client, all_topics, apply_topics
-from pipeline.settings import Settings
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
-from streams.topics import ORDER_EVENTS, USER_SNAPSHOTS
+from schemas.topics import ORDER_EVENTS, USER_SNAPSHOTS
 from tests.stack import kafka_node
 from tests.workers import run_cli
 

@@ -15,17 +15,15 @@ import redis
 import redis.asyncio as aioredis
 from confluent_kafka import Producer
 
-from consumers import views
-from consumers.projection import ATTENTION_KEY, BUILT_KEY, order_key
+from common.admin import admin_client, apply_topics
+from common.envelope import Envelope
+from common.settings import Settings
 from consumers.projector import PROJECTED_TOPICS, ProjectorWorker, rebuild_views
 from consumers.toolkit import EventConsumer
-from pipeline.admin import admin_client, apply_topics
-from pipeline.envelope import Envelope
-from pipeline.settings import Settings
 from producers.toolkit import EventPublisher, producer_config
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
-from streams.topics import (
+from schemas.topics import (
     INVENTORY_EVENTS,
     INVENTORY_STOCK,
     NOTIFICATION_EVENTS,
@@ -33,6 +31,8 @@ from streams.topics import (
     PAYMENT_EVENTS,
     TopicSpec,
 )
+from streams.views import read as views
+from streams.views.projection import ATTENTION_KEY, BUILT_KEY, order_key
 from tests.integration.promises import dump_views
 from tests.stack import wait_until
 from tests.workers import run_cli

@@ -17,16 +17,16 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from consumers import views
-from pipeline.admin import admin_client, apply_topics
-from pipeline.envelope import dead_letter_headers
-from pipeline.settings import Settings
+from common.admin import admin_client, apply_topics
+from common.envelope import dead_letter_headers
+from common.settings import Settings
 from producers.toolkit import EventPublisher, producer_config
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
+from schemas.topics import INVENTORY_COMMANDS, INVENTORY_EVENTS, ORDER_COMMANDS, PAYMENT_COMMANDS, TOPICS
+from schemas.topics import topic as topic_by_name
 from streams.payment_provider import LEDGER
-from streams.topics import INVENTORY_COMMANDS, INVENTORY_EVENTS, ORDER_COMMANDS, PAYMENT_COMMANDS, TOPICS
-from streams.topics import topic as topic_by_name
+from streams.views import read as views
 from tests.seeding import register_users, uid
 from tests.stack import wait_until
 from tests.workers import Pipeline, run_cli, running_pipeline

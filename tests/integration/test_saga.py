@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import redis
 
-from consumers import views
-from pipeline.admin import admin_client, apply_topics
-from pipeline.settings import Settings
+from common.admin import admin_client, apply_topics
+from common.settings import Settings
 from producers.toolkit import EventPublisher
+from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
 from streams.payment_provider import LEDGER
-from streams.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
+from streams.views import read as views
 from tests.seeding import register_users, uid
 from tests.stack import wait_until
 from tests.workers import Pipeline, running_pipeline

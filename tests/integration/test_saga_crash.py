@@ -19,11 +19,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from consumers import views
-from pipeline.admin import admin_client, apply_topics
-from pipeline.settings import Settings
+from common.admin import admin_client, apply_topics
+from common.settings import Settings
 from producers.toolkit import EventPublisher
-from streams.topics import INVENTORY_COMMANDS
+from schemas.topics import INVENTORY_COMMANDS
+from streams.views import read as views
 from tests.integration.promises import OrderLoad
 from tests.seeding import uid
 from tests.stack import wait_until

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from pipeline.admin import admin_client, apply_topics
-from pipeline.settings import Settings
+from common.admin import admin_client, apply_topics
+from common.settings import Settings
 from tests.integration.promises import OrderLoad
 from tests.workers import Pipeline, running_pipeline
 

@@ -33,8 +33,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from pipeline.admin import admin_client, all_topics, apply_topics
-from pipeline.settings import Settings
+from common.admin import admin_client, all_topics, apply_topics
+from common.settings import Settings
 from tests.integration.promises import OrderLoad
 from tests.stack import KafkaCluster, RedisNode, kafka_cluster, wait_until
 from tests.workers import Pipeline, running_pipeline

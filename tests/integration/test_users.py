@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 import redis
 
-from consumers import views
+from common.admin import admin_client, apply_topics
+from common.settings import Settings
 from consumers.toolkit import EventConsumer
-from pipeline.admin import admin_client, apply_topics
-from pipeline.settings import Settings
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
+from schemas.topics import ORDER_COMMANDS, USER_COMMANDS, USER_EVENTS, USER_SNAPSHOTS
 from streams.domain import users
 from streams.domain.messages import UserSnapshot, from_record
-from streams.topics import ORDER_COMMANDS, USER_COMMANDS, USER_EVENTS, USER_SNAPSHOTS
+from streams.views import read as views
 from tests.seeding import uid
 from tests.stack import wait_until
 from tests.workers import Pipeline, run_cli, running_pipeline

@@ -12,7 +12,7 @@ import pytest
 from schemas import SchemaCatalog
 from schemas.catalog import SCHEMA_ROOT
 from schemas.compat import Incompatibility, check_compatibility, format_report
-from streams.topics import records_by_topic
+from schemas.topics import records_by_topic
 
 pytestmark = pytest.mark.unit
 

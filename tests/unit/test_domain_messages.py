@@ -14,6 +14,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import pytest
 
 from schemas import AvroCodec, SchemaCatalog
+from schemas.topics import TOPICS, topic_for_record
 from streams.domain import core, messages
 from streams.domain.core import SagaConfig, StepContext
 from streams.domain.messages import (
@@ -76,7 +77,6 @@ from streams.domain.messages import (
     to_jsonable,
     to_record,
 )
-from streams.topics import TOPICS, topic_for_record
 
 pytestmark = pytest.mark.unit
 

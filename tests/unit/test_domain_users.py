@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas import AvroCodec, SchemaCatalog
+from schemas.topics import topic_for_record
 from streams.domain import emails, user_reactions, users
 from streams.domain.core import Decision, StepContext, UsersConfig
 from streams.domain.emails import EmailOwner, claim_email, release_email
@@ -40,7 +41,6 @@ from streams.domain.messages import (
 )
 from streams.domain.saga import EMAILS, USER_REACTIONS, USER_SERVICES, USERS
 from streams.domain.users import HistoryError, User, UserHistory, decide, load, replay
-from streams.topics import topic_for_record
 
 pytestmark = pytest.mark.unit
 

@@ -18,13 +18,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from common.envelope import Envelope
+from common.health import Check
+from common.settings import Settings
 from gateway.app import create_app
 from gateway.ratelimit import RedisRateLimiter
-from pipeline.envelope import Envelope
-from pipeline.health import Check
-from pipeline.settings import Settings
 from schemas.errors import InvalidRecord
-from streams.topics import TopicSpec
+from schemas.topics import TopicSpec
 from tests.gateway_support import DictRedis, MemoryPublisher, bearer, serving, token_for
 
 pytestmark = pytest.mark.unit

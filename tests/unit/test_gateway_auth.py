@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from common.settings import Settings
 from gateway.auth import (
     INVALID_TOKEN,
     NO_TOKEN,
@@ -25,7 +26,6 @@ from gateway.auth import (
     verify_token,
 )
 from gateway.tracing import TraceContext, parse_traceparent
-from pipeline.settings import Settings
 
 pytestmark = pytest.mark.unit
 

@@ -18,7 +18,7 @@ from producers.toolkit import DeliveryFailed, EventPublisher, WrongKey
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.errors import InvalidRecord
-from streams.topics import ORDER_COMMANDS
+from schemas.topics import ORDER_COMMANDS
 
 pytestmark = pytest.mark.unit
 

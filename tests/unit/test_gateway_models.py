@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from common.settings import Settings
 from gateway.app import ROUTES, create_app
 from gateway.models import PlaceOrderRequest, RegisterUserRequest, UpdateProfileRequest
 from gateway.openapi import OPERATIONS, build_document
-from pipeline.settings import Settings
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from tests.gateway_support import DictRedis, MemoryPublisher

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
+from common.envelope import dead_letter_headers, headers_dict
 from consumers.deadletter import DeadLetter, parked_status, replay_order, replay_partition
 from pipeline.cli import main
-from pipeline.envelope import dead_letter_headers, headers_dict
 from streams.domain.parking import (
     Arrival,
     ParkedMessage,

@@ -26,7 +26,7 @@ def test_tokens_read_as_words(token: str, flags: set[str]) -> None:
 
 def test_the_provider_keeps_its_ledger_in_a_database_of_its_own() -> None:
     """Flushing the query side's database (the views) must not lose a charge."""
-    from pipeline.settings import Settings
+    from common.settings import Settings
 
     assert Settings(redis_url="redis://127.0.0.1:6379/0").provider_store == "redis://127.0.0.1:6379/1"
     assert Settings(redis_url="redis://h:1/1").provider_store == "redis://h:1/2"

@@ -10,7 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumers.projection import (
+from consumers.projector import Projector
+from consumers.toolkit import Consumed
+from schemas.catalog import SchemaCatalog
+from schemas.codec import AvroCodec
+from streams.views.projection import (
     ATTENTION_KEY,
     NOTIFICATIONS_KEPT,
     CannotProject,
@@ -31,10 +35,6 @@ from consumers.projection import (
     user_order_summaries_key,
     user_orders_key,
 )
-from consumers.projector import Projector
-from consumers.toolkit import Consumed
-from schemas.catalog import SchemaCatalog
-from schemas.codec import AvroCodec
 
 pytestmark = pytest.mark.unit
 

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schemas.topics import topic_for_record
 from streams.domain import orders, payments
 from streams.domain.core import (
     ChargeOutcome,
@@ -56,7 +57,6 @@ from streams.domain.messages import (
 )
 from streams.domain.saga import PAYMENTS, SERVICES, STOCK, Service
 from streams.domain.stock import Stock
-from streams.topics import topic_for_record
 
 pytestmark = pytest.mark.unit
 

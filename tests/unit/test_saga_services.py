@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from schemas.topics import topic_for_record
 from streams.domain import saga
 from streams.domain.messages import MESSAGE_TYPES
 from streams.domain.saga import SERVICES, USER_SERVICES
-from streams.topics import topic_for_record
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from schemas import SchemaCatalog, SchemaVersion
-from streams.topics import records_by_topic
+from schemas.topics import records_by_topic
 
 pytestmark = pytest.mark.unit
 

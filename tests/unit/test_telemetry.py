@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from pipeline.telemetry import RepeatedRecords
+from common.telemetry import RepeatedRecords
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumers.projection import (
+from streams.views.projection import (
     USERNAMES_KEY,
     Event,
     Op,

@@ -29,6 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schemas.topics import topic_for_record
 from streams.domain import users
 from streams.domain.core import Decision, StepContext, UsersConfig
 from streams.domain.messages import (
@@ -48,7 +49,6 @@ from streams.domain.messages import (
 )
 from streams.domain.saga import EMAILS, USER_SERVICES, USERS, Service
 from streams.domain.users import UserEvent, UserHistory, from_snapshot, replay
-from streams.topics import topic_for_record
 
 pytestmark = pytest.mark.unit
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.settings import Settings
+from common.settings import Settings
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -72,9 +72,9 @@ def redis_check(redis: aioredis.Redis, *, critical: bool = True) -> Check:
 
 def broker_check(settings: Settings, *, critical: bool = True, timeout_s: float = CHECK_TIMEOUT_S) -> Check:
     """The broker answers a metadata request with at least one broker, within ``timeout_s``."""
-    from pipeline.admin import admin_client
+    from common.admin import admin_client
 
-    quiet = logging.getLogger("pipeline.health.librdkafka")  # a probe of a dead broker must not flood the log
+    quiet = logging.getLogger("common.health.librdkafka")  # a probe of a dead broker must not flood the log
     quiet.propagate = False
     quiet.addHandler(logging.NullHandler())
     admin = admin_client(

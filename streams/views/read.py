@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from consumers.projection import (
+from streams.views.projection import (
     ATTENTION_KEY,
     REBUILDING_KEY,
     REGISTERED_KEY,

@@ -1,4 +1,4 @@
-"""Brings the broker's topics in line with :mod:`streams.topics`, idempotently."""
+"""Brings the broker's topics in line with :mod:`schemas.topics`, idempotently."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from pipeline.settings import LIBRDKAFKA_LOGGER, Settings
-from streams.topics import TOPICS, TopicSpec, dead_letter_topics, internal_topics
+from common.settings import LIBRDKAFKA_LOGGER, Settings
+from schemas.topics import TOPICS, TopicSpec, dead_letter_topics, internal_topics
 
 
 class TopicDrift(Exception):
@@ -167,7 +167,7 @@ def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float) -> 
 
 def worker_groups() -> list[str]:
     """The consumer groups of the pipeline's own processes: one per service, plus the projector."""
-    from streams.topics import APP_PREFIX, SERVICES
+    from schemas.topics import APP_PREFIX, SERVICES
 
     return [f"{APP_PREFIX}-{s}" for s in SERVICES] + ["order-pipeline-projector"]
 

@@ -1,0 +1,1 @@
+"""The base layer: settings, message envelope, telemetry, health checks and Kafka administration."""
