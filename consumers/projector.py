@@ -66,6 +66,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -78,7 +79,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from common.settings import Settings
 from common.telemetry import context_from, tracer
 from consumers.deadletter import DeadLetters
-from consumers.toolkit import Consumed, EventConsumer
+from consumers.toolkit import Consumed, EventConsumer, ProgressWatch
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
@@ -335,6 +336,9 @@ def _redis(settings: Settings, client: redis.Redis | None) -> redis.Redis:
     return client if client is not None else redis.Redis.from_url(settings.redis_url)
 
 
+Interrupt = Literal["stopped", "idle", "views-lost", "stalled"]
+
+
 class ProjectorWorker:
     """The live projector: a consumer group over the projected topics, until stopped or idle."""
 
@@ -345,15 +349,20 @@ class ProjectorWorker:
         *,
         group_id: str = GROUP_ID,
         catalog: SchemaCatalog | None = None,
+        consumer_overrides: Mapping[str, Any] | None = None,
     ) -> None:
+        """``consumer_overrides`` are librdkafka settings laid over the toolkit's (tests lower timeouts)."""
         self._settings = settings
         self._redis = _redis(settings, client)
         self._group_id = group_id
         self._codec = AvroCodec(catalog or SchemaCatalog.load())
+        self._overrides = dict(consumer_overrides or {})
         self._stop = threading.Event()
         self.stats = ProjectionStats()
         self.rebuilds = 0
         """How often this projector found its views gone and rebuilt them."""
+        self.reconnects = 0
+        """How often this projector found its consumer stalled with messages waiting and subscribed a fresh one."""
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the message in hand (thread-safe)."""
@@ -364,39 +373,62 @@ class ProjectorWorker:
 
         Whenever the views turn out to be gone (no :data:`BUILT_KEY`: a new or flushed Redis, a Redis that lost
         its data in a restart), the projector first rebuilds them from the log and then goes on from its
-        committed offsets; what it re-reads is already in the views and changes nothing."""
-        settings = self._settings
-        guard = ViewsGuard(self._redis, settings.views_check_interval_s)
-        with (
-            EventConsumer.from_settings(settings, self._group_id) as consumer,
-            DeadLetters.from_settings(settings, agent=AGENT) as dead_letters,
-        ):
+        committed offsets; what it re-reads is already in the views and changes nothing. No group consumer is
+        open while a rebuild runs: one left unpolled that long is dropped from its group (``max.poll.interval.ms``)
+        and may never come back. A consumer that stalls anyway (:class:`~consumers.toolkit.ProgressWatch`) is
+        closed and replaced."""
+        guard = ViewsGuard(self._redis, self._settings.views_check_interval_s)
+        with DeadLetters.from_settings(self._settings, agent=AGENT) as dead_letters:
             projector = Projector(
                 ViewStore(self._redis), self._codec, dead_letters=dead_letters, stop=self._stop, stats=self.stats
             )
-            consumer.subscribe([t.name for t in PROJECTED_TOPICS])
-            try:
-                while not self._stop.is_set():
-                    if guard.views_lost():
-                        self.restore_views()
-                    lost = False
-
-                    def stop_or_lost() -> bool:
-                        nonlocal lost
-                        lost = guard.views_lost(due_only=True)
-                        return lost or self._stop.is_set()
-
-                    for message in consumer.messages(idle_timeout=idle_exit, until=stop_or_lost):
-                        projector.handle(message)
-                        consumer.done(message)
-                    if not lost:
-                        break  # stopped, or idle for idle_exit
-            except Stopped:
-                pass  # the message in hand was not handled; its offset is not stored
+            while not self._stop.is_set():
+                if guard.views_lost():
+                    self.restore_views()
+                interrupt = self._consume(projector, guard, idle_exit)
+                if interrupt in ("stopped", "idle"):
+                    break
         return self.stats
 
+    def _consume(self, projector: Projector, guard: ViewsGuard, idle_exit: float | None) -> Interrupt:
+        """Project with one group consumer until something asks for another (or for none); closing it commits
+        the offsets stored so far and leaves the group at once."""
+        topics = [t.name for t in PROJECTED_TOPICS]
+        with EventConsumer.from_settings(self._settings, self._group_id, **self._overrides) as consumer:
+            consumer.subscribe(topics)
+            watch = ProgressWatch(
+                lambda: consumer.group_position(topics), stall_timeout_s=self._settings.stall_timeout_s
+            )
+            interrupt: Interrupt | None = None
+
+            def interrupted() -> bool:
+                nonlocal interrupt
+                if self._stop.is_set():
+                    interrupt = "stopped"
+                elif guard.views_lost(due_only=True):
+                    interrupt = "views-lost"
+                elif watch.stalled():
+                    interrupt = "stalled"
+                    self.reconnects += 1
+                    log.error(
+                        "the projector's consumer made no progress for %.0fs with %s messages waiting for its group:"
+                        " subscribing a fresh one",
+                        watch.stalled_for_s,
+                        watch.behind,
+                    )
+                return interrupt is not None
+
+            try:
+                for message in consumer.messages(idle_timeout=idle_exit, until=interrupted):
+                    projector.handle(message)
+                    consumer.done(message)
+                    watch.progressed()
+            except Stopped:
+                return "stopped"  # the message in hand was not handled; its offset is not stored
+            return interrupt or "idle"
+
     def restore_views(self) -> RebuildReport:
-        """Rebuild the lost views from the log (the live consumer waits meanwhile)."""
+        """Rebuild the lost views from the log (no live consumer is open meanwhile)."""
         log.warning("the views are gone from Redis (no %s): rebuilding them from the log", BUILT_KEY)
         report = rebuild_views(self._settings, self._redis, idle_timeout=self._settings.views_check_interval_s * 30)
         self.rebuilds += 1

@@ -101,6 +101,65 @@ def _consumed(msg: Message) -> Consumed:
     )
 
 
+@dataclass(frozen=True)
+class GroupPosition:
+    """A consumer group's committed offsets summed over a set of topics, and the messages still after them."""
+
+    committed: int
+    lag: int
+
+
+class ProgressWatch:
+    """Notices a group consumer that stopped making progress while its group has messages waiting.
+
+    A consumer that handled nothing for ``stall_timeout_s`` while its group's committed offsets did not move and
+    lag remained is stalled, whatever the cause (it fell out of its group and never rejoined, a rebalance that never
+    completed): the caller closes it and subscribes a fresh one. A look the broker cannot answer starts the clock
+    afresh, since nothing can make progress without a broker.
+    """
+
+    def __init__(
+        self,
+        position: Callable[[], GroupPosition | None],
+        *,
+        stall_timeout_s: float,
+        look_interval_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._position = position
+        self._stall_timeout_s = stall_timeout_s
+        self._look_interval_s = look_interval_s
+        self._clock = clock
+        self._since = clock()
+        self._next_look = self._since + look_interval_s
+        self._last_committed: int | None = None
+        self.behind: int | None = None
+        """The group's lag at the last look (``None``: not looked yet, or unknown)."""
+
+    def progressed(self) -> None:
+        """A message was handled: the consumer is alive."""
+        self._since = self._clock()
+
+    def stalled(self) -> bool:
+        """True once, for ``stall_timeout_s``, no message was handled here, the group committed nothing new and
+        messages were waiting."""
+        now = self._clock()
+        if now < self._next_look or now - self._since < self._look_interval_s:
+            return False  # not due, or a message was handled a moment ago: no need to ask the broker
+        self._next_look = now + self._look_interval_s
+        position = self._position()
+        self.behind = None if position is None else position.lag
+        moved = position is not None and self._last_committed is not None and position.committed != self._last_committed
+        if position is None or position.lag == 0 or moved:
+            self._since = now  # unknown, nothing waiting, or another member of the group is moving it
+        self._last_committed = None if position is None else position.committed
+        return position is not None and position.lag > 0 and now - self._since >= self._stall_timeout_s
+
+    @property
+    def stalled_for_s(self) -> float:
+        return self._clock() - self._since
+
+
 class EventConsumer:
     """A confluent-kafka consumer with the pipeline's error handling; closes on exit."""
 
@@ -226,6 +285,26 @@ class EventConsumer:
                 yield message
         self.unfinished = unfinished()
         self.ends = ends
+
+    def group_position(self, topics: Sequence[str], *, timeout: float = 5.0) -> GroupPosition | None:
+        """Where this consumer's group stands on ``topics`` (``None``: the broker could not say). Counts every
+        partition, not only the assigned ones: a member that fell out of its group holds none, and that is exactly
+        when the lag matters."""
+        try:
+            partitions = [
+                TopicPartition(name, p)
+                for name in topics
+                for p in sorted(self._consumer.list_topics(name, timeout=timeout).topics[name].partitions or {})
+            ]
+            committed_total = lag = 0
+            for tp in self._consumer.committed(partitions, timeout=timeout):
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout)
+                start = max(int(tp.offset), int(low))  # no commit yet (negative): the log's start
+                committed_total += start
+                lag += max(0, int(high) - start)
+            return GroupPosition(committed=committed_total, lag=lag)
+        except (KafkaException, KeyError):
+            return None
 
     def done(self, message: Consumed) -> None:
         """Mark ``message`` handled: its offset may now be committed."""

@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 from common.admin import admin_client, apply_topics
 from common.envelope import Envelope
 from common.settings import Settings
+from consumers import projector as projector_module
 from consumers.projector import PROJECTED_TOPICS, ProjectorWorker, rebuild_views
 from consumers.toolkit import EventConsumer
 from producers.toolkit import EventPublisher, producer_config
@@ -34,7 +35,7 @@ from schemas.topics import (
 from streams.views import read as views
 from streams.views.projection import ATTENTION_KEY, BUILT_KEY, order_key
 from tests.integration.promises import dump_views
-from tests.stack import wait_until
+from tests.stack import KafkaNode, wait_until
 from tests.workers import run_cli
 
 
@@ -539,3 +540,121 @@ def test_views_lost_with_redis_are_rebuilt_by_the_running_projector(
     live = dump_views(client)
     rebuild_views(settings, client)
     assert dump_views(client) == live, "the healed views are exactly the log's"
+
+
+def test_a_rebuild_outlasting_max_poll_interval_across_a_broker_restart_leaves_the_projector_projecting(
+    settings: Settings, topics_ready: None, client: redis.Redis[Any], kafka: KafkaNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The views vanish under a running projector; its rebuild takes longer than the group allows between polls
+    (``max.poll.interval.ms``, lowered here) and the broker restarts meanwhile. Afterwards the projector is a
+    member of its group again and projects what was published during and after the rebuild."""
+    run = uuid.uuid4().hex[:8]
+    group = f"projector-held-{run}"
+    user, sku = f"u-{run}", f"SKU-{run}"
+    t = int(time.time() * 1000)
+    s = Scenario(settings)
+
+    def placed(order_id: str, at: int) -> dict[str, Any]:
+        return {
+            "order_id": order_id, "user_id": user, "lines": [{"sku": sku, "quantity": 1, "unit_price_cents": 900}],
+            "total_cents": 900, "currency": "EUR", "placed_at": at, "deadline_at": at + 30_000, "channel": "web",
+            "note": None, "payment_method": "card", "payment_token": "tok",
+        }  # fmt: skip
+
+    max_poll_ms = 8000
+    held, release = threading.Event(), threading.Event()
+    real_rebuild = projector_module.rebuild_views
+
+    def held_rebuild(*args: Any, **kwargs: Any) -> Any:
+        held.set()
+        assert release.wait(timeout=300), "the test never released the rebuild"
+        return real_rebuild(*args, **kwargs)
+
+    monkeypatch.setattr(projector_module, "rebuild_views", held_rebuild)
+    client.set(BUILT_KEY, json.dumps({"built_at": t, "by": "test"}))  # whole: the worker starts by consuming
+    worker = ProjectorWorker(
+        settings, client, group_id=group,
+        consumer_overrides={"max.poll.interval.ms": max_poll_ms, "session.timeout.ms": 6000},
+    )  # fmt: skip
+    thread = threading.Thread(target=worker.run, name="projector", daemon=True)
+    thread.start()
+    admin = admin_client(settings)
+
+    def members() -> int:
+        described = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=10)
+        return len(described.members)
+
+    try:
+        s.emit("orders", ORDER_EVENTS, "OrderPlaced", placed(f"o-{run}-before", t))
+        s.flush()
+        wait_until(lambda: views.get_order(client, f"o-{run}-before") is not None, timeout=120,
+                   what="the first order projected by the live consumer")  # fmt: skip
+
+        client.delete(BUILT_KEY)  # the views are gone: the projector starts a rebuild, held by the test
+        assert held.wait(timeout=60), "the projector never began its rebuild"
+        held_at = time.monotonic()
+        s.emit("orders", ORDER_EVENTS, "OrderPlaced", placed(f"o-{run}-during", t + 10))
+        s.flush()
+        kafka.stop_broker()
+        kafka.start_broker()
+        # the rebuild outlasts max.poll.interval.ms, measured from when it began
+        wait_until(lambda: time.monotonic() - held_at > max_poll_ms / 1000 + 2, timeout=120,
+                   what="the rebuild held past max.poll.interval.ms")  # fmt: skip
+        release.set()
+
+        wait_until(lambda: client.exists(BUILT_KEY) and worker.rebuilds >= 1, timeout=300,
+                   what="the held rebuild done")  # fmt: skip
+        s.emit("orders", ORDER_EVENTS, "OrderPlaced", placed(f"o-{run}-after", t + 20))
+        s.flush()
+        wait_until(lambda: all(views.get_order(client, f"o-{run}-{when}") is not None
+                               for when in ("before", "during", "after")), timeout=120,
+                   what="the orders published before, during and after the rebuild, projected")  # fmt: skip
+        wait_until(lambda: members() == 1, timeout=60, what="the projector a member of its group")
+        assert thread.is_alive()
+    finally:
+        release.set()
+        worker.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_a_projector_whose_consumer_never_joins_its_group_notices_the_stall_and_subscribes_a_fresh_one(
+    settings: Settings, topics_ready: None, client: redis.Redis[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stall seen after a Redis flush and a broker restart: the process polled on, idle, while its group had
+    no member and thousands of messages waited. Here the first consumer never joins (its subscription is lost);
+    the projector must notice that nothing moves while its group lags, and carry on with a fresh consumer."""
+    run = uuid.uuid4().hex[:8]
+    order = f"o-{run}"
+    t = int(time.time() * 1000)
+    s = Scenario(settings)
+    s.emit("orders", ORDER_EVENTS, "OrderPlaced", {
+        "order_id": order, "user_id": f"u-{run}", "lines": [{"sku": f"SKU-{run}", "quantity": 1,
+        "unit_price_cents": 900}], "total_cents": 900, "currency": "EUR", "placed_at": t, "deadline_at": t + 30_000,
+        "channel": "web", "note": None, "payment_method": "card", "payment_token": "tok",
+    })  # fmt: skip
+    s.flush()
+
+    lost: list[bool] = []
+    real_subscribe = EventConsumer.subscribe
+
+    def subscription_lost_once(self: EventConsumer, topics: Any) -> None:
+        if not lost:
+            lost.append(True)  # this member polls on but never joins: it holds nothing, its group stays empty
+            return
+        real_subscribe(self, topics)
+
+    monkeypatch.setattr(EventConsumer, "subscribe", subscription_lost_once)
+    client.set(BUILT_KEY, json.dumps({"built_at": t, "by": "test"}))  # whole: no rebuild, straight to consuming
+    worker = ProjectorWorker(settings.model_copy(update={"stall_timeout_s": 6.0}), client, group_id=f"stalled-{run}")
+    thread = threading.Thread(target=worker.run, name="projector", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: views.get_order(client, order) is not None, timeout=120,
+                   what="the order projected by the projector's second consumer")  # fmt: skip
+        assert lost == [True]
+        assert worker.reconnects == 1
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()

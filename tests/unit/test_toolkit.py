@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from consumers.toolkit import EventConsumer
+from consumers.toolkit import EventConsumer, GroupPosition, ProgressWatch
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +49,75 @@ def test_a_leader_that_never_comes_is_reported_after_the_timeout() -> None:
     with pytest.raises(KafkaException):
         consumer(fake)._watermarks(TopicPartition("t", 0), timeout=0.5)
     assert 2 <= fake.calls < 10
+
+
+# --- ProgressWatch: a consumer that stops making progress while its group has messages waiting ----------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _watch(positions: list[GroupPosition | None], clock: _Clock, stall_timeout_s: float = 30.0) -> ProgressWatch:
+    answers = iter(positions)
+    return ProgressWatch(lambda: next(answers), stall_timeout_s=stall_timeout_s, look_interval_s=5.0, clock=clock)
+
+
+def test_a_consumer_idle_with_messages_waiting_and_no_commits_moving_is_stalled_after_the_timeout() -> None:
+    clock = _Clock()
+    watch = _watch([GroupPosition(committed=100, lag=7)] * 10, clock)
+    seen = []
+    for _ in range(7):
+        clock.now += 5.0
+        seen.append(watch.stalled())
+    assert seen == [False, False, False, False, False, True, True]
+    assert watch.behind == 7
+    assert watch.stalled_for_s == 35.0
+
+
+def test_nothing_waiting_is_never_a_stall() -> None:
+    clock = _Clock()
+    watch = _watch([GroupPosition(committed=100, lag=0)] * 20, clock)
+    for _ in range(20):
+        clock.now += 5.0
+        assert not watch.stalled()
+
+
+def test_another_member_moving_the_groups_commits_is_progress() -> None:
+    """Two projectors share a group: this one idles on an empty assignment while the other one works."""
+    clock = _Clock()
+    watch = _watch([GroupPosition(committed=100 + 10 * i, lag=50) for i in range(20)], clock)
+    for _ in range(20):
+        clock.now += 5.0
+        assert not watch.stalled()
+
+
+def test_a_broker_that_cannot_answer_starts_the_clock_afresh() -> None:
+    clock = _Clock()
+    stuck = GroupPosition(committed=100, lag=3)
+    watch = _watch([stuck, stuck, stuck, stuck, None, stuck, stuck, stuck, stuck, stuck, stuck, stuck], clock)
+    seen = []
+    for _ in range(12):
+        clock.now += 5.0
+        seen.append(watch.stalled())
+    assert seen.index(True) == 10  # 30 s after the unanswered look (the 5th), not after the first
+
+
+def test_handled_messages_keep_the_watch_quiet_without_asking_the_broker() -> None:
+    clock = _Clock()
+    asked: list[int] = []
+
+    def position() -> GroupPosition:
+        asked.append(1)
+        return GroupPosition(committed=100, lag=9)
+
+    watch = ProgressWatch(position, stall_timeout_s=30.0, look_interval_s=5.0, clock=clock)
+    for _ in range(30):
+        clock.now += 2.0
+        watch.progressed()
+        assert not watch.stalled()
+    assert asked == []
