@@ -252,7 +252,7 @@ class Profile:
 
 
 _STRUCTURAL = ("(asyncio/", "(threading.py", "(click/", "(mode/worker.py", "(mode/threads.py", "(selectors.py",
-               "(mode/services.py", "(pipeline:", "(pipeline/cli.py", "(runpy.py", "<module>")  # fmt: skip
+               "(mode/services.py", "(pipeline:", "(pipeline/cli/", "(runpy.py", "<module>")  # fmt: skip
 """Frames every stack passes through (the event loop, threads, the CLI): left out of ``top_total``."""
 
 

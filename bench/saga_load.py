@@ -32,9 +32,9 @@ from bench.stack import wait_until
 from common.admin import worker_groups
 from producers.toolkit import EventPublisher
 from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, TOPICS, USER_COMMANDS, internal_topics
+from streams.domain.orders import TERMINAL_STATUSES
 from streams.views.projection import order_key
 
-TERMINAL = frozenset({"CONFIRMED", "CANCELLED", "REJECTED", "COMPENSATION_FAILED"})
 POLL_S = 0.05
 """How often pending orders' views are read (the resolution of the view latency)."""
 
@@ -146,7 +146,7 @@ def _poll(ctx: LoadContext, pending: dict[str, Placed]) -> int:
             if raw is None:
                 continue
             view = json.loads(raw)
-            if view.get("status") in TERMINAL:
+            if view.get("status") in TERMINAL_STATUSES:
                 placed = pending.pop(order_id)
                 placed.observed_ms, placed.status = now, str(view["status"])
                 placed.terminal_ms = int(view["terminal_at"]) if view.get("terminal_at") else None

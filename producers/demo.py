@@ -23,10 +23,9 @@ from rich.table import Table
 
 from producers.toolkit import EventPublisher
 from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
+from streams.domain.orders import TERMINAL_STATUSES
 from streams.payment_provider import LEDGER
 from streams.views import read as views
-
-TERMINAL = {"CONFIRMED", "CANCELLED", "REJECTED", "COMPENSATION_FAILED"}
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,7 @@ def _settle(store: redis.Redis, result: DemoResult) -> int:
     pending = [o for o in result.placed if o not in result.outcomes]
     for order_id in pending:
         view = views.get_order(store, order_id)
-        if view is not None and view.get("status") in TERMINAL:
+        if view is not None and view.get("status") in TERMINAL_STATUSES:
             result.outcomes[order_id] = view
     return len(result.outcomes)
 

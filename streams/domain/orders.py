@@ -77,6 +77,14 @@ class SagaStatus(StrEnum):
         return self in (SagaStatus.PLACED, SagaStatus.STOCK_RESERVED)
 
 
+REJECTED = "REJECTED"
+"""The status of an order admission refused (OrderRejected): no saga starts, so SagaStatus has no such member."""
+
+TERMINAL_STATUSES: frozenset[str] = frozenset({*(s.value for s in SagaStatus if not s.is_open), REJECTED})
+"""The order statuses (the strings the read views show) of an order whose outcome is decided: the saga's final
+ones and REJECTED. A CANCELLED order may still turn COMPENSATION_FAILED if its refund fails for good."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class TimelineEntry:
     """One step of an order's story, for the read side."""

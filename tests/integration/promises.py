@@ -38,6 +38,7 @@ from schemas.topics import (
     PAYMENT_EVENTS,
     table,
 )
+from streams.domain.orders import TERMINAL_STATUSES
 from streams.domain.reservations import HANDLES as RESERVATION_INPUTS
 from streams.payment_provider import LEDGER
 from streams.stores import hold_key
@@ -45,8 +46,6 @@ from streams.views import read as views
 from streams.views.projection import order_key
 from tests.seeding import register_users
 from tests.stack import wait_until
-
-TERMINAL = {"CONFIRMED", "CANCELLED", "REJECTED"}
 
 
 @dataclass
@@ -130,7 +129,7 @@ class OrderLoad:
         count = 0
         for start in range(0, len(ids), 1000):
             for raw in store.mget([order_key(o) for o in ids[start : start + 1000]]):
-                count += raw is not None and json.loads(raw).get("status") in TERMINAL
+                count += raw is not None and json.loads(raw).get("status") in TERMINAL_STATUSES
         return count
 
     def unrefunded(self, store: redis.Redis) -> dict[str, str | None]:
@@ -286,7 +285,9 @@ class OrderLoad:
     def explain_open(self, store: redis.Redis, limit: int = 10) -> str:
         """Why orders are not terminal: for each (up to ``limit``) its view, its saga and deadline as the orders
         service's changelogs hold them, and every message said about it."""
-        open_orders = [o for o in self.ordered if (views.get_order(store, o) or {}).get("status") not in TERMINAL]
+        open_orders = [
+            o for o in self.ordered if (views.get_order(store, o) or {}).get("status") not in TERMINAL_STATUSES
+        ]
         out = ["", f"=== orders not terminal: {len(open_orders)} ==="]
         if not open_orders:
             return "\n".join(out)

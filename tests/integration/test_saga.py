@@ -18,6 +18,7 @@ from common.admin import admin_client, apply_topics
 from common.settings import Settings
 from producers.toolkit import EventPublisher
 from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
+from streams.domain.orders import TERMINAL_STATUSES
 from streams.payment_provider import LEDGER
 from streams.views import read as views
 from tests.seeding import register_users, uid
@@ -26,7 +27,6 @@ from tests.workers import Pipeline, running_pipeline
 
 SAGA_TIMEOUT_S = 8
 MAX_REFUND_ATTEMPTS = 3
-TERMINAL = {"CONFIRMED", "CANCELLED", "REJECTED", "COMPENSATION_FAILED"}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def wait_for_order(
         if view is None:
             return False
         seen["view"] = view
-        return bool(until(view)) if until else view.get("status") in TERMINAL
+        return bool(until(view)) if until else view.get("status") in TERMINAL_STATUSES
 
     wait_until(check, timeout=timeout, what=lambda: f"order {order_id} to settle (last view: {seen.get('view')})")
     return seen["view"]

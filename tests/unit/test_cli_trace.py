@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.cli import waterfall
+from pipeline.cli.queries import waterfall
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,51 @@
+"""``pipeline``: the command line for people working with the pipeline's topics.
+
+Every command builds its clients in the command itself (nothing connects at import time) and exits non-zero
+with a one-line reason when something is wrong. One module per command group; this one holds the ``main`` group,
+its logging set-up, and registers the groups; other packages add commands as entry points
+(``pipeline.commands``, see plugins.py), as the benchmark adds ``pipeline bench``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from common.settings import LIBRDKAFKA_LOGGER
+from pipeline.cli import contract, deadletters, messages, processes, queries, readiness, simulation, tokens
+from pipeline.cli.plugins import PluginGroup
+
+
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Work with the order pipeline: topics, schemas, publishing and tailing events."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.ERROR)
+
+
+for command in (
+    contract.topics,
+    contract.schemas,
+    messages.publish,
+    messages.tail,
+    processes.worker,
+    processes.project,
+    processes.gateway_command,
+    queries.views,
+    queries.order_view,
+    queries.trace_view,
+    queries.stock_view,
+    queries.user_view,
+    deadletters.dlq,
+    simulation.demo,
+    simulation.provider,
+    readiness.wait_ready,
+    readiness.wait_workers,
+    tokens.token_command,
+):
+    main.add_command(command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The topic and schema contract: create the declared topics, list them, check and list the Avro schemas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from common.settings import get_settings
+from pipeline.cli.errors import CliError
+
+
+@click.group()
+def topics() -> None:
+    """The pipeline's topics, as declared in schemas/topics.py."""
+
+
+@topics.command("apply")
+def topics_apply() -> None:
+    """Create or update every declared topic (and its dead-letter topic); safe to run again."""
+    from confluent_kafka import KafkaException
+
+    from common.admin import TopicDrift, admin_client, apply_topics
+
+    settings = get_settings()
+    try:
+        changes = apply_topics(admin_client(settings), settings)
+    except (KafkaException, TopicDrift, TimeoutError) as exc:
+        raise CliError(f"applying topics at {settings.kafka_bootstrap}: {exc}") from exc
+    for change in changes:
+        click.echo(str(change))
+
+
+@topics.command("list")
+def topics_list() -> None:
+    """Each declared topic with its records."""
+    from common.admin import all_topics
+
+    for spec in all_topics():
+        records = ", ".join(spec.records) if spec.records else "(raw dead letters)"
+        policy = "compact" if spec.compacted else ("forever" if spec.retention_ms < 0 else "delete")
+        click.echo(f"{spec.name:<32} p={spec.partitions} {policy:<8} {records}")
+
+
+# --- schemas ------------------------------------------------------------------------------------------------
+
+
+@click.group()
+def schemas() -> None:
+    """The Avro schemas in schemas/."""
+
+
+@schemas.command("check")
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="schema tree to check (default: the installed schemas/)",
+)
+def schemas_check(root: Path | None) -> None:
+    """Fail when any schema version is not compatible both ways with every other of its topic's major version."""
+    from schemas.catalog import SCHEMA_ROOT, SchemaCatalog
+    from schemas.compat import check_compatibility
+    from schemas.errors import SchemaError
+    from schemas.topics import records_by_topic
+
+    try:
+        catalog = SchemaCatalog.load(root or SCHEMA_ROOT)
+    except SchemaError as exc:
+        raise CliError(str(exc)) from exc
+    problems = check_compatibility(catalog, records_by_topic())
+    if problems:
+        for problem in problems:
+            click.echo(f"incompatible: {problem}", err=True)
+        raise CliError(f"{len(problems)} compatibility problem(s)")
+    click.echo(f"ok: {len(catalog)} schema versions of {len(catalog.names())} records, full transitive compatibility")
+
+
+@schemas.command("list")
+def schemas_list() -> None:
+    """Every schema version with its CRC-64-AVRO fingerprint."""
+    from schemas.catalog import SchemaCatalog
+
+    for schema in SchemaCatalog.load():
+        click.echo(f"{schema.full_name:<44} v{schema.version}  {schema.fingerprint.hex()}  {schema.path.name}")

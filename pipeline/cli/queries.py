@@ -1,0 +1,190 @@
+"""The query side from the terminal: an order's view and saga waterfall, a SKU's stock, a user; rebuilding views."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from common.settings import Settings, get_settings
+from pipeline.cli.errors import CliError
+
+
+def ms_iso(ms: Any) -> str:
+    """Epoch milliseconds as RFC 3339 UTC text; '-' when absent."""
+    from datetime import UTC, datetime
+
+    if not isinstance(ms, int):
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def query_redis(settings: Settings) -> Any:
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise CliError(f"Redis at {settings.redis_url}: {exc}") from exc
+    return client
+
+
+@click.group()
+def views() -> None:
+    """The query side's Redis views (view:*), kept by `pipeline project`."""
+
+
+@views.command("rebuild")
+@click.option("--idle-timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
+              help="give up on a partition that yields nothing for S seconds before its snapshot end")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="print the counts as one JSON object")
+def views_rebuild(idle_timeout: float, as_json: bool) -> None:
+    """Drop every view:* key and re-project the topics from their start to their end offsets as of now.
+
+    Stop `pipeline project` first; start it again afterwards (its replays are no-ops).
+    """
+    from confluent_kafka import KafkaException
+
+    from consumers.projector import rebuild_views
+    from consumers.toolkit import ConsumeError
+    from schemas.errors import SchemaError
+
+    settings = get_settings()
+    client = query_redis(settings)
+    try:
+        report = rebuild_views(settings, client, idle_timeout=idle_timeout)
+    except (ConsumeError, KafkaException, SchemaError) as exc:
+        raise CliError(str(exc)) from exc
+    counts = report.as_dict()
+    if as_json:
+        click.echo(json.dumps(counts))
+    else:
+        click.echo(f"dropped {report.dropped} view keys")
+        for name, per_topic in counts["topics"].items():
+            click.echo(f"{name:<28} " + " ".join(f"{k}={v}" for k, v in sorted(per_topic.items())))
+        click.echo(
+            f"rebuilt {report.keys} view keys from {counts['handled']} messages "
+            f"(applied {counts['applied']}, unchanged {counts['unchanged']}, skipped {counts['skipped']})"
+        )
+    if report.incomplete:
+        raise CliError(f"stopped before the snapshot end of {', '.join(report.incomplete)}")
+
+
+@click.command("order")
+@click.argument("order_id")
+@click.option("--json", "as_json", is_flag=True, help="print the view as JSON")
+def order_view(order_id: str, as_json: bool) -> None:
+    """Print ORDER_ID's view and its saga timeline from Redis."""
+    from streams.views.read import get_order
+
+    settings = get_settings()
+    view = get_order(query_redis(settings), order_id)
+    if view is None:
+        raise CliError(f"no order {order_id!r} in the views at {settings.redis_url} (is `pipeline project` running?)")
+    if as_json:
+        click.echo(json.dumps(view, indent=2, sort_keys=True))
+        return
+    lines = view.get("lines") or []
+    click.echo(f"order {view['order_id']}  {view.get('status') or '(no status yet)'}")
+    click.echo(f"  user        {view.get('user_id') or '-'}")
+    click.echo(f"  total       {view.get('total_cents')} cents {view.get('currency') or ''}")
+    for line in lines:
+        click.echo(f"  line        {line['sku']} x{line['quantity']} @ {line['unit_price_cents']}")
+    click.echo(f"  placed      {ms_iso(view.get('placed_at'))}   deadline {ms_iso(view.get('deadline_at'))}")
+    click.echo(
+        f"  payment     {view.get('payment_id') or '-'}   charged {view.get('charged_cents')}"
+        f"   refunded {view.get('refunded_cents')}"
+    )
+    if view.get("cancel_reason"):
+        click.echo(f"  reason      {view['cancel_reason']}")
+    if view.get("compensation"):
+        comp = view["compensation"]
+        state = "OPEN - needs attention" if view.get("needs_attention") else f"resolved {ms_iso(comp['resolved_at'])}"
+        click.echo(f"  compensation failed at {comp.get('failed_step')}: {comp.get('reason')} ({state})")
+    click.echo("timeline:")
+    for entry in view.get("timeline", []):
+        detail = " ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(entry["detail"].items()))
+        click.echo(f"  {ms_iso(entry['at'])}  {entry['event']:<26} {entry['service'] or '-':<14} {detail}")
+
+
+@click.command("trace")
+@click.argument("order_id")
+@click.option("--width", type=click.IntRange(min=10), default=40, show_default=True, help="width of the bars")
+def trace_view(order_id: str, width: int) -> None:
+    """Show ORDER_ID's saga as a waterfall: each step's service, event and time since the order began."""
+    from streams.views.read import get_order
+
+    settings = get_settings()
+    view = get_order(query_redis(settings), order_id)
+    if view is None:
+        raise CliError(f"no order {order_id!r} in the views at {settings.redis_url} (is `pipeline project` running?)")
+    for line in waterfall(view.get("timeline") or [], width):
+        click.echo(line)
+    click.echo(
+        f"{order_id}: {view.get('status')}" + (f" ({view['cancel_reason']})" if view.get("cancel_reason") else "")
+    )
+
+
+def waterfall(timeline: list[dict[str, Any]], width: int) -> list[str]:
+    """One row per saga step: offset from the first event, the gap since the step before, and a bar."""
+    if not timeline:
+        return ["(no events yet)"]
+    start = int(timeline[0]["at"])
+    total = max(1, int(timeline[-1]["at"]) - start)
+    rows, previous = [], start
+    for entry in timeline:
+        at = int(entry["at"])
+        begin = round((previous - start) / total * width)
+        end = max(begin + 1, round((at - start) / total * width))
+        bar = " " * begin + "█" * (end - begin)
+        rows.append(
+            f"{at - start:>7} ms {'+' + str(at - previous):>8} ms  {str(entry.get('service') or '-'):<13} "
+            f"{entry['event']:<26} |{bar:<{width}}|"
+        )
+        previous = at
+    return rows
+
+
+@click.command("stock")
+@click.argument("sku")
+def stock_view(sku: str) -> None:
+    """Print SKU's stock view (available, reserved, sold, stock_version) from Redis."""
+    from streams.views.read import stock
+
+    settings = get_settings()
+    view = stock(query_redis(settings), sku)
+    if view is None:
+        raise CliError(f"no stock view for SKU {sku!r} at {settings.redis_url}")
+    click.echo(
+        f"{view['sku']}  available={view['available']} reserved={view['reserved']} sold={view['sold']}"
+        f"  version={view['stock_version']}  last={view.get('last_event', '-')} at {ms_iso(view.get('updated_at'))}"
+    )
+
+
+@click.command("user")
+@click.argument("user_id")
+@click.option("--json", "as_json", is_flag=True, help="print the view as JSON")
+def user_view(user_id: str, as_json: bool) -> None:
+    """Print USER_ID's view (profile, e-mail, version, stats) and refused commands from Redis."""
+    from streams.views.read import get_user, user_rejections, user_stats
+
+    settings = get_settings()
+    client = query_redis(settings)
+    view = get_user(client, user_id)
+    if view is None:
+        raise CliError(f"no user {user_id!r} in the views at {settings.redis_url} (is `pipeline project` running?)")
+    stats, refused = user_stats(client, user_id), user_rejections(client, user_id)
+    if as_json:
+        click.echo(json.dumps({"user": view, "stats": stats, "rejections": refused}, indent=2, sort_keys=True))
+        return
+    state = "active" if view.get("active") else f"inactive ({view.get('deactivation_reason') or '-'})"
+    click.echo(f"user {view['user_id']}  {view.get('username')}  <{view.get('email')}>  {state}  v{view['version']}")
+    click.echo(f"  registered  {ms_iso(view.get('registered_at'))}   updated {ms_iso(view.get('updated_at'))}")
+    click.echo(f"  logins      {stats['login_count'] if stats else 0}   last {ms_iso(view.get('last_login_at'))}")
+    click.echo(f"  orders      {stats['orders_placed'] if stats else 0}")
+    for name, value in sorted((view.get("profile") or {}).items()):
+        click.echo(f"  profile     {name} = {value}")
+    for entry in refused:
+        click.echo(f"  refused     {entry['command']}: {entry['reason']}  ({ms_iso(entry.get('rejected_at'))})")

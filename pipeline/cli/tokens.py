@@ -1,0 +1,31 @@
+"""Development bearer tokens for the gateway."""
+
+from __future__ import annotations
+
+import click
+
+from common.settings import get_settings
+from pipeline.cli.errors import CliError
+
+
+@click.command("token")
+@click.option("--subject", "-s", required=True, help="the user id the token speaks for (its sub claim)")
+@click.option("--ttl", type=click.IntRange(min=1), default=3600, show_default=True, help="seconds until it expires")
+def token_command(subject: str, ttl: int) -> None:
+    """Print a development HS256 bearer token for the gateway (signed with PIPELINE_JWT_SECRET)."""
+    from gateway.auth import issue_token
+
+    settings = get_settings()
+    if settings.jwt_algorithm != "HS256":
+        raise CliError(f"the gateway expects {settings.jwt_algorithm} tokens; this command signs HS256 dev tokens only")
+    if not subject.strip():
+        raise CliError("--subject must not be empty")
+    click.echo(
+        issue_token(
+            subject,
+            settings.jwt_secret.get_secret_value(),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            ttl_s=ttl,
+        )
+    )
