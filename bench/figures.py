@@ -211,7 +211,7 @@ _BUCKETS: tuple[tuple[str, str], ...] = (
     ("(aiohttp/", "aiohttp"),
     ("(jwt/", "JWT"),
     ("(pydantic", "pydantic"),
-    ("(pipeline/envelope.py", "envelope headers"),
+    ("(common/envelope.py", "envelope headers"),
     ("(uuid.py", "uuid"),
     ("(json/", "JSON"),
     ("(logging/", "logging"),

@@ -132,7 +132,7 @@ ensure_images() {
 APP_IMAGE=${PIPELINE_APP_IMAGE:-order-pipeline/app:latest}
 
 app_hash() {
-  (cd "$root" && git ls-files -z -- pyproject.toml common pipeline schemas streams producers consumers gateway 2>/dev/null \
+  (cd "$root" && git ls-files -z -- pyproject.toml common pipeline schemas streams producers consumers gateway bench 2>/dev/null \
      | xargs -0 sha256sum; declare -f build_app_image) | sha256sum | cut -c1-16
 }
 

@@ -20,7 +20,7 @@ from pipeline.cli.plugins import PluginGroup
 @click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Work with the order pipeline: topics, schemas, publishing and tailing events."""
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # in time order, like the workers
     logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.ERROR)
 
 
