@@ -30,8 +30,9 @@ from bench.figures import is_saturated, latency_growth, latency_summary, per_sec
 from bench.probes import CpuSnapshot, Offsets, deltas, read_offsets
 from bench.stack import wait_until
 from common.admin import worker_groups
+from producers.orders import place_order, random_order
 from producers.toolkit import EventPublisher
-from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, TOPICS, USER_COMMANDS, internal_topics
+from schemas.topics import INVENTORY_COMMANDS, TOPICS, USER_COMMANDS, internal_topics
 from streams.domain.orders import TERMINAL_STATUSES
 from streams.views.projection import order_key
 
@@ -110,27 +111,9 @@ def _place(ctx: LoadContext) -> tuple[str, Placed]:
     rng = ctx.rng
     ctx.sequence += 1
     order_id = f"bench-{ctx.run}-o{ctx.sequence}"
-    user_id = rng.choice(ctx.customers)
-    lines = rng.sample(ctx.skus, k=rng.randint(1, 3))
-    token = "tok_decline" if rng.random() < ctx.plan.decline_share else "tok_ok"
+    user_id, order = random_order(rng, order_id, ctx.customers, ctx.skus, decline_share=ctx.plan.decline_share)
     requested = _now_ms()
-    ctx.publisher.publish(
-        ORDER_COMMANDS,
-        "PlaceOrder",
-        user_id,
-        {
-            "order_id": order_id,
-            "user_id": user_id,
-            "lines": [
-                {"sku": s, "quantity": rng.randint(1, 4), "unit_price_cents": 500 + 250 * i}
-                for i, s in enumerate(lines)
-            ],
-            "payment": {"method": "card", "token": token},
-            "idempotency_key": order_id,
-            "requested_at": requested,
-        },
-        correlation_id=order_id,
-    )
+    place_order(ctx.publisher, order, requested_at=requested, correlation_id=order_id)
     return order_id, Placed(user_id, requested)
 
 

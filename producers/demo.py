@@ -21,8 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from producers.orders import place_order, random_order
 from producers.toolkit import EventPublisher
-from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
+from schemas.topics import INVENTORY_COMMANDS, USER_COMMANDS
 from streams.domain.orders import TERMINAL_STATUSES
 from streams.payment_provider import LEDGER
 from streams.views import read as views
@@ -98,27 +99,9 @@ def run_demo(publisher: EventPublisher, store: redis.Redis, plan: DemoPlan, cons
             if delay > 0:
                 time.sleep(delay)
             order_id = f"demo-{run}-o{n}"
-            lines = rng.sample(skus, k=rng.randint(1, min(3, len(skus))))
-            token = "tok_decline" if rng.random() < plan.decline_share else "tok_ok"
             requested = _now_ms()
-            # keyed by the user it is for: admission keeps each customer on the partition of that key
-            user_id = rng.choice(customers)
-            publisher.publish(
-                ORDER_COMMANDS,
-                "PlaceOrder",
-                user_id,
-                {
-                    "order_id": order_id,
-                    "user_id": user_id,
-                    "lines": [
-                        {"sku": s, "quantity": rng.randint(1, 4), "unit_price_cents": 500 + 250 * i}
-                        for i, s in enumerate(lines)
-                    ],
-                    "payment": {"method": "card", "token": token},
-                    "idempotency_key": order_id,
-                    "requested_at": requested,
-                },
-            )
+            _, order = random_order(rng, order_id, customers, skus, decline_share=plan.decline_share)
+            place_order(publisher, order, requested_at=requested)
             result.placed[order_id] = requested
             progress.advance(placing)
             if n % 20 == 0:
