@@ -32,7 +32,7 @@ from bench.stack import wait_until
 from common.admin import worker_groups
 from producers.toolkit import EventPublisher
 from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, TOPICS, USER_COMMANDS, internal_topics
-from streams.views.projection import order_key
+from streams.views.keys import order_key
 
 TERMINAL = frozenset({"CONFIRMED", "CANCELLED", "REJECTED", "COMPENSATION_FAILED"})
 POLL_S = 0.05

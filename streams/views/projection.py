@@ -2,7 +2,7 @@
 
 Nothing here talks to Kafka or Redis. :mod:`consumers.projector` decodes a message into an :class:`Event`,
 reads the :class:`Snapshot` that :func:`reads` names, calls :func:`project` and applies the returned
-:class:`Op` list in one MULTI/EXEC. The key space is documented in :mod:`consumers.projector`.
+:class:`Op` list in one MULTI/EXEC. The key space is in :mod:`streams.views.keys`.
 
 Why the views converge to the log whatever the interleaving of topics (a live projector and a rebuild read
 the five topics in different orders, so each order view must not depend on it):
@@ -37,66 +37,25 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-# --- keys ---------------------------------------------------------------------------------------------------
+from streams.views.keys import (
+    ATTENTION_KEY,
+    REGISTERED_KEY,
+    SKUS_KEY,
+    USERNAMES_KEY,
+    notification_ids_key,
+    notifications_key,
+    order_key,
+    stock_key,
+    user_email_key,
+    user_key,
+    user_order_summaries_key,
+    user_orders_key,
+    user_rejection_ids_key,
+    user_rejections_key,
+)
 
-VIEW_PREFIX = "view:"
-REBUILDING_KEY = "views-meta:rebuilding"
-"""Set (outside ``view:*``, so the rebuild does not drop it) while ``pipeline views rebuild`` runs: readers
-mark what they show as stale. It expires on its own if a rebuild dies."""
-BUILT_KEY = "views-meta:built"
-"""Written (outside ``view:*``) once the views hold everything up to the projector's committed offsets: when the
-live projector or a rebuild made them. Redis lost or flushed loses it too, which is how the projector notices
-that its views are gone and rebuilds them from the log."""
-ATTENTION_KEY = "view:attention"
-SKUS_KEY = "view:skus"
 NOTIFICATIONS_KEPT = 100
 """How many notices a user's list keeps (the newest)."""
-
-
-def order_key(order_id: str) -> str:
-    return f"view:order:{order_id}"
-
-
-def user_orders_key(user_id: str) -> str:
-    return f"view:user-orders:{user_id}"
-
-
-def user_order_summaries_key(user_id: str) -> str:
-    return f"view:user-order-summaries:{user_id}"
-
-
-def stock_key(sku: str) -> str:
-    return f"view:stock:{sku}"
-
-
-def notifications_key(user_id: str) -> str:
-    return f"view:notifications:{user_id}"
-
-
-def notification_ids_key(user_id: str) -> str:
-    return f"view:notification-ids:{user_id}"
-
-
-def user_key(user_id: str) -> str:
-    return f"view:user:{user_id}"
-
-
-def user_email_key(email: str) -> str:
-    return f"view:user-email:{email.strip().lower()}"
-
-
-def user_rejections_key(user_id: str) -> str:
-    return f"view:user-rejections:{user_id}"
-
-
-def user_rejection_ids_key(user_id: str) -> str:
-    return f"view:user-rejection-ids:{user_id}"
-
-
-USERNAMES_KEY = "view:users:by-username"
-"""Sorted set, all scores 0, members ``{lower-cased username}\x00{user_id}``: prefix search with ZRANGEBYLEX."""
-REGISTERED_KEY = "view:users:by-registered"
-"""Sorted set of user ids scored by ``registered_at`` (epoch ms): "registered after" search."""
 REJECTIONS_KEPT = 20
 USER_RECORDS = frozenset(
     {

@@ -14,8 +14,16 @@ from consumers.projector import Projector
 from consumers.toolkit import Consumed
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
-from streams.views.projection import (
+from streams.views.keys import (
     ATTENTION_KEY,
+    notification_ids_key,
+    notifications_key,
+    order_key,
+    stock_key,
+    user_order_summaries_key,
+    user_orders_key,
+)
+from streams.views.projection import (
     NOTIFICATIONS_KEPT,
     CannotProject,
     Event,
@@ -26,14 +34,8 @@ from streams.views.projection import (
     apply_to_stock,
     attention_entry,
     make_event,
-    notification_ids_key,
-    notifications_key,
-    order_key,
     project,
     reads,
-    stock_key,
-    user_order_summaries_key,
-    user_orders_key,
 )
 
 pytestmark = pytest.mark.unit

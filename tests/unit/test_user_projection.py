@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streams.views.keys import USERNAMES_KEY, user_email_key, user_key, user_rejection_ids_key
 from streams.views.projection import (
-    USERNAMES_KEY,
     Event,
     Op,
     Reads,
@@ -17,9 +17,6 @@ from streams.views.projection import (
     apply_to_user,
     project,
     reads,
-    user_email_key,
-    user_key,
-    user_rejection_ids_key,
     username_member,
 )
 
