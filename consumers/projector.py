@@ -1,11 +1,11 @@
 """The projector: keeps the query side's Redis views from the event topics, and rebuilds them from the log.
 
-It reads ``orders.events.v1``, ``inventory.events.v1``, ``inventory.stock.v1``, ``payments.events.v1``,
-``notifications.events.v1`` and ``users.events.v1`` through :class:`~consumers.toolkit.EventConsumer` (group
-``order-pipeline-projector``), decides with the pure functions of :mod:`streams.views.projection` and writes each
-event's changes in **one MULTI/EXEC** under WATCH of the keys it read (:class:`ViewStore`). Offsets are stored
-only after that write (at-least-once; replays are no-ops). A message that does not decode, or an event the
-projector cannot apply, is parked in ``<topic>.dlq`` (:mod:`consumers.deadletter`) and the partition flows on.
+It reads :data:`PROJECTED_TOPICS` (the events of orders, inventory, payments, notifications and users, and the
+stock arriving) through :class:`~consumers.toolkit.EventConsumer` (group :data:`GROUP_ID`), decides with the
+pure functions of :mod:`streams.views.projection` and writes each event's changes in **one MULTI/EXEC** under
+WATCH of the keys it read (:class:`ViewStore`). Offsets are stored only after that write (at-least-once;
+replays are no-ops). A message that does not decode, or an event the projector cannot apply, is parked in
+``<topic>.dlq`` (:mod:`consumers.deadletter`) and the partition flows on.
 ``orders.deadlines.v1`` is not projected: it is kept one day, so views built from it could not be rebuilt.
 
 The views live under ``view:*`` in Redis, which is the projector's alone (``pipeline views rebuild`` drops all
@@ -48,6 +48,7 @@ from schemas.topics import (
     USER_EVENTS,
 )
 from schemas.topics import topic as find_topic
+from streams.views.events import CannotProject, Event, Op, make_event
 from streams.views.keys import (
     BUILT_KEY,
     REBUILDING_KEY,
@@ -58,16 +59,7 @@ from streams.views.keys import (
     user_key,
     user_rejection_ids_key,
 )
-from streams.views.projection import (
-    CannotProject,
-    Event,
-    Op,
-    Reads,
-    Snapshot,
-    make_event,
-    project,
-    reads,
-)
+from streams.views.projection import Reads, Snapshot, project, reads
 
 if TYPE_CHECKING:
     from redis.client import Pipeline

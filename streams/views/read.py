@@ -25,7 +25,7 @@ from streams.views.keys import (
     user_orders_key,
     user_rejections_key,
 )
-from streams.views.projection import STOCK_FIELDS
+from streams.views.stock import STOCK_FIELDS
 
 if TYPE_CHECKING:
     import redis

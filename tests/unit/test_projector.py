@@ -14,6 +14,7 @@ from consumers.projector import Projector
 from consumers.toolkit import Consumed
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
+from streams.views.events import CannotProject, Event, Op, make_event
 from streams.views.keys import (
     ATTENTION_KEY,
     notification_ids_key,
@@ -23,20 +24,10 @@ from streams.views.keys import (
     user_order_summaries_key,
     user_orders_key,
 )
-from streams.views.projection import (
-    NOTIFICATIONS_KEPT,
-    CannotProject,
-    Event,
-    Op,
-    Reads,
-    Snapshot,
-    apply_to_order,
-    apply_to_stock,
-    attention_entry,
-    make_event,
-    project,
-    reads,
-)
+from streams.views.notifications import NOTIFICATIONS_KEPT
+from streams.views.orders import apply_to_order, attention_entry
+from streams.views.projection import Reads, Snapshot, project, reads
+from streams.views.stock import apply_to_stock
 
 pytestmark = pytest.mark.unit
 
