@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.topics import USER_EVENTS
 from streams.views.events import CannotProject, Event, Op, canonical_json, required_str
 from streams.views.keys import (
     REGISTERED_KEY,
@@ -17,18 +18,8 @@ from streams.views.keys import (
     user_rejections_key,
 )
 
-USER_RECORDS = frozenset(
-    {
-        "UserRegistered",
-        "UserProfileUpdated",
-        "UserEmailChanged",
-        "UserDeactivated",
-        "UserReactivated",
-        "UserLoggedIn",
-        "UserOnboardingStarted",
-        "UserCommandRejected",
-    }
-)
+USER_RECORDS = frozenset(USER_EVENTS.records)
+"""The user events, as the topic contract declares them."""
 REJECTIONS_KEPT = 20
 """How many rejected commands a user's list keeps (the newest)."""
 
