@@ -34,7 +34,7 @@ from producers.orders import place_order, random_order
 from producers.toolkit import EventPublisher
 from schemas.topics import INVENTORY_COMMANDS, TOPICS, USER_COMMANDS, internal_topics
 from streams.domain.orders import TERMINAL_STATUSES
-from streams.views.projection import order_key
+from streams.views.keys import order_key
 
 POLL_S = 0.05
 """How often pending orders' views are read (the resolution of the view latency)."""

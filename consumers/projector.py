@@ -1,58 +1,15 @@
 """The projector: keeps the query side's Redis views from the event topics, and rebuilds them from the log.
 
-It reads ``orders.events.v1``, ``inventory.events.v1``, ``inventory.stock.v1``, ``payments.events.v1``,
-``notifications.events.v1`` and ``users.events.v1`` through :class:`~consumers.toolkit.EventConsumer` (group
-``order-pipeline-projector``), decides with the pure functions of :mod:`streams.views.projection` and writes each
-event's changes in **one MULTI/EXEC** under WATCH of the keys it read (:class:`ViewStore`). Offsets are stored
-only after that write (at-least-once; replays are no-ops). A message that does not decode, or an event the
-projector cannot apply, is parked in ``<topic>.dlq`` (:mod:`consumers.deadletter`) and the partition flows on.
+It reads :data:`PROJECTED_TOPICS` (the events of orders, inventory, payments, notifications and users, and the
+stock arriving) through :class:`~consumers.toolkit.EventConsumer` (group :data:`GROUP_ID`), decides with the
+pure functions of :mod:`streams.views.projection` and writes each event's changes in **one MULTI/EXEC** under
+WATCH of the keys it read (:class:`ViewStore`). Offsets are stored only after that write (at-least-once;
+replays are no-ops). A message that does not decode, or an event the projector cannot apply, is parked in
+``<topic>.dlq`` (:mod:`consumers.deadletter`) and the partition flows on.
 ``orders.deadlines.v1`` is not projected: it is kept one day, so views built from it could not be rebuilt.
 
-Redis key space — ``view:*`` is the projector's alone (``pipeline views rebuild`` drops all of it). Times are
-event times in epoch milliseconds, JSON is canonical (sorted keys, no spaces), nothing records processing time:
-
-==============================================  ======  =========================================================
-key                                             type    content
-==============================================  ======  =========================================================
-``view:order:{order_id}``                       string  JSON order view: ``order_id``, ``status`` (PLACED,
-                                                        STOCK_RESERVED, PAYMENT_PENDING, CONFIRMED, CANCELLED,
-                                                        REJECTED,
-                                                        COMPENSATION_FAILED; null until a status-bearing event),
-                                                        ``user_id``, ``lines``, ``total_cents``, ``currency``,
-                                                        ``placed_at``, ``deadline_at``, ``channel``, ``note``,
-                                                        ``payment_method``, ``cancel_reason``, ``payment_id``,
-                                                        ``charged_cents``, ``refunded_cents``, ``terminal_at``,
-                                                        ``updated_at``, ``compensation`` (the last
-                                                        OrderCompensationFailed's fields + ``resolved_at``/``_by``),
-                                                        ``needs_attention``, and ``timeline``: one entry per
-                                                        distinct event ``{at, event, service, id, detail}``
-                                                        sorted by event time
-``view:user-orders:{user_id}``                  zset    order ids scored by ``placed_at`` (newest = highest)
-``view:user-order-summaries:{user_id}``         hash    order id → JSON ``{order_id, status, total_cents,
-                                                        currency, placed_at, updated_at, cancel_reason}``
-``view:stock:{sku}``                            hash    ``sku``, ``available``, ``reserved``, ``sold``,
-                                                        ``stock_version``, ``updated_at``, ``last_event``,
-                                                        ``event_id`` (only newer ``stock_version`` applied)
-``view:skus``                                   set     every SKU with a stock view
-``view:attention``                              hash    order id → JSON: the OrderCompensationFailed fields
-                                                        (``failed_step``, ``reason``, ``attempts``,
-                                                        ``payment_id``, ``amount_cents``, ``failed_at``, …) and
-                                                        ``order`` (the order view); removed once a
-                                                        PaymentRefunded at or after the failure arrives
-``view:notifications:{user_id}``                list    JSON NotificationSent values, newest first (100 kept)
-``view:notification-ids:{user_id}``             set     notification ids already taken (deduplication)
-``view:user:{user_id}``                         string  JSON user view: ``user_id``, ``username``, ``email``,
-                                                        ``profile`` (merged), ``active``,
-                                                        ``deactivation_reason``, ``version`` (only newer applied),
-                                                        ``registered_at``, ``updated_at``, ``login_count``,
-                                                        ``last_login_at``, ``onboarding_started_at``
-``view:user-email:{email}``                     set     user ids whose current address is ``email`` (lower-cased)
-``view:users:by-username``                      zset    ``{lower-cased username}\x00{user_id}``, score 0 (prefix)
-``view:users:by-registered``                    zset    user ids scored by ``registered_at``
-``view:user-rejections:{user_id}``              list    JSON UserCommandRejected values + ``event_id``, newest
-                                                        first (20 kept)
-``view:user-rejection-ids:{user_id}``           set     rejection event ids already taken (deduplication)
-==============================================  ======  =========================================================
+The views live under ``view:*`` in Redis, which is the projector's alone (``pipeline views rebuild`` drops all
+of it); :mod:`streams.views.keys` lists every key and what it holds.
 
 Idempotency: an order event whose id (``ce_id``, else ``topic:partition:offset``) is in the order's timeline
 changes nothing; stock is version-gated; notices are deduplicated by ``notification_id``. Read the views with
@@ -92,24 +49,18 @@ from schemas.topics import (
     USER_EVENTS,
 )
 from schemas.topics import topic as find_topic
-from streams.views.projection import (
+from streams.views.events import CannotProject, Event, Op, make_event
+from streams.views.keys import (
     BUILT_KEY,
     REBUILDING_KEY,
     VIEW_PREFIX,
-    CannotProject,
-    Event,
-    Op,
-    Reads,
-    Snapshot,
-    make_event,
     notification_ids_key,
     order_key,
-    project,
-    reads,
     stock_key,
     user_key,
     user_rejection_ids_key,
 )
+from streams.views.projection import Reads, Snapshot, project, reads
 
 if TYPE_CHECKING:
     from redis.client import Pipeline

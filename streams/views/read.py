@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from streams.views.projection import (
+from streams.views.keys import (
     ATTENTION_KEY,
     REBUILDING_KEY,
     REGISTERED_KEY,
     SKUS_KEY,
-    STOCK_FIELDS,
     USERNAMES_KEY,
     VIEW_PREFIX,
     notifications_key,
@@ -26,6 +25,7 @@ from streams.views.projection import (
     user_orders_key,
     user_rejections_key,
 )
+from streams.views.stock import STOCK_FIELDS
 
 if TYPE_CHECKING:
     import redis

@@ -43,7 +43,7 @@ from streams.domain.reservations import HANDLES as RESERVATION_INPUTS
 from streams.payment_provider import LEDGER
 from streams.stores import hold_key
 from streams.views import read as views
-from streams.views.projection import order_key
+from streams.views.keys import order_key
 from tests.seeding import register_users
 from tests.stack import wait_until
 

@@ -33,7 +33,7 @@ from schemas.topics import (
     TopicSpec,
 )
 from streams.views import read as views
-from streams.views.projection import ATTENTION_KEY, BUILT_KEY, order_key
+from streams.views.keys import ATTENTION_KEY, BUILT_KEY, order_key
 from tests.integration.promises import dump_views
 from tests.stack import KafkaNode, wait_until
 from tests.workers import run_cli

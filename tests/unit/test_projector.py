@@ -14,27 +14,27 @@ from consumers.projector import Projector
 from consumers.toolkit import Consumed
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
-from streams.views.projection import (
+from schemas.topics import (
+    INVENTORY_EVENTS,
+    ORDER_DEADLINES,
+    ORDER_EVENTS,
+    PAYMENT_EVENTS,
+    TOPICS,
+)
+from streams.views.events import TIME_FIELDS, CannotProject, Event, Op, make_event
+from streams.views.keys import (
     ATTENTION_KEY,
-    NOTIFICATIONS_KEPT,
-    CannotProject,
-    Event,
-    Op,
-    Reads,
-    Snapshot,
-    apply_to_order,
-    apply_to_stock,
-    attention_entry,
-    make_event,
     notification_ids_key,
     notifications_key,
     order_key,
-    project,
-    reads,
     stock_key,
     user_order_summaries_key,
     user_orders_key,
 )
+from streams.views.notifications import NOTIFICATIONS_KEPT
+from streams.views.orders import SAGA_ORDER, STATUS_BY_RECORD, apply_to_order, attention_entry
+from streams.views.projection import Reads, Snapshot, project, reads
+from streams.views.stock import STOCK_LINE_RECORDS, apply_to_stock
 
 pytestmark = pytest.mark.unit
 
@@ -431,6 +431,18 @@ def test_make_event_reads_time_id_and_service() -> None:
     assert (unknown.at, unknown.value["reserved_at"], unknown.service) == (T0, T0, "")
     timeless = make_event("X", {"order_id": "o"}, event_id="id", position="x", source=None, fallback_time_ms=5)
     assert timeless.at == 5
+
+
+# --- the record names the views route and fold by -----------------------------------------------------------
+
+
+def test_the_views_name_only_records_the_topic_contract_declares() -> None:
+    """Where a view lists record names it cannot derive (an order, a time field each), they match the contract."""
+    order_keyed = {*ORDER_EVENTS.records, *ORDER_DEADLINES.records, *INVENTORY_EVENTS.records, *PAYMENT_EVENTS.records}
+    assert set(SAGA_ORDER) == order_keyed and len(SAGA_ORDER) == len(order_keyed)
+    assert set(STATUS_BY_RECORD) <= order_keyed
+    assert STOCK_LINE_RECORDS <= set(INVENTORY_EVENTS.records)
+    assert set(TIME_FIELDS) <= {record for topic in TOPICS for record in topic.records}
 
 
 # --- the projector's edge, with stand-ins for Redis and the dead-letter producer -----------------------------

@@ -8,20 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.views.projection import (
-    USERNAMES_KEY,
-    Event,
-    Op,
-    Reads,
-    Snapshot,
-    apply_to_user,
-    project,
-    reads,
-    user_email_key,
-    user_key,
-    user_rejection_ids_key,
-    username_member,
-)
+from streams.views.events import Event, Op
+from streams.views.keys import USERNAMES_KEY, user_email_key, user_key, user_rejection_ids_key
+from streams.views.projection import Reads, Snapshot, project, reads
+from streams.views.users import apply_to_user, username_member
 
 pytestmark = pytest.mark.unit
 

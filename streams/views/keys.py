@@ -1,0 +1,106 @@
+"""The Redis key space of the read views: every key and prefix, named once.
+
+``view:*`` is :mod:`consumers.projector`'s alone (``pipeline views rebuild`` drops all of it); the two
+``views-meta:*`` marks sit outside it so that a rebuild keeps them. Times are event times in epoch milliseconds,
+JSON is canonical (sorted keys, no spaces), nothing records processing time:
+
+==============================================  ======  =========================================================
+key                                             type    content
+==============================================  ======  =========================================================
+``view:order:{order_id}``                       string  JSON order view: ``order_id``, ``status`` (PLACED,
+                                                        STOCK_RESERVED, PAYMENT_PENDING, CONFIRMED, CANCELLED,
+                                                        REJECTED,
+                                                        COMPENSATION_FAILED; null until a status-bearing event),
+                                                        ``user_id``, ``lines``, ``total_cents``, ``currency``,
+                                                        ``placed_at``, ``deadline_at``, ``channel``, ``note``,
+                                                        ``payment_method``, ``cancel_reason``, ``payment_id``,
+                                                        ``charged_cents``, ``refunded_cents``, ``terminal_at``,
+                                                        ``updated_at``, ``compensation`` (the last
+                                                        OrderCompensationFailed's fields + ``resolved_at``/``_by``),
+                                                        ``needs_attention``, and ``timeline``: one entry per
+                                                        distinct event ``{at, event, service, id, detail}``
+                                                        sorted by event time
+``view:user-orders:{user_id}``                  zset    order ids scored by ``placed_at`` (newest = highest)
+``view:user-order-summaries:{user_id}``         hash    order id → JSON ``{order_id, status, total_cents,
+                                                        currency, placed_at, updated_at, cancel_reason}``
+``view:stock:{sku}``                            hash    ``sku``, ``available``, ``reserved``, ``sold``,
+                                                        ``stock_version``, ``updated_at``, ``last_event``,
+                                                        ``event_id`` (only newer ``stock_version`` applied)
+``view:skus``                                   set     every SKU with a stock view
+``view:attention``                              hash    order id → JSON: the OrderCompensationFailed fields
+                                                        (``failed_step``, ``reason``, ``attempts``,
+                                                        ``payment_id``, ``amount_cents``, ``failed_at``, …) and
+                                                        ``order`` (the order view); removed once a
+                                                        PaymentRefunded at or after the failure arrives
+``view:notifications:{user_id}``                list    JSON NotificationSent values, newest first (100 kept)
+``view:notification-ids:{user_id}``             set     notification ids already taken (deduplication)
+``view:user:{user_id}``                         string  JSON user view: ``user_id``, ``username``, ``email``,
+                                                        ``profile`` (merged), ``active``,
+                                                        ``deactivation_reason``, ``version`` (only newer applied),
+                                                        ``registered_at``, ``updated_at``, ``login_count``,
+                                                        ``last_login_at``, ``onboarding_started_at``
+``view:user-email:{email}``                     set     user ids whose current address is ``email`` (lower-cased)
+``view:users:by-username``                      zset    ``{lower-cased username}\\x00{user_id}``, score 0 (prefix)
+``view:users:by-registered``                    zset    user ids scored by ``registered_at``
+``view:user-rejections:{user_id}``              list    JSON UserCommandRejected values + ``event_id``, newest
+                                                        first (20 kept)
+``view:user-rejection-ids:{user_id}``           set     rejection event ids already taken (deduplication)
+==============================================  ======  =========================================================
+"""
+
+from __future__ import annotations
+
+VIEW_PREFIX = "view:"
+REBUILDING_KEY = "views-meta:rebuilding"
+"""Set (outside ``view:*``, so the rebuild does not drop it) while ``pipeline views rebuild`` runs: readers
+mark what they show as stale. It expires on its own if a rebuild dies."""
+BUILT_KEY = "views-meta:built"
+"""Written (outside ``view:*``) once the views hold everything up to the projector's committed offsets: when the
+live projector or a rebuild made them. Redis lost or flushed loses it too, which is how the projector notices
+that its views are gone and rebuilds them from the log."""
+ATTENTION_KEY = "view:attention"
+SKUS_KEY = "view:skus"
+USERNAMES_KEY = "view:users:by-username"
+"""Sorted set, all scores 0, members ``{lower-cased username}\x00{user_id}``: prefix search with ZRANGEBYLEX."""
+REGISTERED_KEY = "view:users:by-registered"
+"""Sorted set of user ids scored by ``registered_at`` (epoch ms): "registered after" search."""
+
+
+def order_key(order_id: str) -> str:
+    return f"view:order:{order_id}"
+
+
+def user_orders_key(user_id: str) -> str:
+    return f"view:user-orders:{user_id}"
+
+
+def user_order_summaries_key(user_id: str) -> str:
+    return f"view:user-order-summaries:{user_id}"
+
+
+def stock_key(sku: str) -> str:
+    return f"view:stock:{sku}"
+
+
+def notifications_key(user_id: str) -> str:
+    return f"view:notifications:{user_id}"
+
+
+def notification_ids_key(user_id: str) -> str:
+    return f"view:notification-ids:{user_id}"
+
+
+def user_key(user_id: str) -> str:
+    return f"view:user:{user_id}"
+
+
+def user_email_key(email: str) -> str:
+    return f"view:user-email:{email.strip().lower()}"
+
+
+def user_rejections_key(user_id: str) -> str:
+    return f"view:user-rejections:{user_id}"
+
+
+def user_rejection_ids_key(user_id: str) -> str:
+    return f"view:user-rejection-ids:{user_id}"

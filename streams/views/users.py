@@ -1,0 +1,114 @@
+"""The user views, pure: each user's document folded from the user events, the search indexes over it
+(e-mail, username prefix, registration time), and each user's rejected commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from schemas.topics import USER_EVENTS
+from streams.views.events import CannotProject, Event, Op, canonical_json, required_str
+from streams.views.keys import (
+    REGISTERED_KEY,
+    USERNAMES_KEY,
+    user_email_key,
+    user_key,
+    user_rejection_ids_key,
+    user_rejections_key,
+)
+
+USER_RECORDS = frozenset(USER_EVENTS.records)
+"""The user events, as the topic contract declares them."""
+REJECTIONS_KEPT = 20
+"""How many rejected commands a user's list keeps (the newest)."""
+
+
+def apply_to_user(doc: Mapping[str, Any] | None, event: Event) -> dict[str, Any] | None:
+    """The user view after ``event``, or None when it changes nothing.
+
+    User events of one user share one partition, so they arrive in version order in every run; each carries
+    the aggregate's version after it and is applied only if that is newer than the view's (a replay or a
+    duplicate changes nothing). UserOnboardingStarted has no version: it only stamps the view once.
+    """
+    value = event.value
+    if event.record == "UserOnboardingStarted":
+        if doc is None or doc.get("onboarding_started_at") is not None:
+            return None
+        return {**doc, "onboarding_started_at": event.at}
+    version = value.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CannotProject(f"{event.record} has no version; user views are version-gated")
+    if event.record == "UserRegistered":
+        if doc is not None and int(doc["version"]) >= version:
+            return None
+        return {
+            "user_id": required_str(event, "user_id"),
+            "username": value.get("username"),
+            "email": value.get("email"),
+            "profile": dict(value.get("profile") or {}),
+            "active": True,
+            "deactivation_reason": None,
+            "version": version,
+            "registered_at": event.at,
+            "updated_at": event.at,
+            "login_count": 0,
+            "last_login_at": None,
+            "onboarding_started_at": None,
+        }
+    if doc is None or int(doc["version"]) >= version:
+        return None  # before its registration (cannot happen on one partition) or already applied
+    after = {**doc, "version": version, "updated_at": event.at}
+    match event.record:
+        case "UserProfileUpdated":
+            after["profile"] = {**doc.get("profile", {}), **dict(value.get("changes") or {})}
+        case "UserEmailChanged":
+            after["email"] = value.get("new_email")
+        case "UserDeactivated":
+            after["active"] = False
+            after["deactivation_reason"] = value.get("reason")
+        case "UserReactivated":
+            after["active"] = True
+            after["deactivation_reason"] = None
+        case "UserLoggedIn":
+            after["login_count"] = int(doc.get("login_count") or 0) + 1
+            after["last_login_at"] = event.at
+    return after
+
+
+def username_member(username: str, user_id: str) -> str:
+    """The user's member of the username index: sorts by lower-cased username, unique per user."""
+    return f"{username.lower()}\x00{user_id}"
+
+
+def user_ops(doc: Mapping[str, Any] | None, event: Event) -> list[Op]:
+    """The writes that bring the user view and the user search indexes from ``doc`` to after ``event``."""
+    after = apply_to_user(doc, event)
+    if after is None:
+        return []
+    user_id = str(after["user_id"])
+    ops = [Op("SET", user_key(user_id), (canonical_json(after),))]
+    old_email = doc.get("email") if doc else None
+    if after.get("email") != old_email:  # a set per address: each user moves only itself, in any interleaving
+        if old_email:
+            ops.append(Op("SREM", user_email_key(str(old_email)), (user_id,)))
+        ops.append(Op("SADD", user_email_key(str(after["email"])), (user_id,)))
+    old_name = doc.get("username") if doc else None
+    if after.get("username") != old_name:
+        if old_name:
+            ops.append(Op("ZREM", USERNAMES_KEY, (username_member(str(old_name), user_id),)))
+        ops.append(Op("ZADD", USERNAMES_KEY, (0, username_member(str(after["username"]), user_id))))
+    if doc is None or doc.get("registered_at") != after["registered_at"]:
+        ops.append(Op("ZADD", REGISTERED_KEY, (int(after["registered_at"]), user_id)))
+    return ops
+
+
+def rejection_ops(user_id: str, event_id: str, event: Event) -> list[Op]:
+    """The writes that add a UserCommandRejected to its user's rejections (the caller checks it was not taken)."""
+    key = user_rejections_key(user_id)
+    entry = {k: v for k, v in event.value.items() if k != "user_id"} | {"event_id": event_id}
+    return [
+        Op("SADD", user_rejection_ids_key(user_id), (event_id,)),
+        Op("LPUSH", key, (canonical_json(entry),)),
+        Op("LTRIM", key, (0, REJECTIONS_KEPT - 1)),
+    ]
