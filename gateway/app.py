@@ -48,7 +48,7 @@ from producers.toolkit import PublishError, RecordNotAllowed
 from schemas.errors import InvalidRecord
 from schemas.topics import ORDER_COMMANDS, USER_COMMANDS, TopicSpec
 from streams.views import read as views
-from streams.views.projection import STATUS_RANK, TERMINAL_RANK
+from streams.views.orders import STATUS_RANK, TERMINAL_RANK
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis

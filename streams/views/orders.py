@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from streams.domain.orders import TERMINAL_STATUSES
 from streams.views.events import HIDDEN_FIELDS, Event, Op, canonical_json, time_field
 from streams.views.keys import ATTENTION_KEY, order_key, user_order_summaries_key, user_orders_key
 
@@ -43,7 +44,8 @@ STATUS_RANK: Mapping[str, int] = {
     "REJECTED": 4,
     "COMPENSATION_FAILED": 5,
 }
-TERMINAL_RANK = 4
+TERMINAL_RANK = min(STATUS_RANK[status] for status in TERMINAL_STATUSES)
+"""Statuses ranked this high are terminal: exactly the domain's :data:`TERMINAL_STATUSES`."""
 
 SAGA_ORDER: tuple[str, ...] = (
     "OrderPlaced",

@@ -22,13 +22,11 @@ from typing import Any
 from streams.views.events import Event, Op, required_str
 from streams.views.keys import notification_ids_key, order_key, stock_key, user_key, user_rejection_ids_key
 from streams.views.notifications import notification_entry, notification_ops
-from streams.views.orders import STATUS_RANK, TERMINAL_RANK, order_ops
+from streams.views.orders import order_ops
 from streams.views.stock import STOCK_LINE_RECORDS, stock_ops
 from streams.views.users import USER_RECORDS, rejection_ops, user_ops
 
-# STATUS_RANK and TERMINAL_RANK live in streams.views.orders; named here too for the gateway, which imports them
-# from this module.
-__all__ = ["STATUS_RANK", "TERMINAL_RANK", "Reads", "Snapshot", "project", "reads"]
+__all__ = ["Reads", "Snapshot", "project", "reads"]
 
 
 @dataclass(frozen=True)

@@ -489,3 +489,10 @@ def test_projector_dead_letters_garbage_and_projects_the_rest() -> None:
 def test_rebuild_mode_skips_instead_of_dead_lettering() -> None:
     projector = Projector(RecordingStore(), AvroCodec(SchemaCatalog.load()), dead_letters=None)  # type: ignore[arg-type]
     assert projector.handle(consumed(b"\xc3\x01garbage!")) == "skipped"
+
+
+def test_the_order_views_terminal_ranks_are_exactly_the_domains_terminal_statuses() -> None:
+    from streams.domain.orders import TERMINAL_STATUSES
+    from streams.views.orders import STATUS_RANK, TERMINAL_RANK
+
+    assert {status for status, rank in STATUS_RANK.items() if rank >= TERMINAL_RANK} == TERMINAL_STATUSES
