@@ -18,8 +18,9 @@ import pytest
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.topics import table
-from streams.app import DurableTable, ServiceApp, create_app, new_faust_app, new_table
+from streams.app import ServiceApp, create_app, new_faust_app, new_table
 from streams.domain.messages import StockAdded, to_record
+from streams.faust_patches import DurableTable
 from streams.runtime import Outbox
 from tests.agents.conftest import agent_settings
 
