@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from common.health import Check, broker_check, health_report, memory_check, redis_check
 from common.settings import Settings
 from common.telemetry import BREAKER_STATE
-from streams.app import ServiceApp
+from streams.agents import ServiceApp
 from streams.resilience import BreakerState, CircuitBreaker
 from streams.watchdog import Watchdog
 

@@ -2,7 +2,7 @@
 
 Everything real that can be real: the domain steps, :class:`~streams.runtime.StepRunner`,
 :class:`~streams.runtime.Outbox`, the schema catalog and :class:`~schemas.codec.AvroCodec`, and (in
-:class:`FaustService`) the service's own Faust app from :func:`streams.app.create_app`. Stand-ins replace only
+:class:`FaustService`) the service's own Faust app from :func:`streams.bootstrap.create_app`. Stand-ins replace only
 what would touch a broker: the sender (a :class:`Recorder` collecting ``(topic, key, value, headers)``) and
 ``make_durable`` (a recorded call instead of flushing a producer).
 
@@ -27,7 +27,7 @@ from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec, Decoded
 from schemas.topics import topic as topic_spec
 from schemas.topics import topic_for_record
-from streams.app import ServiceApp
+from streams.agents import ServiceApp
 from streams.domain.core import SagaConfig
 from streams.domain.messages import Message, to_record
 from streams.domain.saga import Service

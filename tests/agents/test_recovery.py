@@ -23,7 +23,7 @@ from faust.tables.recovery import Recovery
 from faust.types import TP
 
 from schemas.topics import INVENTORY_COMMANDS, INVENTORY_EVENTS, ORDER_EVENTS, PARTITIONS, table
-from streams.app import create_app
+from streams.bootstrap import create_app
 from streams.faust_patches import SeekThenResumeRecovery
 from tests.agents.conftest import agent_settings
 
