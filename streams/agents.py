@@ -1,6 +1,6 @@
-"""A service's agents: each a Faust agent around one :class:`~streams.runtime.StepRunner`, in batches.
+"""A service's agents: each a Faust agent around one :class:`~streams.runner.StepRunner`, in batches.
 
-An agent is thin: it turns the Faust events already fetched into :class:`~streams.runtime.Incoming` messages,
+An agent is thin: it turns the Faust events already fetched into :class:`~streams.incoming.Incoming` messages,
 hands them to its runner (which decodes, decides, writes, sends) and acks those the runner handled. Faust's own
 checks are repeated right before each decision (:class:`~streams.faust_patches.Admission`).
 """
@@ -22,8 +22,11 @@ from schemas.codec import AvroCodec
 from schemas.topics import PARTITIONS, TopicSpec, parked_keys_table
 from streams.app import new_table, ready_batches
 from streams.faust_patches import Admission, DurableTable, RestartForRedelivery, make_current
+from streams.incoming import Incoming, normalise_headers
+from streams.outbox import Outbox
 from streams.resilience import CircuitBreaker
-from streams.runtime import Incoming, Outbox, StateStore, StateTable, Step, StepRunner, normalise_headers
+from streams.runner import Step, StepRunner
+from streams.state import StateStore, StateTable
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ def new_faust_app(service: str, settings: Settings) -> faust.App:
 
 
 def faust_sender(app: faust.App) -> Callable[..., Any]:
-    """A :class:`~streams.runtime.Sender` over Faust's producer (raw bytes, topics cached)."""
+    """A :class:`~streams.outbox.Sender` over Faust's producer (raw bytes, topics cached)."""
     topics: dict[str, Any] = {}
 
     async def send(topic_name: str, key: bytes, value: bytes, headers: Sequence[tuple[str, str | bytes | None]]) -> Any:

@@ -12,7 +12,7 @@ from schemas.codec import AvroCodec
 from streams.agents import ServiceApp
 from streams.app import app_id, faust_sender, new_faust_app
 from streams.endpoint import add_http_endpoint
-from streams.runtime import Outbox
+from streams.outbox import Outbox
 from streams.services import wire
 from streams.watchdog import Watchdog, stop_stalled_process
 

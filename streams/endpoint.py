@@ -77,7 +77,7 @@ def add_http_endpoint(built: ServiceApp, settings: Settings, watchdog: Watchdog)
         for breaker in built.breakers.values():
             BREAKER_STATE.labels(breaker.name).set(BREAKER_LEVEL[breaker.state])
         for runner in built.runners.values():
-            runner.refresh_depth()  # a restarted worker's gauges come from its recovered tables
+            runner.parking.refresh_depth()  # a restarted worker's gauges come from its recovered tables
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def health(request: web.Request) -> web.Response:

@@ -82,9 +82,10 @@ from streams.domain.saga import (
     USERS,
     Service,
 )
+from streams.incoming import Incoming
 from streams.payment_provider import ProviderBehaviour, ProviderUnavailable, SimulatedPaymentProvider
 from streams.resilience import BreakerState, CircuitBreaker, CircuitOpen, RetryPolicy, retry
-from streams.runtime import Incoming, Step
+from streams.runner import Step
 from streams.stores import StockStore
 
 T = TypeVar("T")

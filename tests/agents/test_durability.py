@@ -24,7 +24,7 @@ from streams.app import new_faust_app, new_table
 from streams.bootstrap import create_app
 from streams.domain.messages import StockAdded, to_record
 from streams.faust_patches import DurableTable
-from streams.runtime import Outbox
+from streams.outbox import Outbox
 from tests.agents.conftest import agent_settings
 
 pytestmark = pytest.mark.agents

@@ -18,7 +18,8 @@ import pytest
 from schemas.codec import MAGIC
 from streams.domain.messages import AddStock, OrderPlaced, ReserveStock, from_jsonable, from_record
 from streams.domain.stock import HoldStatus, OrderHold, Stock
-from streams.runtime import EVENT_ID_NAMESPACE, Incoming, derived_event_id
+from streams.incoming import Incoming
+from streams.outbox import EVENT_ID_NAMESPACE, derived_event_id
 from tests.agents.harness import (
     CATALOG,
     T0,
