@@ -1,8 +1,9 @@
 """Encodes what a step decided, stamps its envelope and sends it; dead letters go the same way.
 
 Every output carries the envelope: a deterministic ``ce_id`` (:func:`derived_event_id`), ``ce_causationid`` = the
-input's id, ``ce_correlationid`` = the order id, and the input's ``traceparent``. Sends are awaited until the broker
-acknowledged them, so an input is acked only once its events are stored.
+input's id, ``ce_correlationid`` = the order id, and the input's ``traceparent``. It is checked against its topic,
+encoded and stamped by :class:`common.encoding.RecordEncoder`, the producers' path too. Sends are awaited until
+the broker acknowledged them, so an input is acked only once its events are stored.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from common.envelope import Envelope, dead_letter_headers
+from common.encoding import RecordEncoder
+from common.envelope import dead_letter_headers
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.topics import topic, topic_for_record
@@ -63,10 +65,8 @@ class Outbox:
     """Encodes domain messages, stamps their envelope and sends them to their topics."""
 
     def __init__(self, codec: AvroCodec, catalog: SchemaCatalog, send: Sender, source: str) -> None:
-        self._codec = codec
-        self._catalog = catalog
+        self._encoder = RecordEncoder(catalog, codec, source)
         self._send = send
-        self._source = source
 
     def prepare(
         self,
@@ -79,24 +79,24 @@ class Outbox:
     ) -> list[Outgoing]:
         """Encode ``(record name, value)`` pairs and stamp their envelopes; raises before any I/O if one is bad.
 
-        Each goes out in ``traceparent``'s trace unless ``traces`` names another for it (same position)."""
+        Each goes to the one topic that carries its record, keyed by the record's key field, in ``traceparent``'s
+        trace unless ``traces`` names another for it (same position)."""
         prepared = []
         for index, (name, value) in enumerate(records):
             spec = topic_for_record(name)
             key = str(value[spec.key_field])
-            schema = self._catalog.latest(name)
             correlation = value.get("order_id") or (cause.envelope.correlation_id if cause and cause.envelope else None)
-            envelope = Envelope(
-                event_type=schema.full_name,
-                schema_version=schema.version,
-                source=self._source,
+            encoded = self._encoder.encode(
+                spec,
+                name,
+                key,
+                value,
                 event_id=derived_event_id(cause_id, index, name, value, key),
                 correlation_id=correlation or key,
                 causation_id=cause_id if cause is not None else None,
                 traceparent=(traces[index] if index < len(traces) and traces[index] else None) or traceparent,
             )
-            payload = self._codec.encode(schema.full_name, value, version=schema.version)
-            prepared.append(Outgoing(spec.name, key.encode(), payload, envelope.to_headers()))
+            prepared.append(Outgoing(encoded.topic, key.encode(), encoded.value, encoded.envelope.to_headers()))
         return prepared
 
     async def send_prepared(self, prepared: Sequence[Outgoing]) -> None:
