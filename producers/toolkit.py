@@ -1,7 +1,8 @@
 """The one producer the pipeline uses: encode, stamp the envelope, key, send, check the delivery report.
 
-Every process that writes to Kafka (the CLI, load generators, the gateway's command side) goes through
-:class:`EventPublisher`, so encoding, headers and delivery checks are done one way.
+Every process that writes to Kafka outside the Faust agents (the CLI, load generators, the gateway's command side)
+goes through :class:`EventPublisher`, so delivery checks are done one way; encoding, the topic and key checks and
+the envelope are :class:`common.encoding.RecordEncoder`'s, which the agents' outbox uses too.
 """
 
 from __future__ import annotations
@@ -15,24 +16,24 @@ from typing import Any, Self
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from common.encoding import PublishError, RecordEncoder, RecordNotAllowed, WrongKey
 from common.envelope import Envelope
 from common.settings import LIBRDKAFKA_LOGGER, Settings
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.topics import TopicSpec
 
-
-class PublishError(Exception):
-    """A message could not be published; nothing about it reached the broker."""
-
-
-class RecordNotAllowed(PublishError):
-    """The record is not one the topic may carry."""
-
-
-class WrongKey(RecordNotAllowed):
-    """The key is not the record's own key field: the message would land on another key's partition, where the
-    service that owns that key never sees it (invisible with one worker per service, lost with several)."""
+# the errors publish raises before sending are the encode path's (common.encoding), named here for its callers
+__all__ = [
+    "Delivered",
+    "DeliveryCallback",
+    "DeliveryFailed",
+    "EventPublisher",
+    "PublishError",
+    "RecordNotAllowed",
+    "WrongKey",
+    "producer_config",
+]
 
 
 class DeliveryFailed(PublishError):
@@ -77,9 +78,7 @@ class EventPublisher:
 
     def __init__(self, producer: Producer, codec: AvroCodec, catalog: SchemaCatalog, source: str) -> None:
         self._producer = producer
-        self._codec = codec
-        self._catalog = catalog
-        self._source = source
+        self._encoder = RecordEncoder(catalog, codec, source)
         self._lock = threading.Lock()
         self._failures: list[str] = []
         self._delivered: list[Delivered] = []
@@ -114,27 +113,18 @@ class EventPublisher:
         (the gateway) each learn their own message's fate; the callback runs in whichever thread serves
         delivery reports (:meth:`poll`, :meth:`flush`).
         """
-        schema = self._catalog.get(record, version) if version else self._catalog.latest(record)
-        if schema.name not in topic.records:
-            allowed = ", ".join(topic.records) or "no Avro records"
-            raise RecordNotAllowed(f"{topic.name} does not carry {schema.name}; it carries {allowed}")
-        own_key = value.get(topic.key_field) if topic.key_field else None
-        if own_key is not None and str(own_key) != key:
-            raise WrongKey(
-                f"{topic.name} is keyed by {topic.key_field}: the key {key!r} is not this {schema.name}'s"
-                f" {topic.key_field} {own_key!r}"
-            )
-        payload = self._codec.encode(schema.full_name, value, version=schema.version)
-        envelope = Envelope(
-            event_type=schema.full_name,
-            schema_version=schema.version,
-            source=self._source,
+        encoded = self._encoder.encode(
+            topic,
+            record,
+            key,
+            value,
+            version=version,
             correlation_id=correlation_id,
             causation_id=causation_id,
             traceparent=traceparent,
         )
-        self._send(topic.name, key, payload, envelope, on_delivery)
-        return envelope
+        self._send(topic.name, key, encoded.value, encoded.envelope, on_delivery)
+        return encoded.envelope
 
     def _send(
         self, topic: str, key: str, payload: bytes, envelope: Envelope, callback: DeliveryCallback | None = None

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from common.health import Check, broker_check, health_report, memory_check, redis_check
 from common.settings import Settings
 from common.telemetry import BREAKER_STATE
-from streams.app import ServiceApp
+from streams.agents import ServiceApp
 from streams.resilience import BreakerState, CircuitBreaker
 from streams.watchdog import Watchdog
 
@@ -77,7 +77,7 @@ def add_http_endpoint(built: ServiceApp, settings: Settings, watchdog: Watchdog)
         for breaker in built.breakers.values():
             BREAKER_STATE.labels(breaker.name).set(BREAKER_LEVEL[breaker.state])
         for runner in built.runners.values():
-            runner.refresh_depth()  # a restarted worker's gauges come from its recovered tables
+            runner.parking.refresh_depth()  # a restarted worker's gauges come from its recovered tables
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def health(request: web.Request) -> web.Response:

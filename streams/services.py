@@ -49,7 +49,8 @@ from schemas.topics import (
     TopicSpec,
     table,
 )
-from streams.app import ServiceApp, new_table, register_step
+from streams.agents import ServiceApp, register_step
+from streams.app import new_table
 from streams.domain import orders, payments
 from streams.domain.core import (
     ChargeOutcome,
@@ -81,9 +82,10 @@ from streams.domain.saga import (
     USERS,
     Service,
 )
+from streams.incoming import Incoming
 from streams.payment_provider import ProviderBehaviour, ProviderUnavailable, SimulatedPaymentProvider
 from streams.resilience import BreakerState, CircuitBreaker, CircuitOpen, RetryPolicy, retry
-from streams.runtime import Incoming, Step
+from streams.runner import Step
 from streams.stores import StockStore
 
 T = TypeVar("T")
@@ -179,8 +181,6 @@ def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config
 
     reported: dict[str, float] = {}
     outbox = built.outbox
-    if outbox is None:
-        raise RuntimeError("orders: build the outbox before wiring the deadline timer")
 
     @built.app.timer(interval=settings.deadline_sweep_s)  # type: ignore[untyped-decorator]
     async def sweep_deadlines() -> None:
@@ -302,8 +302,6 @@ def _wire_payments(built: ServiceApp, settings: Settings, codec: AvroCodec, conf
     _add(built, codec, step, (ORDER_EVENTS, INVENTORY_EVENTS, PAYMENT_COMMANDS), "payments_payments")
 
     outbox = built.outbox
-    if outbox is None:
-        raise RuntimeError("payments: build the outbox before wiring the retry timer")
     asked: dict[str, float] = {}
 
     @built.app.timer(interval=settings.payment_retry_interval_s)  # type: ignore[untyped-decorator]

@@ -21,7 +21,7 @@ from typing import Any
 
 from streams.domain.messages import from_jsonable, to_jsonable
 from streams.domain.stock import OrderHold, Stock
-from streams.runtime import StateStore, StateTable
+from streams.state import StateStore, StateTable
 
 LAST_CHANGE = "last_change"
 """Key, in a SKU's levels entry, of ``{"order_id", "hold"}``: the hold the levels were last changed for."""

@@ -22,7 +22,7 @@ def worker(service: str) -> None:
     import faust
 
     from common.telemetry import RepeatedRecords, setup_tracing
-    from streams.app import create_app
+    from streams.bootstrap import create_app
 
     faulthandler.enable()  # a crash inside a client library leaves the Python stacks in the log
     settings = get_settings()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import streams.app
+import streams.bootstrap
 from common.settings import Settings
 from tests.agents.harness import FaustService, FaustServiceFactory, Recorder
 
@@ -40,15 +40,15 @@ def agent_settings(data_dir: Path, bootstrap: str = UNREACHABLE_BROKER) -> Setti
 def faust_service(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FaustServiceFactory:
     """Build a service with ``create_app``; its sender and ``make_durable`` feed a :class:`Recorder`.
 
-    ``create_app`` takes its sender from ``streams.app.faust_sender`` and ``register_step``'s
+    ``create_app`` takes its sender from ``streams.bootstrap.faust_sender`` and ``register_step``'s
     ``make_durable`` awaits ``built.confirm_writes``: those two are the seams replaced here. Call it inside the
     test's event loop.
     """
 
     def build(service: str, bootstrap: str = UNREACHABLE_BROKER) -> FaustService:
         recorder = Recorder()
-        monkeypatch.setattr(streams.app, "faust_sender", lambda app: recorder.send)
-        built = streams.app.create_app(service, agent_settings(tmp_path, bootstrap))
+        monkeypatch.setattr(streams.bootstrap, "faust_sender", lambda app: recorder.send)
+        built = streams.bootstrap.create_app(service, agent_settings(tmp_path, bootstrap))
         # The producer is built, never started: table writes are never acknowledged here.
         monkeypatch.setattr(built, "confirm_writes", recorder.make_durable)
         return FaustService(built, recorder, monkeypatch)

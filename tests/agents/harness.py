@@ -1,8 +1,8 @@
 """In-memory stand-ins around the real edge, shared by the agent-layer tests.
 
-Everything real that can be real: the domain steps, :class:`~streams.runtime.StepRunner`,
-:class:`~streams.runtime.Outbox`, the schema catalog and :class:`~schemas.codec.AvroCodec`, and (in
-:class:`FaustService`) the service's own Faust app from :func:`streams.app.create_app`. Stand-ins replace only
+Everything real that can be real: the domain steps, :class:`~streams.runner.StepRunner`,
+:class:`~streams.outbox.Outbox`, the schema catalog and :class:`~schemas.codec.AvroCodec`, and (in
+:class:`FaustService`) the service's own Faust app from :func:`streams.bootstrap.create_app`. Stand-ins replace only
 what would touch a broker: the sender (a :class:`Recorder` collecting ``(topic, key, value, headers)``) and
 ``make_durable`` (a recorded call instead of flushing a producer).
 
@@ -27,11 +27,13 @@ from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec, Decoded
 from schemas.topics import topic as topic_spec
 from schemas.topics import topic_for_record
-from streams.app import ServiceApp
+from streams.agents import ServiceApp
 from streams.domain.core import SagaConfig
 from streams.domain.messages import Message, to_record
 from streams.domain.saga import Service
-from streams.runtime import Incoming, Outbox, StepRunner
+from streams.incoming import Incoming
+from streams.outbox import Outbox
+from streams.runner import StepRunner
 from streams.services import _step
 
 CATALOG = SchemaCatalog.load()
@@ -133,7 +135,7 @@ class Recorder:
 
     async def send(
         self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, str | bytes | None]]
-    ) -> Any:  # Any, not None: ``runtime.Sender`` declares ``async def ... -> Awaitable[Any]``
+    ) -> Any:  # Any, not None: ``outbox.Sender`` declares ``async def ... -> Awaitable[Any]``
         raw = tuple((k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in headers)
         self.log.append(("send", topic))
         self.sent.append(Sent(topic, key, value, raw))

@@ -15,12 +15,16 @@ from typing import Any
 
 import pytest
 
+from common.settings import Settings
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.topics import table
-from streams.app import DurableTable, ServiceApp, create_app, new_faust_app, new_table
+from streams.agents import ServiceApp
+from streams.app import new_faust_app, new_table
+from streams.bootstrap import create_app
 from streams.domain.messages import StockAdded, to_record
-from streams.runtime import Outbox
+from streams.faust_patches import DurableTable
+from streams.outbox import Outbox
 from tests.agents.conftest import agent_settings
 
 pytestmark = pytest.mark.agents
@@ -50,9 +54,14 @@ async def _still_waiting(task: asyncio.Task[Any]) -> bool:
     return not task.done()
 
 
+def _inventory_app(settings: Settings) -> ServiceApp:
+    """The inventory service's app alone: no agents, and an outbox whose sends the test would resolve by hand."""
+    return ServiceApp("inventory", new_faust_app("inventory", settings), Outbox(CODEC, CATALOG, HeldAcks(), "/test"))
+
+
 async def test_confirm_writes_waits_for_the_changelog_ack(tmp_path: Path) -> None:
     settings = agent_settings(tmp_path)
-    built = ServiceApp("inventory", new_faust_app("inventory", settings))
+    built = _inventory_app(settings)
     stock = new_table(built.app, table("inventory", "inventory_stock"))
     built.tables["inventory_stock"] = stock
     assert isinstance(stock, DurableTable)
@@ -68,7 +77,7 @@ async def test_confirm_writes_waits_for_the_changelog_ack(tmp_path: Path) -> Non
 
 def _inventory_with_one_stock_write(tmp_path: Path) -> tuple[ServiceApp, Any]:
     """The inventory service's app with its stock table and one changelog write sent, not yet acknowledged."""
-    built = ServiceApp("inventory", new_faust_app("inventory", agent_settings(tmp_path)))
+    built = _inventory_app(agent_settings(tmp_path))
     stock = new_table(built.app, table("inventory", "inventory_stock"))
     built.tables["inventory_stock"] = stock
     stock.send_changelog(0, "SKU-1", {"available": 5})

@@ -18,7 +18,8 @@ import pytest
 from schemas.codec import MAGIC
 from streams.domain.messages import AddStock, OrderPlaced, ReserveStock, from_jsonable, from_record
 from streams.domain.stock import HoldStatus, OrderHold, Stock
-from streams.runtime import EVENT_ID_NAMESPACE, Incoming, derived_event_id
+from streams.incoming import Incoming
+from streams.outbox import EVENT_ID_NAMESPACE, derived_event_id
 from tests.agents.harness import (
     CATALOG,
     T0,
@@ -299,10 +300,10 @@ async def test_messages_fetched_but_never_handed_over_stop_the_worker_before_any
 ) -> None:
     """Offsets 1–4 of the partition never reached the agent (Faust dropped them and would commit past them as a
     gap): the worker exits for a restart before it handles offset 5, so nothing after the hole is acked."""
-    import streams.app
+    import streams.faust_patches
 
     exits: list[str] = []
-    monkeypatch.setattr(streams.app, "exit_for_restart", lambda: exits.append("exit"))
+    monkeypatch.setattr(streams.faust_patches, "exit_for_restart", lambda: exits.append("exit"))
     inventory = faust_service("inventory")
     async with inventory.agent("keep_stock") as agent:
         await agent.deliver(AddStock(sku=SKU, quantity=5, reason="restock"))
@@ -310,20 +311,10 @@ async def test_messages_fetched_but_never_handed_over_stop_the_worker_before_any
         agent.wrapper.sent_offset = 5  # the next message the agent sees is offset 5
         inventory.recorder.clear()
         # the agent stops (the real exit ends the process here): it never hands the message to its step
-        with pytest.raises(streams.app.RestartForRedelivery):
+        with pytest.raises(streams.faust_patches.RestartForRedelivery):
             await agent.deliver(AddStock(sku=SKU, quantity=1, reason="restock"))
     assert exits == ["exit"] and inventory.recorder.sent == []
     assert stock(inventory).available == 5
-
-
-def test_offset_continuity_allows_redeliveries_and_a_new_generation_but_no_hole() -> None:
-    from streams.app import OffsetContinuity
-
-    seen = OffsetContinuity()
-    assert [seen.skipped(1, "t", 0, o) for o in (10, 11, 11, 9, 12)] == [None] * 5, "in order, or again"
-    assert seen.skipped(1, "t", 1, 40) is None, "another partition starts where it starts"
-    assert seen.skipped(1, "t", 0, 15) == 13, "13 and 14 never came"
-    assert seen.skipped(2, "t", 0, 7) is None, "a rebalance seeks to the committed offset: a new count"
 
 
 async def test_messages_arriving_while_the_agent_waits_for_the_broker_are_handled_together(

@@ -31,7 +31,7 @@ from streams.domain.messages import (
     UserRegistered,
 )
 from streams.domain.orders import OrderSaga, SagaStatus
-from streams.runtime import EVENT_ID_NAMESPACE
+from streams.outbox import EVENT_ID_NAMESPACE
 from tests.agents.harness import FaustService, FaustServiceFactory
 
 pytestmark = pytest.mark.agents

@@ -17,7 +17,7 @@ from consumers.toolkit import Consumed
 from streams.domain.messages import AddStock, ReserveStock
 from streams.domain.saga import STOCK
 from streams.domain.stock import Stock
-from streams.runtime import Incoming
+from streams.incoming import Incoming
 from tests.agents.harness import T0, AgentDriver, Edge, FaustService, FaustServiceFactory, Sent, incoming
 
 pytestmark = pytest.mark.agents

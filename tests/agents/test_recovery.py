@@ -5,7 +5,7 @@ committed offsets and resuming flow control (which clears every agent's queue). 
 delivered meanwhile was lost: cleared from the queue unprocessed, re-fetched but dropped as already read,
 and the hole then committed as an offset gap. A restarted inventory worker so skipped an ``OrderCancelled``
 or a ``StockLineReserved`` and left stock reserved for good (tests/integration/test_saga_crash.py).
-``streams.app.SeekThenResumeRecovery`` keeps the streams paused until the seek and the flow resume are done.
+``streams.faust_patches.SeekThenResumeRecovery`` keeps the streams paused until the seek and the flow resume are done.
 
 These tests run a recovery's last step against the service's real Faust app, with only the consumer's
 broker calls replaced: ``assignment`` (what the group assigned), ``perform_seek`` (which looks at what the
@@ -23,7 +23,8 @@ from faust.tables.recovery import Recovery
 from faust.types import TP
 
 from schemas.topics import INVENTORY_COMMANDS, INVENTORY_EVENTS, ORDER_EVENTS, PARTITIONS, table
-from streams.app import SeekThenResumeRecovery, create_app
+from streams.bootstrap import create_app
+from streams.faust_patches import SeekThenResumeRecovery
 from tests.agents.conftest import agent_settings
 
 pytestmark = pytest.mark.agents
@@ -152,14 +153,15 @@ def test_an_ack_from_an_older_consumer_generation_does_not_count(tmp_path: Path)
 
     from faust.types import Message
 
-    from streams.app import GenerationAwareConsumer, GenerationAwareTransport, new_faust_app
+    from streams.app import new_faust_app
+    from streams.faust_patches import AtLeastOnceConsumer, AtLeastOnceTransport
 
     app = new_faust_app("inventory", agent_settings(tmp_path))
-    assert isinstance(app.transport, GenerationAwareTransport)
-    assert app.transport.Consumer is GenerationAwareConsumer
+    assert isinstance(app.transport, AtLeastOnceTransport)
+    assert app.transport.Consumer is AtLeastOnceConsumer
     stale = Message("t", 0, 7, 0.0, None, None, b"k", b"v", None, generation_id=1)
     consumer = SimpleNamespace(app=SimpleNamespace(consumer_generation_id=2))
-    assert GenerationAwareConsumer.ack(consumer, stale) is False  # type: ignore[arg-type]
+    assert AtLeastOnceConsumer.ack(consumer, stale) is False  # type: ignore[arg-type]
 
 
 def _consumer_with(tmp_path: Path, topic: str, committed: int, acked: list[int]) -> tuple[Any, TP]:
@@ -306,7 +308,7 @@ def _message(offset: int, generation: int = 3) -> Any:
 def test_a_message_waiting_in_a_batch_is_not_decided_once_a_rebalance_began() -> None:
     """Faust checked generation and flow when it handed the message over; a message of a batch waits while the ones
     before it are decided, so the agent asks again right before each decision."""
-    from streams.app import Admission
+    from streams.faust_patches import Admission
 
     app = _App()
     admission = Admission(app, "keep_stock", frozenset())
@@ -320,12 +322,22 @@ def test_a_message_waiting_in_a_batch_is_not_decided_once_a_rebalance_began() ->
 
 
 def test_a_hole_in_a_batch_stops_the_worker_before_the_message_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    import streams.app
+    import streams.faust_patches
 
     exits: list[str] = []
-    monkeypatch.setattr(streams.app, "exit_for_restart", lambda: exits.append("exit"))
-    admission = streams.app.Admission(_App(), "keep_stock", frozenset())
+    monkeypatch.setattr(streams.faust_patches, "exit_for_restart", lambda: exits.append("exit"))
+    admission = streams.faust_patches.Admission(_App(), "keep_stock", frozenset())
     assert admission.admits(_message(0))
-    with pytest.raises(streams.app.RestartForRedelivery):
+    with pytest.raises(streams.faust_patches.RestartForRedelivery):
         admission.admits(_message(2))
     assert exits == ["exit"]
+
+
+def test_offset_continuity_allows_redeliveries_and_a_new_generation_but_no_hole() -> None:
+    from streams.faust_patches import OffsetContinuity
+
+    seen = OffsetContinuity()
+    assert [seen.skipped(1, "t", 0, o) for o in (10, 11, 11, 9, 12)] == [None] * 5, "in order, or again"
+    assert seen.skipped(1, "t", 1, 40) is None, "another partition starts where it starts"
+    assert seen.skipped(1, "t", 0, 15) == 13, "13 and 14 never came"
+    assert seen.skipped(2, "t", 0, 7) is None, "a rebalance seeks to the committed offset: a new count"

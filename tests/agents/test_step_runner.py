@@ -1,7 +1,7 @@
 """The edge itself — StepRunner, Outbox, the real steps and codec — over a dict table and a recording sender.
 
-The Faust modules drive whole agents; these tests hand :class:`~streams.runtime.Incoming` messages straight to
-a :class:`~streams.runtime.StepRunner`, which makes positions, missing envelopes and multi-event decisions
+The Faust modules drive whole agents; these tests hand :class:`~streams.incoming.Incoming` messages straight to
+a :class:`~streams.runner.StepRunner`, which makes positions, missing envelopes and multi-event decisions
 easy to set up and every table write visible in one log with ``make_durable`` and the sends.
 """
 
@@ -25,8 +25,8 @@ from streams.domain.messages import (
 from streams.domain.reservations import OrderReservation
 from streams.domain.saga import RESERVATIONS, STOCK
 from streams.domain.stock import Stock
+from streams.incoming import Incoming
 from streams.resilience import RetryPolicy
-from streams.runtime import Incoming
 from tests.agents.harness import T0, TRACEPARENT, Edge, encoded, incoming
 
 pytestmark = pytest.mark.agents
