@@ -1,7 +1,7 @@
 """Dead letters for confluent-kafka consumers: park a message in ``<topic>.dlq`` with the reason, wait for the ack.
 
 The message keeps its original key, value and headers; ``dlq_*`` headers say why and where it came from
-(the same headers the Faust agents write, see :mod:`streams.runtime`):
+(the same headers the Faust agents write, see :mod:`streams.outbox`):
 
 ``dlq_error``             the reason (``NotSingleObjectEncoded: …``)
 ``dlq_agent``             who parked it (``projector``)

@@ -99,7 +99,7 @@ class Pipeline:
 
     def commit_guard_warnings(self) -> list[str]:
         """The workers' log lines where the consumer caught a message fetched past unhandled or held a commit for
-        one (``streams.app.GenerationAwareConsumer``): each would have been a lost message without the guard."""
+        one (``streams.faust_patches.AtLeastOnceConsumer``): each would have been a lost message without the guard."""
         marks = ("fetched past unhandled", "held at")
         found = []
         for process in self.processes.values():

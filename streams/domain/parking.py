@@ -9,7 +9,7 @@ head of a key's queue is handled normally, popped on success (the key is release
 and stays head when it fails again.
 
 This module is the decision only, pure and total: given a key's queue and an arriving message, what the edge
-(:mod:`streams.runtime`) does with it, and what the queue becomes afterwards.
+(:mod:`streams.parking`) does with it, and what the queue becomes afterwards.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ order may end by its deadline: one that did waited for a step that was lost. Mar
 It reproduced a data-loss bug in about every second run until the cause was found: a worker that took over
 partitions, or started again, lost the messages already waiting there (its first fetch was made for a set of
 partitions recovery had just emptied, which aiokafka reads as "every partition"; Faust dropped the records and
-committed past them). ``streams.app.GenerationAwareConsumer`` fixes it; the summary line counts what its commit
+committed past them). ``streams.faust_patches.AtLeastOnceConsumer`` fixes it; the summary line counts what its commit
 guard still caught.
 """
 
