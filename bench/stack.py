@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    retry_if_result,
+    stop_before_delay,
+    wait_fixed,
+)
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer
@@ -79,20 +87,26 @@ def free_port() -> int:
 def wait_until(
     check: Callable[[], bool], *, timeout: float, what: str | Callable[[], str], interval: float = 0.2
 ) -> None:
-    """Poll ``check`` until it holds; fail with ``what`` (text, or a function giving it then) after ``timeout``."""
-    deadline = time.monotonic() + timeout
+    """Poll ``check`` until it holds; fail with ``what`` (text, or a function giving it then) after ``timeout``.
+
+    An exception from ``check`` means "not yet" and is retried, except an ``AssertionError``: a broken invariant
+    (a dead process, say) passes straight through. No try starts after the deadline."""
     last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except AssertionError:
-            raise  # a broken invariant (a dead process, say) is not "not yet"
-        except Exception as exc:  # noqa: BLE001 - the condition is not there yet
-            last_error = exc
-        time.sleep(interval)
-    described = what() if callable(what) else what
-    raise TimeoutError(f"{described} not reached within {timeout:.0f}s (last error: {last_error!r})")
+
+    def remember_error(state: RetryCallState) -> None:
+        nonlocal last_error
+        if state.outcome is not None and state.outcome.failed:
+            last_error = state.outcome.exception()
+
+    not_yet = retry_if_result(lambda held: not held) | retry_if_exception(
+        lambda exc: isinstance(exc, Exception) and not isinstance(exc, AssertionError)
+    )
+    polling = Retrying(stop=stop_before_delay(timeout), wait=wait_fixed(interval), retry=not_yet, after=remember_error)
+    try:
+        polling(check)
+    except RetryError:
+        described = what() if callable(what) else what
+        raise TimeoutError(f"{described} not reached within {timeout:.0f}s (last error: {last_error!r})") from None
 
 
 def remove_stale_containers(label: str = LABEL) -> None:

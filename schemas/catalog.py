@@ -3,9 +3,10 @@
 Producers pick a record's latest version by name; consumers find the writer's version by the fingerprint
 carried in each message. Layout and versioning are checked at load time: a bad schema fails fast, by name.
 
-Fingerprints are CRC-64-AVRO (the Rabin fingerprint of the Avro spec) of the Parsing Canonical Form, stored as
-the 8 bytes **little-endian**, which is the byte order of the single-object encoding header. The spec's test
-vectors print the same value as a signed 64-bit integer: ``int.from_bytes(fp, "little", signed=True)``.
+Fingerprints are CRC-64-AVRO (the Rabin fingerprint of the Avro spec) of the Parsing Canonical Form, both as
+fastavro computes them, stored as the 8 bytes **little-endian**, which is the byte order of the single-object
+encoding header. The spec's test vectors print the same value as a signed 64-bit integer:
+``int.from_bytes(fp, "little", signed=True)``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, cast
 
 import avro.schema
 from fastavro import parse_schema
+from fastavro.schema import fingerprint as avro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import validate
 
@@ -33,35 +35,11 @@ NAMESPACE_PREFIX = "pipeline."
 _CONTEXT_RE = re.compile(r"[a-z][a-z0-9_]*")
 _FILE_RE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)\.v(?P<version>[1-9][0-9]*)\.avsc")
 
-CRC64_EMPTY = 0xC15D213AA4D7A795
-"""The CRC-64-AVRO seed: the fingerprint of zero bytes, and the polynomial of the table below."""
-
-
-def _crc64_table() -> tuple[int, ...]:
-    """The spec's 256-entry table: each byte value run through 8 rounds of the reflected polynomial."""
-    table = []
-    for i in range(256):
-        fp = i
-        for _ in range(8):
-            fp = (fp >> 1) ^ (CRC64_EMPTY & -(fp & 1))  # -(fp & 1) is all ones when the low bit is set
-        table.append(fp)
-    return tuple(table)
-
-
-_CRC64_TABLE = _crc64_table()
-
-
-def crc64_avro(data: bytes) -> int:
-    """CRC-64-AVRO of ``data`` as an unsigned 64-bit integer, exactly as the spec's ``fingerprint64``."""
-    fp = CRC64_EMPTY
-    for byte in data:
-        fp = (fp >> 8) ^ _CRC64_TABLE[(fp ^ byte) & 0xFF]
-    return fp
-
 
 def fingerprint(canonical_form: str) -> bytes:
-    """The 8-byte little-endian CRC-64-AVRO of a canonical form, as written after ``C3 01``."""
-    return crc64_avro(canonical_form.encode("utf-8")).to_bytes(8, "little")
+    """The 8-byte CRC-64-AVRO of a canonical form, as written after ``C3 01``: fastavro gives it as the hex of
+    those bytes, low byte first."""
+    return bytes.fromhex(avro_fingerprint(canonical_form, "CRC-64-AVRO"))
 
 
 @dataclass(frozen=True)

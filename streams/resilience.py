@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -144,7 +146,8 @@ class RetryPolicy:
     cap_s: float = 1.0
 
     def delay(self, failed_attempt: int, rng: random.Random) -> float:
-        """Wait after try number ``failed_attempt`` (1-based) failed."""
+        """Wait after try number ``failed_attempt`` (1-based) failed: tenacity's ``wait_random_exponential``,
+        drawn from ``rng`` rather than the module's generator so a test can seed it."""
         return rng.uniform(0.0, min(self.cap_s, self.base_s * 2 ** (failed_attempt - 1)))
 
 
@@ -157,14 +160,28 @@ async def retry(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> T:
     """Run ``operation``; retry transient errors per ``policy``; re-raise the last error when tries run out
-    (and at once for an error that is not transient)."""
-    draw = rng  # made on the first failure: seeding reads the OS's entropy, a cost every handled message paid
-    for attempt in range(1, policy.attempts + 1):
-        try:
+    (and at once for an error that is not transient).
+
+    Every handled message runs through here, so the first try is made before anything else is built: tenacity's
+    controller (tens of microseconds) and the random generator (seeding reads the OS's entropy) cost only the
+    calls that failed once. Tenacity then runs the whole policy, its first attempt being the failure above."""
+    try:
+        return await operation()
+    except Exception as exc:
+        if not transient(exc) or policy.attempts <= 1:
+            raise
+        first_failure: Exception | None = exc
+    draw = rng or random.Random()
+    async for attempt in AsyncRetrying(
+        stop=stop_after_attempt(policy.attempts),
+        wait=lambda state: policy.delay(state.attempt_number, draw),
+        retry=retry_if_exception(lambda e: isinstance(e, Exception) and transient(e)),  # never a cancellation
+        sleep=sleep,
+        reraise=True,
+    ):
+        with attempt:
+            if first_failure is not None:
+                failure, first_failure = first_failure, None
+                raise failure
             return await operation()
-        except Exception as exc:
-            if not transient(exc) or attempt == policy.attempts:
-                raise
-            draw = draw or random.Random()
-            await sleep(policy.delay(attempt, draw))
-    raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+    raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover

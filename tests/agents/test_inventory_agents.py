@@ -9,7 +9,7 @@ replaced (see ``conftest.faust_service``): the sender, and the producer flush be
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -324,15 +324,34 @@ async def test_messages_arriving_while_the_agent_waits_for_the_broker_are_handle
     durable are taken as one batch, with one durable wait before their events, sent in input order."""
     import asyncio
 
+    import streams.app
+
     inventory = faust_service("inventory")
     recorder = inventory.recorder
+    skus = [f"sku-{i}" for i in range(5)]
+    all_arrived = asyncio.Event()
+    real_ready_batches = streams.app.ready_batches
+
+    def counting_ready_batches(source: AsyncIterable[Any], most: int) -> AsyncGenerator[list[Any], None]:
+        """The agent's real batching, told when its read-ahead has taken every message from the stream."""
+
+        async def counted() -> AsyncIterator[Any]:
+            arrived = 0
+            async for item in source:
+                arrived += 1
+                if arrived == len(skus):
+                    all_arrived.set()  # the reader queues this item before the waiting broker runs again
+                yield item
+
+        return real_ready_batches(counted(), most)
 
     async def slow_broker() -> None:
+        """The broker acknowledges nothing until every message has arrived behind the first one."""
         recorder.log.append(("durable",))
-        await asyncio.sleep(0.2)
+        await all_arrived.wait()
 
+    inventory.monkeypatch.setattr(streams.app, "ready_batches", counting_ready_batches)
     inventory.monkeypatch.setattr(inventory.built, "confirm_writes", slow_broker)
-    skus = [f"sku-{i}" for i in range(5)]
     async with inventory.agent("keep_stock") as agent:
         agent.wrapper.original_channel = inventory.built.app.topic("inventory.commands.v1")
         for sku in skus:

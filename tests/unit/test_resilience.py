@@ -126,6 +126,25 @@ def test_retry_is_bounded_jittered_and_stops_at_once_for_other_errors() -> None:
     assert waits == []
 
 
+def test_a_cancellation_is_never_retried() -> None:
+    """Tenacity sees every ``BaseException``; a cancelled task must stop at once, whatever ``transient`` says."""
+    waits: list[float] = []
+    calls = {"n": 0}
+
+    async def sleep(s: float) -> None:
+        waits.append(s)
+
+    async def cancelled_on_the_second_try() -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise Down()
+        raise asyncio.CancelledError()
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(retry(cancelled_on_the_second_try, RetryPolicy(attempts=5), transient=lambda e: True, sleep=sleep))
+    assert calls["n"] == 2 and len(waits) == 1
+
+
 def test_backoff_grows_and_is_capped() -> None:
     policy = RetryPolicy(attempts=10, base_s=0.1, cap_s=0.5)
     top = random.Random(0)
