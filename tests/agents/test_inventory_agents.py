@@ -324,13 +324,13 @@ async def test_messages_arriving_while_the_agent_waits_for_the_broker_are_handle
     durable are taken as one batch, with one durable wait before their events, sent in input order."""
     import asyncio
 
-    import streams.app
+    import streams.agents
 
     inventory = faust_service("inventory")
     recorder = inventory.recorder
     skus = [f"sku-{i}" for i in range(5)]
     all_arrived = asyncio.Event()
-    real_ready_batches = streams.app.ready_batches
+    real_ready_batches = streams.agents.ready_batches
 
     def counting_ready_batches(source: AsyncIterable[Any], most: int) -> AsyncGenerator[list[Any], None]:
         """The agent's real batching, told when its read-ahead has taken every message from the stream."""
@@ -350,7 +350,7 @@ async def test_messages_arriving_while_the_agent_waits_for_the_broker_are_handle
         recorder.log.append(("durable",))
         await all_arrived.wait()
 
-    inventory.monkeypatch.setattr(streams.app, "ready_batches", counting_ready_batches)
+    inventory.monkeypatch.setattr(streams.agents, "ready_batches", counting_ready_batches)
     inventory.monkeypatch.setattr(inventory.built, "confirm_writes", slow_broker)
     async with inventory.agent("keep_stock") as agent:
         agent.wrapper.original_channel = inventory.built.app.topic("inventory.commands.v1")
