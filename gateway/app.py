@@ -26,27 +26,27 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
 
 from common.health import Check, broker_check, health_report, redis_check
 from common.settings import DEV_JWT_SECRET, Settings
 from common.telemetry import HTTP_REQUESTS, HTTP_SECONDS, context_from, setup_tracing, tracer
 from gateway.auth import AuthError, Principal, TokenPolicy, authenticate
-from gateway.idempotency import IdempotencyStore, InvalidIdempotencyKey, StoredResponse, check_key, fingerprint
+from gateway.errors import ApiError, error_response, is_redis_error
+from gateway.idempotency import IdempotencyStore
 from gateway.models import PlaceOrderRequest, RegisterUserRequest, UpdateProfileRequest
 from gateway.openapi import build_document
-from gateway.ratelimit import Decision, RateLimiter, RedisRateLimiter
+from gateway.parsing import if_match, query_int, read_body
+from gateway.ratelimit import RateLimiter, RedisRateLimiter
+from gateway.responses import Reply, json_response
+from gateway.service import GATEWAY, PRINCIPAL, RATE, TRACE, Gateway, principal_of
 from gateway.tracing import TraceContext
-from producers.toolkit import PublishError, RecordNotAllowed
-from schemas.errors import InvalidRecord
-from schemas.topics import ORDER_COMMANDS, USER_COMMANDS, TopicSpec
+from schemas.topics import ORDER_COMMANDS, USER_COMMANDS
 from streams.views import read as views
 from streams.views.projection import STATUS_RANK, TERMINAL_RANK
 
@@ -59,186 +59,10 @@ log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/live", "/openapi.json", "/metrics"})
-UNAVAILABLE = "Service temporarily unavailable"
-READ_POLL_S = 0.05
-"""How often a read that waits (``?min_version``, ``?wait_for``) looks at Redis again."""
 WAIT_TARGETS = frozenset({*STATUS_RANK, "TERMINAL"})
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-class ApiError(Exception):
-    """An answer other than success: status, the ``error`` message and optional extra fields and headers."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        extra: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.extra = extra or {}
-        self.headers = headers or {}
-
-    def response(self) -> web.Response:
-        return json_response({"error": self.message, **self.extra}, status=self.status, headers=self.headers)
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A success answer, kept as data so an idempotent replay can return it again."""
-
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def response(self, *, replayed: bool = False) -> web.Response:
-        headers = {**self.headers, **({"Idempotent-Replayed": "true"} if replayed else {})}
-        return json_response(self.body, status=self.status, headers=headers)
-
-
-def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(
-        body, status=status, headers=headers, dumps=lambda v: json.dumps(v, separators=(",", ":"), default=str)
-    )
-
-
-@dataclass
-class Gateway:
-    """The app's dependencies and shared state (``app[GATEWAY]``)."""
-
-    settings: Settings
-    publisher: CommandPublisher
-    redis: aioredis.Redis
-    policy: TokenPolicy
-    limiter: RateLimiter
-    idempotency: IdempotencyStore
-    checks: Sequence[Check]
-    document: dict[str, Any]
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def uptime_s(self) -> float:
-        return time.monotonic() - self.started
-
-    async def publish(
-        self, request: web.Request, topic: TopicSpec, record: str, key: str, value: dict[str, Any], correlation_id: str
-    ) -> None:
-        """Publish one command and wait for its acknowledgement: 422 if it does not encode, 503 if not acked."""
-        try:
-            await self.publisher.send(
-                topic, record, key, value, correlation_id=correlation_id, traceparent=trace_of(request).traceparent
-            )
-        except InvalidRecord as exc:
-            raise ApiError(422, f"Invalid command: {exc}") from exc
-        except RecordNotAllowed:
-            raise  # a wiring bug, not the client's or the broker's fault: a 500
-        except PublishError as exc:
-            log.warning("publishing %s to %s failed: %s", record, topic.name, exc)
-            raise ApiError(503, UNAVAILABLE) from exc
-
-    async def idempotent(
-        self, request: web.Request, body: BaseModel, act: Callable[[], Awaitable[Reply]]
-    ) -> web.Response:
-        """Run ``act`` once per ``Idempotency-Key`` (per subject, 24 h); see :mod:`gateway.idempotency`."""
-        header = request.headers.get("Idempotency-Key")
-        if header is None:
-            return (await act()).response()
-        try:
-            key = check_key(header)
-        except InvalidIdempotencyKey as exc:
-            raise ApiError(400, str(exc)) from exc
-        subject = principal_of(request).subject
-        print_ = fingerprint(request.method, request.path, body.model_dump(mode="json"))
-        try:
-            claim = await self.idempotency.claim(subject, key, print_)
-        except Exception as exc:  # noqa: BLE001 - no store, no safe retry: refuse rather than risk a duplicate
-            log.warning("idempotency store unreachable: %s: %s", type(exc).__name__, exc)
-            raise ApiError(503, UNAVAILABLE) from exc
-        if claim.outcome == "mismatch":
-            raise ApiError(422, "Idempotency-Key was already used with a different request")
-        if claim.outcome == "in_progress":
-            raise ApiError(409, "A request with this Idempotency-Key is still in progress; retry shortly")
-        if claim.outcome == "replay" and claim.response is not None:
-            stored = claim.response
-            return Reply(stored.status, stored.body, stored.headers).response(replayed=True)
-        try:
-            reply = await act()
-        except BaseException:
-            await self._release(subject, key)
-            raise
-        try:
-            await self.idempotency.complete(
-                subject, key, print_, StoredResponse(reply.status, reply.body, reply.headers)
-            )
-        except Exception as exc:  # noqa: BLE001 - the command is published: answer it, a replay may publish again
-            log.warning("storing the answer for Idempotency-Key %r failed: %s", key, exc)
-        return reply.response()
-
-    async def _release(self, subject: str, key: str) -> None:
-        try:
-            await self.idempotency.release(subject, key)
-        except Exception as exc:  # noqa: BLE001 - the claim expires by itself (short TTL)
-            log.warning("releasing Idempotency-Key %r failed: %s", key, exc)
-
-    async def read_until(
-        self,
-        fetch: Callable[[], Awaitable[dict[str, Any] | None]],
-        reached: Callable[[dict[str, Any]], bool] | None,
-        final: Callable[[dict[str, Any]], bool] = lambda _: False,
-    ) -> tuple[dict[str, Any] | None, bool]:
-        """The view, waiting (bounded) until ``reached`` holds; ``(view, stale)``.
-
-        Without ``reached`` the view is read once. ``final`` views end the wait early (they will not change
-        towards the target), and are not stale. ``stale`` is true only when the wait ran out.
-        """
-        if reached is None:
-            return await fetch(), False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.read_wait_max_s
-        while True:
-            view = await fetch()
-            if view is not None and (reached(view) or final(view)):
-                return view, False
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return view, True
-            await asyncio.sleep(min(READ_POLL_S, remaining))
-
-
-GATEWAY = web.AppKey("gateway", Gateway)
-_PRINCIPAL = web.RequestKey("gateway.principal", Principal)
-_TRACE = web.RequestKey("gateway.trace", TraceContext)
-_RATE = web.RequestKey("gateway.rate", Decision)
-
-
-def principal_of(request: web.Request) -> Principal:
-    return request[_PRINCIPAL]
-
-
-def trace_of(request: web.Request) -> TraceContext:
-    return request[_TRACE]
-
-
 # --- middlewares --------------------------------------------------------------------------------------------
-
-
-def _http_error(exc: web.HTTPException, settings: Settings) -> web.Response:
-    headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-    if exc.status == 404:
-        message = "Not found"
-    elif exc.status == 405:
-        message = "Method not allowed"
-    elif exc.status == 413:
-        message = f"Request body too large (at most {settings.max_body_bytes} bytes)"
-    else:
-        message = exc.reason
-    return json_response({"error": message}, status=exc.status, headers=headers)
 
 
 @web.middleware
@@ -264,24 +88,12 @@ async def access_middleware(
             flags=f"{int(context.trace_flags):02x}",
             parent_span_id=trace.parent_span_id,
         )
-    request[_TRACE] = trace
+    request[TRACE] = trace
     response: web.StreamResponse
     try:
         response = await handler(request)
-    except ApiError as exc:
-        response = exc.response()
-    except web.HTTPException as exc:
-        response = _http_error(exc, gateway.settings)
-    except (ConnectionError, TimeoutError, OSError) as exc:
-        log.warning("%s %s: dependency unavailable: %s: %s", request.method, request.path, type(exc).__name__, exc)
-        response = json_response({"error": UNAVAILABLE}, status=503)
     except Exception as exc:
-        if _is_redis_error(exc):
-            log.warning("%s %s: Redis unavailable: %s: %s", request.method, request.path, type(exc).__name__, exc)
-            response = json_response({"error": UNAVAILABLE}, status=503)
-        else:
-            log.exception("%s %s: unhandled error", request.method, request.path)
-            response = json_response({"error": "Internal server error"}, status=500)
+        response = error_response(request, exc, max_body_bytes=gateway.settings.max_body_bytes)
     span.set_attribute("http.response.status_code", response.status)
     if response.status >= 500:
         span.set_status(Status(StatusCode.ERROR, f"HTTP {response.status}"))
@@ -291,11 +103,11 @@ async def access_middleware(
     HTTP_SECONDS.labels(request.method, route).observe(elapsed)
     if not response.prepared:
         response.headers["traceparent"] = trace.traceparent
-        decision = request.get(_RATE)
+        decision = request.get(RATE)
         if decision is not None:
             response.headers["RateLimit-Limit"] = str(decision.limit)
             response.headers["RateLimit-Remaining"] = str(decision.remaining)
-    principal = request.get(_PRINCIPAL)
+    principal = request.get(PRINCIPAL)
     access_log.info(
         json.dumps(
             {
@@ -312,12 +124,6 @@ async def access_middleware(
         )
     )
     return response
-
-
-def _is_redis_error(exc: BaseException) -> bool:
-    import redis
-
-    return isinstance(exc, redis.RedisError)
 
 
 @web.middleware
@@ -338,7 +144,7 @@ async def guard_middleware(
         failure = exc
     client = f"sub:{principal.subject}" if principal else f"ip:{request.remote or 'unknown'}"
     decision = await gateway.limiter.hit(client)
-    request[_RATE] = decision
+    request[RATE] = decision
     if not decision.allowed:
         raise ApiError(429, "Too many requests", headers={"Retry-After": str(decision.retry_after_s)})
     if principal is None:
@@ -348,65 +154,8 @@ async def guard_middleware(
         if failure is not None and failure.public != "No token provided":
             challenge += ', error="invalid_token"'
         raise ApiError(401, failure.public if failure else "No token provided", headers={"WWW-Authenticate": challenge})
-    request[_PRINCIPAL] = principal
+    request[PRINCIPAL] = principal
     return await handler(request)
-
-
-# --- request helpers ----------------------------------------------------------------------------------------
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-async def read_body(request: web.Request, model: type[M]) -> M:
-    """The body as ``model``: 400 for malformed JSON or a non-object, 413 when too large, 422 when invalid."""
-    limit = request.app[GATEWAY].settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"Request body too large (at most {limit} bytes)")
-    raw = await request.read()
-    if not raw.strip():
-        raise ApiError(400, "Request body is required: a JSON object")
-    try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise ApiError(400, f"Malformed JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ApiError(400, f"Request body must be a JSON object, not {type(data).__name__}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        details = [{"field": _field(err["loc"]), "message": err["msg"]} for err in exc.errors()]
-        first = details[0]
-        where = f"{first['field']}: " if first["field"] else ""
-        raise ApiError(422, f"Invalid request body: {where}{first['message']}", extra={"details": details}) from exc
-
-
-def _field(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _query_int(request: web.Request, name: str) -> int | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise ApiError(400, f"{name} must be a non-negative integer")
-    return int(raw)
-
-
-def _if_match(request: web.Request) -> int:
-    raw = request.headers.get("If-Match")
-    if raw is None or not raw.strip():
-        raise ApiError(428, 'If-Match is required: the user version your change is based on (e.g. If-Match: "3")')
-    text = raw.strip()
-    text = text.removeprefix("W/").strip('"')
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
-        raise ApiError(400, f'If-Match must be a user version, an integer such as "3"; got {raw[:40]!r}')
-    return int(text)
 
 
 def _own_user(request: web.Request, user_id: str) -> None:
@@ -438,7 +187,7 @@ async def get_user(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     user_id = request.match_info["user_id"]
     _own_user(request, user_id)
-    min_version = _query_int(request, "min_version")
+    min_version = query_int(request, "min_version")
     reached = None if min_version is None else (lambda v: _version(v) >= min_version)
     view, stale = await gateway.read_until(lambda: views.get_user_async(gateway.redis, user_id), reached)
     if view is None:
@@ -457,7 +206,7 @@ async def update_user_profile(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     user_id = request.match_info["user_id"]
     _own_user(request, user_id)
-    expected = _if_match(request)
+    expected = if_match(request)
     body = await read_body(request, UpdateProfileRequest)
     view = await views.get_user_async(gateway.redis, user_id)
     if view is None:
@@ -508,7 +257,7 @@ async def _user_version(redis: aioredis.Redis, user_id: str) -> int | None:
     try:
         view = await views.get_user_async(redis, user_id)
     except Exception as exc:
-        if not _is_redis_error(exc):
+        if not is_redis_error(exc):
             raise
         log.warning("user view unavailable (%s); the order goes without the user's version", exc)
         return None
