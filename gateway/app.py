@@ -20,32 +20,37 @@ stand-ins; :func:`run` is the composition root behind ``pipeline gateway``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.health import Check, broker_check, health_report, redis_check
 from common.settings import DEV_JWT_SECRET, Settings
-from common.telemetry import HTTP_REQUESTS, HTTP_SECONDS, context_from, setup_tracing, tracer
-from gateway.auth import AuthError, Principal, TokenPolicy, authenticate
-from gateway.errors import ApiError, error_response, is_redis_error
+from common.telemetry import setup_tracing
+from gateway.auth import TokenPolicy
+from gateway.errors import ApiError, is_redis_error
 from gateway.idempotency import IdempotencyStore
+from gateway.middleware import (
+    access_log,
+    access_log_middleware,
+    errors_middleware,
+    guard_middleware,
+    metrics_middleware,
+    rate_limit_headers_middleware,
+    tracing_middleware,
+)
 from gateway.models import PlaceOrderRequest, RegisterUserRequest, UpdateProfileRequest
 from gateway.openapi import build_document
 from gateway.parsing import if_match, query_int, read_body
 from gateway.ratelimit import RateLimiter, RedisRateLimiter
 from gateway.responses import Reply, json_response
-from gateway.service import GATEWAY, PRINCIPAL, RATE, TRACE, Gateway, principal_of
-from gateway.tracing import TraceContext
+from gateway.service import GATEWAY, Gateway, principal_of
 from schemas.topics import ORDER_COMMANDS, USER_COMMANDS
 from streams.views import read as views
 from streams.views.projection import STATUS_RANK, TERMINAL_RANK
@@ -56,106 +61,18 @@ if TYPE_CHECKING:
     from gateway.commands import CommandPublisher
 
 log = logging.getLogger("gateway")
-access_log = logging.getLogger("gateway.access")
 
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/live", "/openapi.json", "/metrics"})
+MIDDLEWARES = (
+    access_log_middleware,  # outermost: logs the final answer, with the trace id and the subject
+    metrics_middleware,  # counts and times the final answer
+    rate_limit_headers_middleware,  # reports the guard's decision on every answer, refusals included
+    tracing_middleware,  # the request's span around everything below; sets its trace context first
+    errors_middleware,  # whatever the guard or a handler raises becomes a JSON answer
+    guard_middleware,  # innermost: token and rate limit before any handler
+)
+"""The middlewares, outermost first (aiohttp runs them in list order): see :mod:`gateway.middleware`."""
+
 WAIT_TARGETS = frozenset({*STATUS_RANK, "TERMINAL"})
-
-
-# --- middlewares --------------------------------------------------------------------------------------------
-
-
-@web.middleware
-async def access_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    started = time.perf_counter()
-    header = request.headers.get("traceparent")
-    trace = TraceContext.from_header(header)
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "(unmatched)"
-    span = tracer().start_span(
-        f"{request.method} {route}",
-        context=context_from(header if trace.parent_span_id else None),
-        kind=SpanKind.SERVER,
-        attributes={"http.request.method": request.method, "http.route": route, "url.path": request.path},
-    )
-    context = span.get_span_context()
-    if span.is_recording() and context.is_valid:  # the gateway's own span (OpenTelemetry installed)
-        trace = TraceContext(
-            trace_id=f"{context.trace_id:032x}",
-            span_id=f"{context.span_id:016x}",
-            flags=f"{int(context.trace_flags):02x}",
-            parent_span_id=trace.parent_span_id,
-        )
-    request[TRACE] = trace
-    response: web.StreamResponse
-    try:
-        response = await handler(request)
-    except Exception as exc:
-        response = error_response(request, exc, max_body_bytes=gateway.settings.max_body_bytes)
-    span.set_attribute("http.response.status_code", response.status)
-    if response.status >= 500:
-        span.set_status(Status(StatusCode.ERROR, f"HTTP {response.status}"))
-    span.end()
-    elapsed = time.perf_counter() - started
-    HTTP_REQUESTS.labels(request.method, route, str(response.status)).inc()
-    HTTP_SECONDS.labels(request.method, route).observe(elapsed)
-    if not response.prepared:
-        response.headers["traceparent"] = trace.traceparent
-        decision = request.get(RATE)
-        if decision is not None:
-            response.headers["RateLimit-Limit"] = str(decision.limit)
-            response.headers["RateLimit-Remaining"] = str(decision.remaining)
-    principal = request.get(PRINCIPAL)
-    access_log.info(
-        json.dumps(
-            {
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "method": request.method,
-                "path": request.path,
-                "status": response.status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "client": request.remote,
-                "subject": principal.subject if principal else None,
-                "trace_id": trace.trace_id,
-            },
-            separators=(",", ":"),
-        )
-    )
-    return response
-
-
-@web.middleware
-async def guard_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    match = request.match_info
-    if match.http_exception is not None or match.route.resource is None:
-        return await handler(request)  # unknown route or wrong method: 404 / 405, nothing to guard
-    if match.route.resource.canonical in PUBLIC_PATHS:
-        return await handler(request)
-    gateway = request.app[GATEWAY]
-    principal: Principal | None = None
-    failure: AuthError | None = None
-    try:
-        principal = authenticate(request.headers.get("Authorization"), gateway.policy)
-    except AuthError as exc:
-        failure = exc
-    client = f"sub:{principal.subject}" if principal else f"ip:{request.remote or 'unknown'}"
-    decision = await gateway.limiter.hit(client)
-    request[RATE] = decision
-    if not decision.allowed:
-        raise ApiError(429, "Too many requests", headers={"Retry-After": str(decision.retry_after_s)})
-    if principal is None:
-        reason = failure.reason if failure else "no principal"
-        log.info("%s %s from %s: 401 (%s)", request.method, request.path, request.remote, reason)
-        challenge = 'Bearer realm="order-pipeline"'
-        if failure is not None and failure.public != "No token provided":
-            challenge += ', error="invalid_token"'
-        raise ApiError(401, failure.public if failure else "No token provided", headers={"WWW-Authenticate": challenge})
-    request[PRINCIPAL] = principal
-    return await handler(request)
 
 
 def _own_user(request: web.Request, user_id: str) -> None:
@@ -370,7 +287,7 @@ def create_app(
     policy = TokenPolicy.from_settings(settings)
     if settings.jwt_algorithm == "HS256" and settings.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
         log.warning("the gateway verifies tokens with the development JWT secret: set PIPELINE_JWT_SECRET")
-    app = web.Application(middlewares=[access_middleware, guard_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
     app[GATEWAY] = Gateway(
         settings=settings,
         publisher=publisher,
