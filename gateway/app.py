@@ -1,17 +1,12 @@
-"""The HTTP API gateway: the pipeline's front door (aiohttp).
+"""The HTTP API gateway: the pipeline's front door (aiohttp); this module assembles it.
 
 Writes become **commands on Kafka command topics** (through :class:`gateway.commands.CommandPublisher`, which
 wraps :class:`producers.toolkit.EventPublisher`) and are answered ``202 Accepted`` once the broker acknowledged
 them; reads come **only from the Redis views** (:mod:`streams.views.read`). Nothing else is touched.
 
-Every request passes two middlewares:
-
-1. ``access``: trace context (the caller's ``traceparent`` continued, or a new trace), errors turned into JSON
-   ``{"error": ...}`` answers (never a stack trace, never a 5xx for client input), and one JSON access-log
-   line on logger ``gateway.access`` (method, path, status, duration_ms, client, subject, trace_id).
-2. ``guard`` (every matched route but the public ones): the bearer token, then the per-client rate limit
-   (by token subject, or by client IP for requests without a valid token, so guessing tokens is limited too),
-   then ``401`` for a missing or invalid token.
+The parts: :mod:`gateway.middleware` (one concern each, stacked here in :data:`MIDDLEWARES`),
+:mod:`gateway.handlers` (one module per resource, routed here in :data:`ROUTES`), :mod:`gateway.service` (the
+dependencies and shared state handlers use), :mod:`gateway.errors` and :mod:`gateway.parsing`.
 
 :func:`create_app` takes its dependencies (settings, command publisher, Redis) so tests build it with
 stand-ins; :func:`run` is the composition root behind ``pipeline gateway``.
@@ -22,19 +17,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from common.health import Check, broker_check, health_report, redis_check
+from common.health import Check, broker_check, redis_check
 from common.settings import DEV_JWT_SECRET, Settings
 from common.telemetry import setup_tracing
 from gateway.auth import TokenPolicy
-from gateway.errors import ApiError, is_redis_error
+from gateway.handlers import dashboard, health, orders, users
 from gateway.idempotency import IdempotencyStore
 from gateway.middleware import (
     access_log,
@@ -45,15 +37,9 @@ from gateway.middleware import (
     rate_limit_headers_middleware,
     tracing_middleware,
 )
-from gateway.models import PlaceOrderRequest, RegisterUserRequest, UpdateProfileRequest
 from gateway.openapi import build_document
-from gateway.parsing import if_match, query_int, read_body
 from gateway.ratelimit import RateLimiter, RedisRateLimiter
-from gateway.responses import Reply, json_response
-from gateway.service import GATEWAY, Gateway, principal_of
-from schemas.topics import ORDER_COMMANDS, USER_COMMANDS
-from streams.views import read as views
-from streams.views.projection import STATUS_RANK, TERMINAL_RANK
+from gateway.service import GATEWAY, Gateway
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -72,203 +58,19 @@ MIDDLEWARES = (
 )
 """The middlewares, outermost first (aiohttp runs them in list order): see :mod:`gateway.middleware`."""
 
-WAIT_TARGETS = frozenset({*STATUS_RANK, "TERMINAL"})
-
-
-def _own_user(request: web.Request, user_id: str) -> None:
-    if principal_of(request).subject != user_id:
-        raise ApiError(403, "You may only access your own user")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-# --- handlers: users ----------------------------------------------------------------------------------------
-
-
-async def register_user(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    body = await read_body(request, RegisterUserRequest)
-
-    async def act() -> Reply:
-        user_id = str(uuid.uuid4())
-        value = {"user_id": user_id, "username": body.username, "email": body.email, "profile": dict(body.profile)}
-        await gateway.publish(request, USER_COMMANDS, "RegisterUser", user_id, value, correlation_id=user_id)
-        return Reply(202, {"user_id": user_id, "status": "accepted"}, {"Location": f"/api/users/{user_id}"})
-
-    return await gateway.idempotent(request, body, act)
-
-
-async def get_user(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    user_id = request.match_info["user_id"]
-    _own_user(request, user_id)
-    min_version = query_int(request, "min_version")
-    reached = None if min_version is None else (lambda v: _version(v) >= min_version)
-    view, stale = await gateway.read_until(lambda: views.get_user_async(gateway.redis, user_id), reached)
-    if view is None:
-        raise ApiError(404, f"User {user_id} not found")
-    return json_response({**view, "stale": stale}, headers={"ETag": f'"{_version(view)}"'})
-
-
-def _version(view: dict[str, Any]) -> int:
-    try:
-        return int(view.get("version") or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-async def update_user_profile(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    user_id = request.match_info["user_id"]
-    _own_user(request, user_id)
-    expected = if_match(request)
-    body = await read_body(request, UpdateProfileRequest)
-    view = await views.get_user_async(gateway.redis, user_id)
-    if view is None:
-        raise ApiError(404, f"User {user_id} not found")
-    actual = _version(view)
-    if actual != expected:
-        raise ApiError(409, "Version conflict", extra={"expected": expected, "actual": actual})
-    value = {"user_id": user_id, "expected_version": expected, "changes": dict(body.profile)}
-    await gateway.publish(request, USER_COMMANDS, "UpdateUserProfile", user_id, value, correlation_id=user_id)
-    poll = f"/api/users/{user_id}?min_version={expected + 1}"
-    return json_response(
-        {"user_id": user_id, "expected_version": expected, "version": expected + 1, "poll": poll},
-        status=202,
-        headers={"Location": poll},
-    )
-
-
-# --- handlers: orders ---------------------------------------------------------------------------------------
-
-
-async def place_order(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    body = await read_body(request, PlaceOrderRequest)
-    user_id = principal_of(request).subject
-
-    async def act() -> Reply:
-        order_id = str(uuid.uuid4())
-        # the customer as this gateway sees it: admission waits until it has seen that version too, so an order
-        # never overtakes the registration or deactivation the caller already saw (None: not in the view yet)
-        seen = await _user_version(gateway.redis, user_id)
-        value = {
-            "order_id": order_id,
-            "user_id": user_id,
-            "lines": [line.model_dump() for line in body.lines],
-            "payment": body.payment.model_dump(),
-            "idempotency_key": request.headers.get("Idempotency-Key") or order_id,
-            "requested_at": _now_ms(),
-            "user_version": seen,
-        }
-        await gateway.publish(request, ORDER_COMMANDS, "PlaceOrder", user_id, value, correlation_id=order_id)
-        return Reply(202, {"order_id": order_id, "status": "accepted"}, {"Location": f"/api/orders/{order_id}"})
-
-    return await gateway.idempotent(request, body, act)
-
-
-async def _user_version(redis: aioredis.Redis, user_id: str) -> int | None:
-    """The user's version in the view, or None when the view does not know the user (or Redis is down)."""
-    try:
-        view = await views.get_user_async(redis, user_id)
-    except Exception as exc:
-        if not is_redis_error(exc):
-            raise
-        log.warning("user view unavailable (%s); the order goes without the user's version", exc)
-        return None
-    return int(view["version"]) if view is not None else None
-
-
-def _rank(view: dict[str, Any]) -> int:
-    return STATUS_RANK.get(str(view.get("status")), 0)
-
-
-async def get_order(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    order_id = request.match_info["order_id"]
-    subject = principal_of(request).subject
-    raw_target = request.query.get("wait_for")
-    target = None if raw_target is None else raw_target.strip().upper()
-    if target is not None and target not in WAIT_TARGETS:
-        raise ApiError(400, f"wait_for must be one of {', '.join(sorted(WAIT_TARGETS))} (or terminal)")
-
-    def reached(view: dict[str, Any]) -> bool:
-        if target == "TERMINAL":
-            return _rank(view) >= TERMINAL_RANK
-        return view.get("status") == target
-
-    def final(view: dict[str, Any]) -> bool:
-        owner = view.get("user_id")
-        return _rank(view) >= TERMINAL_RANK or (owner is not None and owner != subject)
-
-    view, stale = await gateway.read_until(
-        lambda: views.get_order_async(gateway.redis, order_id), None if target is None else reached, final
-    )
-    if view is None or view.get("user_id") is None:
-        raise ApiError(404, f"Order {order_id} not found")
-    if view["user_id"] != subject:
-        raise ApiError(403, "You may only access your own orders")
-    return json_response({**view, "stale": stale})
-
-
-async def dashboard(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    user_id = principal_of(request).subject
-    profile, orders, notices, rebuilding = await asyncio.gather(
-        views.get_user_async(gateway.redis, user_id),
-        views.recent_orders_async(gateway.redis, user_id),
-        views.notifications_async(gateway.redis, user_id),
-        views.rebuilding_async(gateway.redis),
-    )
-    body = {"user_id": user_id, "profile": profile, "orders": orders, "notifications": notices, "stale": rebuilding}
-    return json_response(body)
-
-
-# --- handlers: health and meta ------------------------------------------------------------------------------
-
-
-async def health(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    report = await health_report(gateway.checks, gateway.uptime_s)
-    return json_response(report, status=200 if report["status"] == "healthy" else 503)
-
-
-async def ready(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    report = await health_report((c for c in gateway.checks if c.critical), gateway.uptime_s)
-    return json_response(report, status=200 if report["status"] == "healthy" else 503)
-
-
-async def live(request: web.Request) -> web.StreamResponse:
-    return json_response({"status": "alive", "uptime_s": round(request.app[GATEWAY].uptime_s, 3)})
-
-
-async def openapi(request: web.Request) -> web.StreamResponse:
-    return json_response(request.app[GATEWAY].document)
-
-
-async def metrics(request: web.Request) -> web.StreamResponse:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
 ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
-    ("GET", "/metrics", metrics),
-    ("GET", "/health", health),
-    ("GET", "/ready", ready),
-    ("GET", "/live", live),
-    ("GET", "/openapi.json", openapi),
-    ("POST", "/api/users", register_user),
-    ("GET", "/api/users/{user_id}", get_user),
-    ("PATCH", "/api/users/{user_id}", update_user_profile),
-    ("POST", "/api/orders", place_order),
-    ("GET", "/api/orders/{order_id}", get_order),
-    ("GET", "/api/dashboard", dashboard),
+    ("GET", "/metrics", health.metrics),
+    ("GET", "/health", health.health),
+    ("GET", "/ready", health.ready),
+    ("GET", "/live", health.live),
+    ("GET", "/openapi.json", health.openapi),
+    ("POST", "/api/users", users.register_user),
+    ("GET", "/api/users/{user_id}", users.get_user),
+    ("PATCH", "/api/users/{user_id}", users.update_user_profile),
+    ("POST", "/api/orders", orders.place_order),
+    ("GET", "/api/orders/{order_id}", orders.get_order),
+    ("GET", "/api/dashboard", dashboard.dashboard),
 )
-
-
-# --- assembly -----------------------------------------------------------------------------------------------
 
 
 def create_app(
