@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from common.telemetry import HTTP_REQUESTS, HTTP_SECONDS, context_from, tracer
+from common.telemetry import HTTP_REQUESTS, HTTP_SECONDS, tracer
 from gateway.auth import AuthError, Principal, authenticate
 from gateway.errors import ApiError, error_response
 from gateway.service import GATEWAY, PRINCIPAL, RATE, TRACE
@@ -92,23 +92,17 @@ async def rate_limit_headers_middleware(request: web.Request, handler: Handler) 
 
 @web.middleware
 async def tracing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    header = request.headers.get("traceparent")
-    trace = TraceContext.from_header(header)
+    trace = TraceContext.from_header(request.headers.get("traceparent"))
     route = route_of(request)
     span = tracer().start_span(
         f"{request.method} {route}",
-        context=context_from(header if trace.parent_span_id else None),
+        context=trace.parent_context(),
         kind=SpanKind.SERVER,
         attributes={"http.request.method": request.method, "http.route": route, "url.path": request.path},
     )
     context = span.get_span_context()
     if span.is_recording() and context.is_valid:  # the gateway's own span (OpenTelemetry installed)
-        trace = TraceContext(
-            trace_id=f"{context.trace_id:032x}",
-            span_id=f"{context.span_id:016x}",
-            flags=f"{int(context.trace_flags):02x}",
-            parent_span_id=trace.parent_span_id,
-        )
+        trace = trace.carried_by(context)
     request[TRACE] = trace
     response = await handler(request)
     span.set_attribute("http.response.status_code", response.status)
