@@ -1,17 +1,12 @@
-"""The HTTP API gateway: the pipeline's front door (aiohttp).
+"""The HTTP API gateway: the pipeline's front door (aiohttp); this module assembles it.
 
 Writes become **commands on Kafka command topics** (through :class:`gateway.commands.CommandPublisher`, which
 wraps :class:`producers.toolkit.EventPublisher`) and are answered ``202 Accepted`` once the broker acknowledged
 them; reads come **only from the Redis views** (:mod:`streams.views.read`). Nothing else is touched.
 
-Every request passes two middlewares:
-
-1. ``access``: trace context (the caller's ``traceparent`` continued, or a new trace), errors turned into JSON
-   ``{"error": ...}`` answers (never a stack trace, never a 5xx for client input), and one JSON access-log
-   line on logger ``gateway.access`` (method, path, status, duration_ms, client, subject, trace_id).
-2. ``guard`` (every matched route but the public ones): the bearer token, then the per-client rate limit
-   (by token subject, or by client IP for requests without a valid token, so guessing tokens is limited too),
-   then ``401`` for a missing or invalid token.
+The parts: :mod:`gateway.middleware` (one concern each, stacked here in :data:`MIDDLEWARES`),
+:mod:`gateway.handlers` (one module per resource, routed here in :data:`ROUTES`), :mod:`gateway.service` (the
+dependencies and shared state handlers use), :mod:`gateway.errors` and :mod:`gateway.parsing`.
 
 :func:`create_app` takes its dependencies (settings, command publisher, Redis) so tests build it with
 stand-ins; :func:`run` is the composition root behind ``pipeline gateway``.
@@ -20,35 +15,31 @@ stand-ins; :func:`run` is the composition root behind ``pipeline gateway``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 from aiohttp import web
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
 
-from common.health import Check, broker_check, health_report, redis_check
+from common.health import Check, broker_check, redis_check
 from common.settings import DEV_JWT_SECRET, Settings
-from common.telemetry import HTTP_REQUESTS, HTTP_SECONDS, context_from, setup_tracing, tracer
-from gateway.auth import AuthError, Principal, TokenPolicy, authenticate
-from gateway.idempotency import IdempotencyStore, InvalidIdempotencyKey, StoredResponse, check_key, fingerprint
-from gateway.models import PlaceOrderRequest, RegisterUserRequest, UpdateProfileRequest
+from common.telemetry import setup_tracing
+from gateway.auth import TokenPolicy
+from gateway.handlers import dashboard, health, orders, users
+from gateway.idempotency import IdempotencyStore
+from gateway.middleware import (
+    access_log,
+    access_log_middleware,
+    errors_middleware,
+    guard_middleware,
+    metrics_middleware,
+    rate_limit_headers_middleware,
+    tracing_middleware,
+)
 from gateway.openapi import build_document
-from gateway.ratelimit import Decision, RateLimiter, RedisRateLimiter
-from gateway.tracing import TraceContext
-from producers.toolkit import PublishError, RecordNotAllowed
-from schemas.errors import InvalidRecord
-from schemas.topics import ORDER_COMMANDS, USER_COMMANDS, TopicSpec
-from streams.views import read as views
-from streams.views.orders import STATUS_RANK, TERMINAL_RANK
+from gateway.ratelimit import RateLimiter, RedisRateLimiter
+from gateway.service import GATEWAY, Gateway
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -56,553 +47,30 @@ if TYPE_CHECKING:
     from gateway.commands import CommandPublisher
 
 log = logging.getLogger("gateway")
-access_log = logging.getLogger("gateway.access")
 
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/live", "/openapi.json", "/metrics"})
-UNAVAILABLE = "Service temporarily unavailable"
-READ_POLL_S = 0.05
-"""How often a read that waits (``?min_version``, ``?wait_for``) looks at Redis again."""
-WAIT_TARGETS = frozenset({*STATUS_RANK, "TERMINAL"})
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-class ApiError(Exception):
-    """An answer other than success: status, the ``error`` message and optional extra fields and headers."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        extra: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.extra = extra or {}
-        self.headers = headers or {}
-
-    def response(self) -> web.Response:
-        return json_response({"error": self.message, **self.extra}, status=self.status, headers=self.headers)
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A success answer, kept as data so an idempotent replay can return it again."""
-
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def response(self, *, replayed: bool = False) -> web.Response:
-        headers = {**self.headers, **({"Idempotent-Replayed": "true"} if replayed else {})}
-        return json_response(self.body, status=self.status, headers=headers)
-
-
-def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(
-        body, status=status, headers=headers, dumps=lambda v: json.dumps(v, separators=(",", ":"), default=str)
-    )
-
-
-@dataclass
-class Gateway:
-    """The app's dependencies and shared state (``app[GATEWAY]``)."""
-
-    settings: Settings
-    publisher: CommandPublisher
-    redis: aioredis.Redis
-    policy: TokenPolicy
-    limiter: RateLimiter
-    idempotency: IdempotencyStore
-    checks: Sequence[Check]
-    document: dict[str, Any]
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def uptime_s(self) -> float:
-        return time.monotonic() - self.started
-
-    async def publish(
-        self, request: web.Request, topic: TopicSpec, record: str, key: str, value: dict[str, Any], correlation_id: str
-    ) -> None:
-        """Publish one command and wait for its acknowledgement: 422 if it does not encode, 503 if not acked."""
-        try:
-            await self.publisher.send(
-                topic, record, key, value, correlation_id=correlation_id, traceparent=trace_of(request).traceparent
-            )
-        except InvalidRecord as exc:
-            raise ApiError(422, f"Invalid command: {exc}") from exc
-        except RecordNotAllowed:
-            raise  # a wiring bug, not the client's or the broker's fault: a 500
-        except PublishError as exc:
-            log.warning("publishing %s to %s failed: %s", record, topic.name, exc)
-            raise ApiError(503, UNAVAILABLE) from exc
-
-    async def idempotent(
-        self, request: web.Request, body: BaseModel, act: Callable[[], Awaitable[Reply]]
-    ) -> web.Response:
-        """Run ``act`` once per ``Idempotency-Key`` (per subject, 24 h); see :mod:`gateway.idempotency`."""
-        header = request.headers.get("Idempotency-Key")
-        if header is None:
-            return (await act()).response()
-        try:
-            key = check_key(header)
-        except InvalidIdempotencyKey as exc:
-            raise ApiError(400, str(exc)) from exc
-        subject = principal_of(request).subject
-        print_ = fingerprint(request.method, request.path, body.model_dump(mode="json"))
-        try:
-            claim = await self.idempotency.claim(subject, key, print_)
-        except Exception as exc:  # noqa: BLE001 - no store, no safe retry: refuse rather than risk a duplicate
-            log.warning("idempotency store unreachable: %s: %s", type(exc).__name__, exc)
-            raise ApiError(503, UNAVAILABLE) from exc
-        if claim.outcome == "mismatch":
-            raise ApiError(422, "Idempotency-Key was already used with a different request")
-        if claim.outcome == "in_progress":
-            raise ApiError(409, "A request with this Idempotency-Key is still in progress; retry shortly")
-        if claim.outcome == "replay" and claim.response is not None:
-            stored = claim.response
-            return Reply(stored.status, stored.body, stored.headers).response(replayed=True)
-        try:
-            reply = await act()
-        except BaseException:
-            await self._release(subject, key)
-            raise
-        try:
-            await self.idempotency.complete(
-                subject, key, print_, StoredResponse(reply.status, reply.body, reply.headers)
-            )
-        except Exception as exc:  # noqa: BLE001 - the command is published: answer it, a replay may publish again
-            log.warning("storing the answer for Idempotency-Key %r failed: %s", key, exc)
-        return reply.response()
-
-    async def _release(self, subject: str, key: str) -> None:
-        try:
-            await self.idempotency.release(subject, key)
-        except Exception as exc:  # noqa: BLE001 - the claim expires by itself (short TTL)
-            log.warning("releasing Idempotency-Key %r failed: %s", key, exc)
-
-    async def read_until(
-        self,
-        fetch: Callable[[], Awaitable[dict[str, Any] | None]],
-        reached: Callable[[dict[str, Any]], bool] | None,
-        final: Callable[[dict[str, Any]], bool] = lambda _: False,
-    ) -> tuple[dict[str, Any] | None, bool]:
-        """The view, waiting (bounded) until ``reached`` holds; ``(view, stale)``.
-
-        Without ``reached`` the view is read once. ``final`` views end the wait early (they will not change
-        towards the target), and are not stale. ``stale`` is true only when the wait ran out.
-        """
-        if reached is None:
-            return await fetch(), False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.read_wait_max_s
-        while True:
-            view = await fetch()
-            if view is not None and (reached(view) or final(view)):
-                return view, False
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return view, True
-            await asyncio.sleep(min(READ_POLL_S, remaining))
-
-
-GATEWAY = web.AppKey("gateway", Gateway)
-_PRINCIPAL = web.RequestKey("gateway.principal", Principal)
-_TRACE = web.RequestKey("gateway.trace", TraceContext)
-_RATE = web.RequestKey("gateway.rate", Decision)
-
-
-def principal_of(request: web.Request) -> Principal:
-    return request[_PRINCIPAL]
-
-
-def trace_of(request: web.Request) -> TraceContext:
-    return request[_TRACE]
-
-
-# --- middlewares --------------------------------------------------------------------------------------------
-
-
-def _http_error(exc: web.HTTPException, settings: Settings) -> web.Response:
-    headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-    if exc.status == 404:
-        message = "Not found"
-    elif exc.status == 405:
-        message = "Method not allowed"
-    elif exc.status == 413:
-        message = f"Request body too large (at most {settings.max_body_bytes} bytes)"
-    else:
-        message = exc.reason
-    return json_response({"error": message}, status=exc.status, headers=headers)
-
-
-@web.middleware
-async def access_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    started = time.perf_counter()
-    header = request.headers.get("traceparent")
-    trace = TraceContext.from_header(header)
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "(unmatched)"
-    span = tracer().start_span(
-        f"{request.method} {route}",
-        context=context_from(header if trace.parent_span_id else None),
-        kind=SpanKind.SERVER,
-        attributes={"http.request.method": request.method, "http.route": route, "url.path": request.path},
-    )
-    context = span.get_span_context()
-    if span.is_recording() and context.is_valid:  # the gateway's own span (OpenTelemetry installed)
-        trace = TraceContext(
-            trace_id=f"{context.trace_id:032x}",
-            span_id=f"{context.span_id:016x}",
-            flags=f"{int(context.trace_flags):02x}",
-            parent_span_id=trace.parent_span_id,
-        )
-    request[_TRACE] = trace
-    response: web.StreamResponse
-    try:
-        response = await handler(request)
-    except ApiError as exc:
-        response = exc.response()
-    except web.HTTPException as exc:
-        response = _http_error(exc, gateway.settings)
-    except (ConnectionError, TimeoutError, OSError) as exc:
-        log.warning("%s %s: dependency unavailable: %s: %s", request.method, request.path, type(exc).__name__, exc)
-        response = json_response({"error": UNAVAILABLE}, status=503)
-    except Exception as exc:
-        if _is_redis_error(exc):
-            log.warning("%s %s: Redis unavailable: %s: %s", request.method, request.path, type(exc).__name__, exc)
-            response = json_response({"error": UNAVAILABLE}, status=503)
-        else:
-            log.exception("%s %s: unhandled error", request.method, request.path)
-            response = json_response({"error": "Internal server error"}, status=500)
-    span.set_attribute("http.response.status_code", response.status)
-    if response.status >= 500:
-        span.set_status(Status(StatusCode.ERROR, f"HTTP {response.status}"))
-    span.end()
-    elapsed = time.perf_counter() - started
-    HTTP_REQUESTS.labels(request.method, route, str(response.status)).inc()
-    HTTP_SECONDS.labels(request.method, route).observe(elapsed)
-    if not response.prepared:
-        response.headers["traceparent"] = trace.traceparent
-        decision = request.get(_RATE)
-        if decision is not None:
-            response.headers["RateLimit-Limit"] = str(decision.limit)
-            response.headers["RateLimit-Remaining"] = str(decision.remaining)
-    principal = request.get(_PRINCIPAL)
-    access_log.info(
-        json.dumps(
-            {
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "method": request.method,
-                "path": request.path,
-                "status": response.status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "client": request.remote,
-                "subject": principal.subject if principal else None,
-                "trace_id": trace.trace_id,
-            },
-            separators=(",", ":"),
-        )
-    )
-    return response
-
-
-def _is_redis_error(exc: BaseException) -> bool:
-    import redis
-
-    return isinstance(exc, redis.RedisError)
-
-
-@web.middleware
-async def guard_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    match = request.match_info
-    if match.http_exception is not None or match.route.resource is None:
-        return await handler(request)  # unknown route or wrong method: 404 / 405, nothing to guard
-    if match.route.resource.canonical in PUBLIC_PATHS:
-        return await handler(request)
-    gateway = request.app[GATEWAY]
-    principal: Principal | None = None
-    failure: AuthError | None = None
-    try:
-        principal = authenticate(request.headers.get("Authorization"), gateway.policy)
-    except AuthError as exc:
-        failure = exc
-    client = f"sub:{principal.subject}" if principal else f"ip:{request.remote or 'unknown'}"
-    decision = await gateway.limiter.hit(client)
-    request[_RATE] = decision
-    if not decision.allowed:
-        raise ApiError(429, "Too many requests", headers={"Retry-After": str(decision.retry_after_s)})
-    if principal is None:
-        reason = failure.reason if failure else "no principal"
-        log.info("%s %s from %s: 401 (%s)", request.method, request.path, request.remote, reason)
-        challenge = 'Bearer realm="order-pipeline"'
-        if failure is not None and failure.public != "No token provided":
-            challenge += ', error="invalid_token"'
-        raise ApiError(401, failure.public if failure else "No token provided", headers={"WWW-Authenticate": challenge})
-    request[_PRINCIPAL] = principal
-    return await handler(request)
-
-
-# --- request helpers ----------------------------------------------------------------------------------------
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-async def read_body(request: web.Request, model: type[M]) -> M:
-    """The body as ``model``: 400 for malformed JSON or a non-object, 413 when too large, 422 when invalid."""
-    limit = request.app[GATEWAY].settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"Request body too large (at most {limit} bytes)")
-    raw = await request.read()
-    if not raw.strip():
-        raise ApiError(400, "Request body is required: a JSON object")
-    try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise ApiError(400, f"Malformed JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ApiError(400, f"Request body must be a JSON object, not {type(data).__name__}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        details = [{"field": _field(err["loc"]), "message": err["msg"]} for err in exc.errors()]
-        first = details[0]
-        where = f"{first['field']}: " if first["field"] else ""
-        raise ApiError(422, f"Invalid request body: {where}{first['message']}", extra={"details": details}) from exc
-
-
-def _field(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _query_int(request: web.Request, name: str) -> int | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise ApiError(400, f"{name} must be a non-negative integer")
-    return int(raw)
-
-
-def _if_match(request: web.Request) -> int:
-    raw = request.headers.get("If-Match")
-    if raw is None or not raw.strip():
-        raise ApiError(428, 'If-Match is required: the user version your change is based on (e.g. If-Match: "3")')
-    text = raw.strip()
-    text = text.removeprefix("W/").strip('"')
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
-        raise ApiError(400, f'If-Match must be a user version, an integer such as "3"; got {raw[:40]!r}')
-    return int(text)
-
-
-def _own_user(request: web.Request, user_id: str) -> None:
-    if principal_of(request).subject != user_id:
-        raise ApiError(403, "You may only access your own user")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-# --- handlers: users ----------------------------------------------------------------------------------------
-
-
-async def register_user(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    body = await read_body(request, RegisterUserRequest)
-
-    async def act() -> Reply:
-        user_id = str(uuid.uuid4())
-        value = {"user_id": user_id, "username": body.username, "email": body.email, "profile": dict(body.profile)}
-        await gateway.publish(request, USER_COMMANDS, "RegisterUser", user_id, value, correlation_id=user_id)
-        return Reply(202, {"user_id": user_id, "status": "accepted"}, {"Location": f"/api/users/{user_id}"})
-
-    return await gateway.idempotent(request, body, act)
-
-
-async def get_user(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    user_id = request.match_info["user_id"]
-    _own_user(request, user_id)
-    min_version = _query_int(request, "min_version")
-    reached = None if min_version is None else (lambda v: _version(v) >= min_version)
-    view, stale = await gateway.read_until(lambda: views.get_user_async(gateway.redis, user_id), reached)
-    if view is None:
-        raise ApiError(404, f"User {user_id} not found")
-    return json_response({**view, "stale": stale}, headers={"ETag": f'"{_version(view)}"'})
-
-
-def _version(view: dict[str, Any]) -> int:
-    try:
-        return int(view.get("version") or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-async def update_user_profile(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    user_id = request.match_info["user_id"]
-    _own_user(request, user_id)
-    expected = _if_match(request)
-    body = await read_body(request, UpdateProfileRequest)
-    view = await views.get_user_async(gateway.redis, user_id)
-    if view is None:
-        raise ApiError(404, f"User {user_id} not found")
-    actual = _version(view)
-    if actual != expected:
-        raise ApiError(409, "Version conflict", extra={"expected": expected, "actual": actual})
-    value = {"user_id": user_id, "expected_version": expected, "changes": dict(body.profile)}
-    await gateway.publish(request, USER_COMMANDS, "UpdateUserProfile", user_id, value, correlation_id=user_id)
-    poll = f"/api/users/{user_id}?min_version={expected + 1}"
-    return json_response(
-        {"user_id": user_id, "expected_version": expected, "version": expected + 1, "poll": poll},
-        status=202,
-        headers={"Location": poll},
-    )
-
-
-# --- handlers: orders ---------------------------------------------------------------------------------------
-
-
-async def place_order(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    body = await read_body(request, PlaceOrderRequest)
-    user_id = principal_of(request).subject
-
-    async def act() -> Reply:
-        order_id = str(uuid.uuid4())
-        # the customer as this gateway sees it: admission waits until it has seen that version too, so an order
-        # never overtakes the registration or deactivation the caller already saw (None: not in the view yet)
-        seen = await _user_version(gateway.redis, user_id)
-        value = {
-            "order_id": order_id,
-            "user_id": user_id,
-            "lines": [line.model_dump() for line in body.lines],
-            "payment": body.payment.model_dump(),
-            "idempotency_key": request.headers.get("Idempotency-Key") or order_id,
-            "requested_at": _now_ms(),
-            "user_version": seen,
-        }
-        await gateway.publish(request, ORDER_COMMANDS, "PlaceOrder", user_id, value, correlation_id=order_id)
-        return Reply(202, {"order_id": order_id, "status": "accepted"}, {"Location": f"/api/orders/{order_id}"})
-
-    return await gateway.idempotent(request, body, act)
-
-
-async def _user_version(redis: aioredis.Redis, user_id: str) -> int | None:
-    """The user's version in the view, or None when the view does not know the user (or Redis is down)."""
-    try:
-        view = await views.get_user_async(redis, user_id)
-    except Exception as exc:
-        if not _is_redis_error(exc):
-            raise
-        log.warning("user view unavailable (%s); the order goes without the user's version", exc)
-        return None
-    return int(view["version"]) if view is not None else None
-
-
-def _rank(view: dict[str, Any]) -> int:
-    return STATUS_RANK.get(str(view.get("status")), 0)
-
-
-async def get_order(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    order_id = request.match_info["order_id"]
-    subject = principal_of(request).subject
-    raw_target = request.query.get("wait_for")
-    target = None if raw_target is None else raw_target.strip().upper()
-    if target is not None and target not in WAIT_TARGETS:
-        raise ApiError(400, f"wait_for must be one of {', '.join(sorted(WAIT_TARGETS))} (or terminal)")
-
-    def reached(view: dict[str, Any]) -> bool:
-        if target == "TERMINAL":
-            return _rank(view) >= TERMINAL_RANK
-        return view.get("status") == target
-
-    def final(view: dict[str, Any]) -> bool:
-        owner = view.get("user_id")
-        return _rank(view) >= TERMINAL_RANK or (owner is not None and owner != subject)
-
-    view, stale = await gateway.read_until(
-        lambda: views.get_order_async(gateway.redis, order_id), None if target is None else reached, final
-    )
-    if view is None or view.get("user_id") is None:
-        raise ApiError(404, f"Order {order_id} not found")
-    if view["user_id"] != subject:
-        raise ApiError(403, "You may only access your own orders")
-    return json_response({**view, "stale": stale})
-
-
-async def dashboard(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    user_id = principal_of(request).subject
-    profile, orders, notices, rebuilding = await asyncio.gather(
-        views.get_user_async(gateway.redis, user_id),
-        views.recent_orders_async(gateway.redis, user_id),
-        views.notifications_async(gateway.redis, user_id),
-        views.rebuilding_async(gateway.redis),
-    )
-    body = {"user_id": user_id, "profile": profile, "orders": orders, "notifications": notices, "stale": rebuilding}
-    return json_response(body)
-
-
-# --- handlers: health and meta ------------------------------------------------------------------------------
-
-
-async def health(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    report = await health_report(gateway.checks, gateway.uptime_s)
-    return json_response(report, status=200 if report["status"] == "healthy" else 503)
-
-
-async def ready(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    report = await health_report((c for c in gateway.checks if c.critical), gateway.uptime_s)
-    return json_response(report, status=200 if report["status"] == "healthy" else 503)
-
-
-async def live(request: web.Request) -> web.StreamResponse:
-    return json_response({"status": "alive", "uptime_s": round(request.app[GATEWAY].uptime_s, 3)})
-
-
-async def openapi(request: web.Request) -> web.StreamResponse:
-    return json_response(request.app[GATEWAY].document)
-
-
-async def metrics(request: web.Request) -> web.StreamResponse:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
+MIDDLEWARES = (
+    access_log_middleware,  # outermost: logs the final answer, with the trace id and the subject
+    metrics_middleware,  # counts and times the final answer
+    rate_limit_headers_middleware,  # reports the guard's decision on every answer, refusals included
+    tracing_middleware,  # the request's span around everything below; sets its trace context first
+    errors_middleware,  # whatever the guard or a handler raises becomes a JSON answer
+    guard_middleware,  # innermost: token and rate limit before any handler
+)
+"""The middlewares, outermost first (aiohttp runs them in list order): see :mod:`gateway.middleware`."""
 
 ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
-    ("GET", "/metrics", metrics),
-    ("GET", "/health", health),
-    ("GET", "/ready", ready),
-    ("GET", "/live", live),
-    ("GET", "/openapi.json", openapi),
-    ("POST", "/api/users", register_user),
-    ("GET", "/api/users/{user_id}", get_user),
-    ("PATCH", "/api/users/{user_id}", update_user_profile),
-    ("POST", "/api/orders", place_order),
-    ("GET", "/api/orders/{order_id}", get_order),
-    ("GET", "/api/dashboard", dashboard),
+    ("GET", "/metrics", health.metrics),
+    ("GET", "/health", health.health),
+    ("GET", "/ready", health.ready),
+    ("GET", "/live", health.live),
+    ("GET", "/openapi.json", health.openapi),
+    ("POST", "/api/users", users.register_user),
+    ("GET", "/api/users/{user_id}", users.get_user),
+    ("PATCH", "/api/users/{user_id}", users.update_user_profile),
+    ("POST", "/api/orders", orders.place_order),
+    ("GET", "/api/orders/{order_id}", orders.get_order),
+    ("GET", "/api/dashboard", dashboard.dashboard),
 )
-
-
-# --- assembly -----------------------------------------------------------------------------------------------
 
 
 def create_app(
@@ -621,7 +89,7 @@ def create_app(
     policy = TokenPolicy.from_settings(settings)
     if settings.jwt_algorithm == "HS256" and settings.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
         log.warning("the gateway verifies tokens with the development JWT secret: set PIPELINE_JWT_SECRET")
-    app = web.Application(middlewares=[access_middleware, guard_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
     app[GATEWAY] = Gateway(
         settings=settings,
         publisher=publisher,

@@ -3,63 +3,88 @@
 The gateway is a span of its own: it keeps the caller's trace id and flags, takes a fresh span id, and hands
 that ``traceparent`` on in the Kafka headers of every command it publishes, so an order is one trace from the
 HTTP request to the saga's last step.
+
+OpenTelemetry's W3C propagator (``TraceContextTextMapPropagator``) reads and writes the header, the same one
+:mod:`common.telemetry` uses for Kafka headers, so the gateway and the workers agree on what a valid header is:
+an absent or invalid one (another shape, version ``ff``, all-zero ids, extra fields on version ``00``) names no
+parent, and the request starts a new trace.
 """
 
 from __future__ import annotations
 
-import re
-import secrets
 from dataclasses import dataclass
 
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?$")
-_INVALID_TRACE_ID = "0" * 32
-_INVALID_SPAN_ID = "0" * 16
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    TraceFlags,
+    format_span_id,
+    format_trace_id,
+    get_current_span,
+    set_span_in_context,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_IDS = RandomIdGenerator()
+_HEADER = "traceparent"
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
 @dataclass(frozen=True)
 class TraceContext:
-    """One request's place in a trace."""
+    """One request's place in a trace: the gateway's span, and the caller's span it continues (if any)."""
 
-    trace_id: str
-    span_id: str
-    flags: str = "01"
-    parent_span_id: str | None = None
+    span: SpanContext
+    parent: SpanContext | None = None
+
+    @property
+    def trace_id(self) -> str:
+        return format_trace_id(self.span.trace_id)
+
+    @property
+    def span_id(self) -> str:
+        return format_span_id(self.span.span_id)
+
+    @property
+    def parent_span_id(self) -> str | None:
+        return None if self.parent is None else format_span_id(self.parent.span_id)
 
     @property
     def traceparent(self) -> str:
-        return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
+        return format_traceparent(self.span)
+
+    def parent_context(self) -> Context | None:
+        """The caller's span as an OpenTelemetry parent (None: the gateway's span starts a new trace)."""
+        return None if self.parent is None else set_span_in_context(NonRecordingSpan(self.parent))
+
+    def carried_by(self, span: SpanContext) -> TraceContext:
+        """The same request with ``span`` (the gateway's own, when OpenTelemetry records it) as its span."""
+        return TraceContext(span, self.parent)
 
     @classmethod
     def from_header(cls, header: str | None) -> TraceContext:
         """The caller's trace continued with a new span, or a new trace when the header is absent or invalid."""
         parent = parse_traceparent(header)
         if parent is None:
-            return cls(trace_id=_new_id(16, _INVALID_TRACE_ID), span_id=_new_id(8, _INVALID_SPAN_ID))
-        trace_id, parent_span, flags = parent
-        return cls(trace_id=trace_id, span_id=_new_id(8, _INVALID_SPAN_ID), flags=flags, parent_span_id=parent_span)
+            span = SpanContext(_IDS.generate_trace_id(), _IDS.generate_span_id(), is_remote=False, trace_flags=_SAMPLED)
+            return cls(span)
+        span = SpanContext(parent.trace_id, _IDS.generate_span_id(), is_remote=False, trace_flags=parent.trace_flags)
+        return cls(span, parent)
 
 
-def parse_traceparent(header: str | None) -> tuple[str, str, str] | None:
-    """``(trace_id, parent_span_id, flags)`` of a valid ``traceparent`` header, else None.
-
-    Version ``ff`` and all-zero ids are invalid (W3C Trace Context §3.2); a future version's extra fields are
-    ignored, as the spec asks.
-    """
+def parse_traceparent(header: str | None) -> SpanContext | None:
+    """The caller's span a valid ``traceparent`` header names, else None (W3C Trace Context §3.2)."""
     if not header:
         return None
-    match = _TRACEPARENT.match(header.strip().lower())
-    if match is None:
-        return None
-    version, trace_id, span_id, flags = match.groups()
-    if version == "ff" or trace_id == _INVALID_TRACE_ID or span_id == _INVALID_SPAN_ID:
-        return None
-    if version == "00" and len(header.strip()) != 55:
-        return None
-    return trace_id, span_id, flags
+    span = get_current_span(_PROPAGATOR.extract({_HEADER: header})).get_span_context()
+    return span if span.is_valid else None
 
 
-def _new_id(size: int, invalid: str) -> str:
-    while True:
-        value = secrets.token_hex(size)
-        if value != invalid:
-            return value
+def format_traceparent(span: SpanContext) -> str:
+    """``span`` as a ``traceparent`` header (version ``00``)."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, set_span_in_context(NonRecordingSpan(span)))
+    return carrier[_HEADER]

@@ -1,4 +1,5 @@
-"""Helpers for the gateway's tests: tokens, a server on a loopback port, and (unit tests only) stand-ins.
+"""Helpers for the gateway's tests: tokens, a server on a loopback port, a bounded wait, and (unit tests only)
+stand-ins.
 
 :class:`MemoryPublisher` and :class:`DictRedis` replace the broker and Redis **in unit tests only**; the
 integration tests run the same app against the real ones.
@@ -6,9 +7,10 @@ integration tests run the same app against the real ones.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from tenacity import AsyncRetrying, stop_after_delay, wait_fixed
 
 from common.envelope import Envelope
 from common.settings import Settings
@@ -46,6 +49,13 @@ async def serving(app: web.Application) -> AsyncIterator[TestClient[web.Request,
     """The app on 127.0.0.1 (a random port) with a client for it."""
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client
+
+
+async def until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    """Return once ``condition()`` holds, looking every 10 ms; fail after ``within_s``."""
+    async for attempt in AsyncRetrying(stop=stop_after_delay(within_s), wait=wait_fixed(0.01), reraise=True):
+        with attempt:
+            assert condition(), f"condition not reached within {within_s}s"
 
 
 # --- unit-test stand-ins ------------------------------------------------------------------------------------
@@ -112,6 +122,13 @@ class DictRedis:
         self.lists: dict[str, list[str]] = {}
         self.down = False
         self.calls: list[str] = []
+        self._readers: dict[str, list[asyncio.Event]] = {}
+
+    def next_read(self, key: str) -> asyncio.Event:
+        """An event set when ``key`` is next read: a test knows a request it started is now waiting on it."""
+        event = asyncio.Event()
+        self._readers.setdefault(key, []).append(event)
+        return event
 
     def _check(self, command: str) -> None:
         self.calls.append(command)
@@ -131,7 +148,10 @@ class DictRedis:
 
     async def get(self, key: str) -> str | None:
         self._check("GET")
-        return self.strings[key] if self._live(key) else None
+        value = self.strings[key] if self._live(key) else None
+        for event in self._readers.pop(key, []):
+            event.set()
+        return value
 
     async def set(self, key: str, value: str, *, nx: bool = False, ex: int | None = None) -> bool | None:
         self._check("SET")

@@ -25,7 +25,7 @@ from gateway.app import create_app
 from gateway.ratelimit import RedisRateLimiter
 from schemas.errors import InvalidRecord
 from schemas.topics import TopicSpec
-from tests.gateway_support import DictRedis, MemoryPublisher, bearer, serving, token_for
+from tests.gateway_support import DictRedis, MemoryPublisher, bearer, serving, token_for, until
 
 pytestmark = pytest.mark.unit
 
@@ -118,7 +118,7 @@ def test_public_endpoints_need_no_token(env: Env) -> None:
 
 def test_ready_is_503_when_a_critical_check_fails_or_hangs(env: Env) -> None:
     async def hangs() -> None:
-        await asyncio.sleep(60)
+        await asyncio.Event().wait()  # never answers
 
     env.checks = [Check("broker", broken), Check("redis", hangs, timeout_s=0.2)]
 
@@ -374,7 +374,7 @@ def test_a_key_still_in_flight_is_409(env: Env) -> None:
     async def scenario(client: Client) -> None:
         headers = {**env.auth(), "Idempotency-Key": "k-slow"}
         first = asyncio.create_task(client.post("/api/orders", json=ORDER, headers=headers))
-        await _until(lambda: bool(env.redis.keys_matching("gateway:idem:*")))
+        await until(lambda: bool(env.redis.keys_matching("gateway:idem:*")))
         second = await client.post("/api/orders", json=ORDER, headers=headers)
         assert second.status == 409
         gate.set()
@@ -382,13 +382,6 @@ def test_a_key_still_in_flight_is_409(env: Env) -> None:
         assert len(env.publisher.sent) == 1
 
     env.run(scenario)
-
-
-async def _until(condition: Callable[[], bool], within_s: float = 5) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 def test_redis_down_fails_the_limiter_open_but_idempotent_posts_closed(
@@ -472,8 +465,10 @@ def test_min_version_waits_for_the_write_or_answers_stale(env: Env) -> None:
     env.put_user("u-1", 1)
 
     async def scenario(client: Client) -> None:
+        waiting = env.redis.next_read("view:user:u-1")
+
         async def projector_catches_up() -> None:
-            await asyncio.sleep(0.1)
+            await asyncio.wait_for(waiting.wait(), 5)  # the gateway has read version 1 and waits for 2
             env.put_user("u-1", 2)
 
         catch_up = asyncio.create_task(projector_catches_up())
@@ -541,8 +536,10 @@ def test_reading_an_order(env: Env) -> None:
         bad = await client.get("/api/orders/o-1?wait_for=SHIPPED", headers=env.auth("u-1"))
         assert bad.status == 400 and "wait_for" in (await bad.json())["error"]
 
+        waiting = env.redis.next_read("view:order:o-1")
+
         async def saga_finishes() -> None:
-            await asyncio.sleep(0.1)
+            await asyncio.wait_for(waiting.wait(), 5)  # the gateway has read PLACED and waits for a terminal status
             env.put_order("o-1", "u-1", "CONFIRMED")
 
         finish = asyncio.create_task(saga_finishes())
@@ -572,14 +569,17 @@ def test_the_dashboard_reads_its_three_views_concurrently(env: Env) -> None:
     }
     env.redis.lists["view:notifications:u-1"] = [json.dumps({"notification_id": "n-1", "order_id": "o-1"})]
     in_flight = {"now": 0, "max": 0}
+    all_three = asyncio.Event()
     for name in ("get", "zrevrange", "lrange"):
         method = getattr(env.redis, name)
 
         async def tracked(*args: Any, _method: Any = method) -> Any:
             in_flight["now"] += 1
             in_flight["max"] = max(in_flight["max"], in_flight["now"])
-            await asyncio.sleep(0.02)
+            if in_flight["now"] >= 3:
+                all_three.set()
             try:
+                await asyncio.wait_for(all_three.wait(), 5)  # held until the other reads are in flight too
                 return await _method(*args)
             finally:
                 in_flight["now"] -= 1

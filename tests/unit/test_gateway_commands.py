@@ -19,6 +19,7 @@ from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.errors import InvalidRecord
 from schemas.topics import ORDER_COMMANDS
+from tests.gateway_support import until
 
 pytestmark = pytest.mark.unit
 
@@ -40,10 +41,13 @@ class Message:
 
 
 class ScriptedProducer:
-    """Delivers a message on ``poll`` once the test scripted its outcome (``None``: acked; text: failed)."""
+    """Delivers a message on ``poll`` once the test scripted its outcome (``None``: acked; text: failed).
+
+    Like confluent-kafka's, ``poll`` blocks up to its timeout until there is a report to serve.
+    """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.pending: list[tuple[str, Any]] = []
         self.outcomes: dict[str, str | None] = {}
         self.produced: list[str] = []
@@ -53,15 +57,20 @@ class ScriptedProducer:
             self.pending.append((key.decode(), on_delivery))
             self.produced.append(key.decode())
 
+    def decide(self, outcomes: dict[str, str | None]) -> None:
+        """Script the outcome of the messages under these keys, and wake a ``poll`` waiting for one."""
+        with self.lock:
+            self.outcomes.update(outcomes)
+            self.lock.notify_all()
+
     def poll(self, timeout: float) -> int:
         with self.lock:
+            self.lock.wait_for(lambda: any(k in self.outcomes for k, _ in self.pending), timeout)
             ready = [(k, cb) for k, cb in self.pending if k in self.outcomes]
             self.pending = [(k, cb) for k, cb in self.pending if k not in self.outcomes]
         for key, callback in ready:
             outcome = self.outcomes[key]
             callback(None if outcome is None else Error(outcome), Message())
-        if not ready:
-            time.sleep(min(timeout, 0.01))
         return len(ready)
 
     def flush(self, timeout: float) -> int:
@@ -103,9 +112,9 @@ def test_concurrent_sends_each_get_their_own_outcome() -> None:
     async def scenario() -> None:
         ok = asyncio.create_task(send(publisher, "u-ok"))
         failed = asyncio.create_task(send(publisher, "u-fail"))
-        await asyncio.sleep(0.05)
+        await until(lambda: sorted(producer.produced) == ["u-fail", "u-ok"])
         assert not ok.done() and not failed.done()  # no report yet: both wait
-        producer.outcomes.update({"u-fail": "Broker: Not enough in-sync replicas", "u-ok": None})
+        producer.decide({"u-fail": "Broker: Not enough in-sync replicas", "u-ok": None})
         envelope = await ok
         assert envelope.traceparent == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         with pytest.raises(DeliveryFailed, match="u-fail.*Not enough in-sync replicas"):
@@ -152,7 +161,7 @@ def test_the_shared_flush_does_not_see_callback_messages() -> None:
         ORDER_COMMANDS, "PlaceOrder", "u-1", place_order("u-1"), on_delivery=lambda d, f: seen.append((d, f))
     )
     events.publish(ORDER_COMMANDS, "PlaceOrder", "u-2", place_order("u-2"))
-    producer.outcomes.update({"u-1": "boom", "u-2": None})
+    producer.decide({"u-1": "boom", "u-2": None})
     producer.poll(0)
     assert seen == [(None, seen[0][1])] and "boom" in seen[0][1]
     delivered = events.flush(1)  # does not raise for u-1's failure

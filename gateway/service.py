@@ -1,0 +1,160 @@
+"""The gateway's dependencies and shared state, and what each request carries from the middlewares to handlers.
+
+:class:`Gateway` (``app[GATEWAY]``) holds the clients and policies :func:`gateway.app.create_app` was given and
+the three things every write or wait does: publish one command and wait for its acknowledgement, run a write
+once per ``Idempotency-Key``, and read a view until it reaches what the caller waits for (bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from common.health import Check
+from common.settings import Settings
+from gateway.auth import Principal, TokenPolicy
+from gateway.errors import UNAVAILABLE, ApiError
+from gateway.idempotency import IdempotencyStore, InvalidIdempotencyKey, StoredResponse, check_key, fingerprint
+from gateway.ratelimit import Decision, RateLimiter
+from gateway.responses import Reply
+from gateway.tracing import TraceContext
+from producers.toolkit import PublishError, RecordNotAllowed
+from schemas.errors import InvalidRecord
+from schemas.topics import TopicSpec
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from gateway.commands import CommandPublisher
+
+log = logging.getLogger("gateway")
+
+READ_POLL_S = 0.05
+"""How often a read that waits (``?min_version``, ``?wait_for``) looks at Redis again."""
+
+
+@dataclass
+class Gateway:
+    """The app's dependencies and shared state (``app[GATEWAY]``)."""
+
+    settings: Settings
+    publisher: CommandPublisher
+    redis: aioredis.Redis
+    policy: TokenPolicy
+    limiter: RateLimiter
+    idempotency: IdempotencyStore
+    checks: Sequence[Check]
+    document: dict[str, Any]
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started
+
+    async def publish(
+        self, request: web.Request, topic: TopicSpec, record: str, key: str, value: dict[str, Any], correlation_id: str
+    ) -> None:
+        """Publish one command and wait for its acknowledgement: 422 if it does not encode, 503 if not acked."""
+        try:
+            await self.publisher.send(
+                topic, record, key, value, correlation_id=correlation_id, traceparent=trace_of(request).traceparent
+            )
+        except InvalidRecord as exc:
+            raise ApiError(422, f"Invalid command: {exc}") from exc
+        except RecordNotAllowed:
+            raise  # a wiring bug, not the client's or the broker's fault: a 500
+        except PublishError as exc:
+            log.warning("publishing %s to %s failed: %s", record, topic.name, exc)
+            raise ApiError(503, UNAVAILABLE) from exc
+
+    async def idempotent(
+        self, request: web.Request, body: BaseModel, act: Callable[[], Awaitable[Reply]]
+    ) -> web.Response:
+        """Run ``act`` once per ``Idempotency-Key`` (per subject, 24 h); see :mod:`gateway.idempotency`."""
+        header = request.headers.get("Idempotency-Key")
+        if header is None:
+            return (await act()).response()
+        try:
+            key = check_key(header)
+        except InvalidIdempotencyKey as exc:
+            raise ApiError(400, str(exc)) from exc
+        subject = principal_of(request).subject
+        print_ = fingerprint(request.method, request.path, body.model_dump(mode="json"))
+        try:
+            claim = await self.idempotency.claim(subject, key, print_)
+        except Exception as exc:  # noqa: BLE001 - no store, no safe retry: refuse rather than risk a duplicate
+            log.warning("idempotency store unreachable: %s: %s", type(exc).__name__, exc)
+            raise ApiError(503, UNAVAILABLE) from exc
+        if claim.outcome == "mismatch":
+            raise ApiError(422, "Idempotency-Key was already used with a different request")
+        if claim.outcome == "in_progress":
+            raise ApiError(409, "A request with this Idempotency-Key is still in progress; retry shortly")
+        if claim.outcome == "replay" and claim.response is not None:
+            stored = claim.response
+            return Reply(stored.status, stored.body, stored.headers).response(replayed=True)
+        try:
+            reply = await act()
+        except BaseException:
+            await self._release(subject, key)
+            raise
+        try:
+            await self.idempotency.complete(
+                subject, key, print_, StoredResponse(reply.status, reply.body, reply.headers)
+            )
+        except Exception as exc:  # noqa: BLE001 - the command is published: answer it, a replay may publish again
+            log.warning("storing the answer for Idempotency-Key %r failed: %s", key, exc)
+        return reply.response()
+
+    async def _release(self, subject: str, key: str) -> None:
+        try:
+            await self.idempotency.release(subject, key)
+        except Exception as exc:  # noqa: BLE001 - the claim expires by itself (short TTL)
+            log.warning("releasing Idempotency-Key %r failed: %s", key, exc)
+
+    async def read_until(
+        self,
+        fetch: Callable[[], Awaitable[dict[str, Any] | None]],
+        reached: Callable[[dict[str, Any]], bool] | None,
+        final: Callable[[dict[str, Any]], bool] = lambda _: False,
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """The view, waiting (bounded) until ``reached`` holds; ``(view, stale)``.
+
+        Without ``reached`` the view is read once. ``final`` views end the wait early (they will not change
+        towards the target), and are not stale. ``stale`` is true only when the wait ran out.
+        """
+        if reached is None:
+            return await fetch(), False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.read_wait_max_s
+        while True:
+            view = await fetch()
+            if view is not None and (reached(view) or final(view)):
+                return view, False
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return view, True
+            await asyncio.sleep(min(READ_POLL_S, remaining))
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+PRINCIPAL = web.RequestKey("gateway.principal", Principal)
+"""The caller, set by the guard on every route but the public ones."""
+TRACE = web.RequestKey("gateway.trace", TraceContext)
+"""The request's place in its trace, set by the tracing middleware on every request."""
+RATE = web.RequestKey("gateway.rate", Decision)
+"""The rate limiter's decision, set by the guard; reported in the ``RateLimit-*`` headers."""
+
+
+def principal_of(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+def trace_of(request: web.Request) -> TraceContext:
+    return request[TRACE]
