@@ -32,8 +32,8 @@ integration: ## integration tests only (testcontainers)
 chaos: ## chaos tests only (kills, broker restarts, Redis flushed, three brokers), with the reproducers of open bugs
 	infra/test.sh -m chaos
 
-lint: ## ruff and mypy
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+lint: ## ruff, mypy and the import layers (lint-imports)
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy && .venv/bin/lint-imports
 
 format: ## format the code with ruff
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .

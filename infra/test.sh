@@ -13,6 +13,7 @@ export TESTCONTAINERS_RYUK_DISABLED=true TC_HOST=127.0.0.1 TESTCONTAINERS_CONNEC
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/lint-imports
 .venv/bin/pipeline schemas check
 # without a marker expression of its own, the suite leaves out the reproducers of open bugs (`make chaos` runs them)
 if printf '%s\n' "$@" | grep -qx -- '-m'; then

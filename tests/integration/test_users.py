@@ -18,7 +18,7 @@ from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.topics import ORDER_COMMANDS, USER_COMMANDS, USER_EVENTS, USER_SNAPSHOTS
-from streams.domain import users
+from streams.domain import user_aggregate
 from streams.domain.messages import UserSnapshot, from_record
 from streams.views import read as views
 from tests.seeding import uid
@@ -200,11 +200,11 @@ def test_snapshots_resume_to_the_same_user_as_the_full_history(
     with EventConsumer.reader(settings) as consumer:
         log = [m for m in consumer.read_log([USER_EVENTS.name, USER_SNAPSHOTS.name]) if m.key == user_id]
     decoded = [(m.topic, codec.decode(m.value or b"")) for m in log]
-    history = users.events_of(from_record(d.name, d.value) for t, d in decoded if t == USER_EVENTS.name)
+    history = user_aggregate.events_of(from_record(d.name, d.value) for t, d in decoded if t == USER_EVENTS.name)
     snapshots = [from_record(d.name, d.value) for t, d in decoded if t == USER_SNAPSHOTS.name]
     assert snapshots, "a snapshot every few events"
     newest = snapshots[-1]
     assert isinstance(newest, UserSnapshot) and newest.version % SNAPSHOT_EVERY == 0
-    resumed = users.load(newest, [e for e in history if e.version > newest.version])
-    assert resumed == users.replay(history)
+    resumed = user_aggregate.load(newest, [e for e in history if e.version > newest.version])
+    assert resumed == user_aggregate.replay(history)
     assert resumed is not None and resumed.version == view["version"] and resumed.email == view["email"]

@@ -11,7 +11,7 @@ import pytest
 
 from schemas import AvroCodec, SchemaCatalog
 from schemas.topics import topic_for_record
-from streams.domain import emails, user_reactions, users
+from streams.domain import emails, user_aggregate, user_reactions, users
 from streams.domain.core import Decision, StepContext, UsersConfig
 from streams.domain.emails import EmailOwner, claim_email, release_email
 from streams.domain.messages import (
@@ -40,7 +40,8 @@ from streams.domain.messages import (
     to_record,
 )
 from streams.domain.saga import EMAILS, USER_REACTIONS, USER_SERVICES, USERS
-from streams.domain.users import HistoryError, User, UserHistory, decide, load, replay
+from streams.domain.user_aggregate import HistoryError, User, load, replay
+from streams.domain.users import UserHistory, decide
 
 pytestmark = pytest.mark.unit
 
@@ -153,7 +154,7 @@ def test_replay_folds_every_event_and_merges_profiles() -> None:
 @pytest.mark.parametrize("cut", range(len(HISTORY) + 1))
 def test_loading_from_any_snapshot_equals_replaying_everything(cut: int) -> None:
     before = replay(HISTORY[:cut])
-    snapshot = users.take_snapshot(before, T0) if before is not None else None
+    snapshot = user_aggregate.take_snapshot(before, T0) if before is not None else None
     assert load(snapshot, HISTORY[cut:]) == replay(HISTORY)
 
 
@@ -577,7 +578,7 @@ def test_a_v1_snapshot_from_the_real_codec_still_loads() -> None:
         login_count=1,
         last_login_at=T0,
     )
-    latest = users.take_snapshot(user, T0)
+    latest = user_aggregate.take_snapshot(user, T0)
     round_trip = CODEC.decode(CODEC.encode("UserSnapshot", to_record(latest)))
     assert from_record(round_trip.name, round_trip.value) == latest
 
@@ -679,7 +680,7 @@ def test_events_of_picks_the_aggregate_events_from_the_log() -> None:
     rejected = UserCommandRejected(user_id="u-1", command="X", reason="r", rejected_at=T0)
     started = UserOnboardingStarted(user_id="u-1", started_at=T0)
     log: list[Message] = [HISTORY[0], started, HISTORY[1], rejected, HISTORY[1], HISTORY[2], HISTORY[0]]
-    assert users.events_of(log) == tuple(HISTORY[:3]), "reactions, rejections and copies are skipped"
-    assert users.events_of(log, after=1) == tuple(HISTORY[1:3])
-    snapshot = users.take_snapshot(replay(HISTORY[:1]), T0)  # type: ignore[arg-type]
-    assert load(snapshot, users.events_of(log, after=snapshot.version)) == replay(HISTORY[:3])
+    assert user_aggregate.events_of(log) == tuple(HISTORY[:3]), "reactions, rejections and copies are skipped"
+    assert user_aggregate.events_of(log, after=1) == tuple(HISTORY[1:3])
+    snapshot = user_aggregate.take_snapshot(replay(HISTORY[:1]), T0)  # type: ignore[arg-type]
+    assert load(snapshot, user_aggregate.events_of(log, after=snapshot.version)) == replay(HISTORY[:3])

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.topics import topic_for_record
-from streams.domain import users
+from streams.domain import user_aggregate, users
 from streams.domain.core import Decision, StepContext, UsersConfig
 from streams.domain.messages import (
     ChangeEmail,
@@ -48,7 +48,8 @@ from streams.domain.messages import (
     UserSnapshot,
 )
 from streams.domain.saga import EMAILS, USER_SERVICES, USERS, Service
-from streams.domain.users import UserEvent, UserHistory, from_snapshot, replay
+from streams.domain.user_aggregate import UserEvent, from_snapshot, replay
+from streams.domain.users import UserHistory
 
 pytestmark = pytest.mark.unit
 
@@ -238,7 +239,7 @@ class World:
         after = new.user if new is not None else None
         folded = before
         for event in emitted:
-            folded = users.apply(folded, event)
+            folded = user_aggregate.apply(folded, event)
         assert after == folded, "the state moves exactly by the events it emits"
         for snapshot in (e for e in events if isinstance(e, UserSnapshot)):
             assert snapshot.version % self.config.snapshot_every == 0
@@ -280,7 +281,9 @@ class World:
             state: UserHistory = self.load(USERS, user_id)
             history = self.histories[user_id]
             assert state.pending is None, "no claim is left in flight"
-            assert users.load(state.snapshot, state.events) == replay(history), "snapshot + tail == full replay"
+            assert user_aggregate.load(state.snapshot, state.events) == replay(history), (
+                "snapshot + tail == full replay"
+            )
             assert len(state.events) == len(history) % every
             snapshot_versions = [s.version for s in self.snapshots[user_id]]
             assert snapshot_versions == list(range(every, len(history) + 1, every))
@@ -385,6 +388,6 @@ def test_for_one_user_snapshot_plus_tail_equals_replay_after_every_step(
             history.extend(e for e in decision.events if e.record_name in EVENT_TYPES)  # type: ignore[misc]
             inbox.extend(decision.events)
             if state is not None:
-                assert users.load(state.snapshot, state.events) == replay(history)
+                assert user_aggregate.load(state.snapshot, state.events) == replay(history)
                 assert len(state.events) < snapshot_every
     assert [e.version for e in history] == list(range(1, len(history) + 1))
