@@ -23,6 +23,7 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+from confluent_kafka.admin import TopicMetadata
 
 from common.envelope import Envelope, RawHeaders, headers_dict
 from common.settings import LIBRDKAFKA_LOGGER, Settings
@@ -182,11 +183,7 @@ class EventConsumer:
 
     def assign_all(self, topic: str, *, from_beginning: bool, timeout: float = 10.0) -> int:
         """Read every partition of ``topic`` from its start or its end; returns the partition count."""
-        metadata = self._consumer.list_topics(topic, timeout=timeout)
-        info = metadata.topics.get(topic)
-        if info is None or info.error is not None or not info.partitions:
-            reason = info.error.str() if info is not None and info.error is not None else "no partitions"
-            raise ConsumeError(f"cannot read {topic}: {reason} (run `pipeline topics apply`?)")
+        info = self._topic(topic, timeout)
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         self._consumer.assign([TopicPartition(topic, p, start) for p in sorted(info.partitions)])
         return len(info.partitions)
@@ -201,15 +198,23 @@ class EventConsumer:
         """
         ends: dict[tuple[str, int], tuple[int, int]] = {}
         for name in topics:
-            info = self._consumer.list_topics(name, timeout=timeout).topics.get(name)
-            if info is None or info.error is not None or not info.partitions:
-                reason = info.error.str() if info is not None and info.error is not None else "no partitions"
-                raise ConsumeError(f"cannot read {name}: {reason} (run `pipeline topics apply`?)")
+            info = self._topic(name, timeout)
             for p in sorted(info.partitions):
                 low, high = self._watermarks(TopicPartition(name, p), timeout=timeout)
                 ends[(name, p)] = (low, max(low, high))
         self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in ends])
         return ends
+
+    def _topic(self, name: str, timeout: float) -> TopicMetadata:
+        """``name``'s metadata; :class:`ConsumeError` when the broker does not answer or has no such topic."""
+        try:
+            info: TopicMetadata | None = self._consumer.list_topics(name, timeout=timeout).topics.get(name)
+        except KafkaException as exc:  # no broker answered within the timeout
+            raise ConsumeError(f"cannot read {name}: {exc.args[0].str()}") from exc
+        if info is None or info.error is not None or not info.partitions:
+            reason = info.error.str() if info is not None and info.error is not None else "no partitions"
+            raise ConsumeError(f"cannot read {name}: {reason} (run `pipeline topics apply`?)")
+        return info
 
     def _watermarks(self, tp: TopicPartition, *, timeout: float) -> tuple[int, int]:
         """A partition's (low, high) offsets, waiting out a leader not elected yet (new topics, a broker that
