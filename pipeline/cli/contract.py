@@ -21,8 +21,10 @@ def topics_apply() -> None:
     from confluent_kafka import KafkaException
 
     from common.admin import TopicDrift, admin_client, apply_topics
+    from pipeline.cli.reach import kafka_at, require
 
     settings = get_settings()
+    require(kafka_at(settings))
     try:
         changes = apply_topics(admin_client(settings), settings)
     except (KafkaException, TopicDrift, TimeoutError) as exc:

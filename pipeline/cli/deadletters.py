@@ -9,6 +9,7 @@ import click
 
 from common.settings import get_settings
 from pipeline.cli.errors import CliError
+from pipeline.cli.reach import kafka_at, require
 
 
 @click.group()
@@ -29,6 +30,7 @@ def dlq_list(topics: tuple[str, ...], as_json: bool) -> None:
     if unknown:
         raise CliError(f"not a dead-letter topic: {', '.join(unknown)}")
     settings = get_settings()
+    require(kafka_at(settings))
     letters = read_dead_letters(settings, names or None)
     parked = read_parked_keys(settings)
     for letter in letters:
@@ -80,6 +82,7 @@ def dlq_replay(
         names = [name]
     wanted = _positions(positions, "nothing replayed")
     settings = get_settings()
+    require(kafka_at(settings))
     letters = read_dead_letters(settings, names)
     if positions:
         chosen = _letters_at(letters, wanted, names[0], "nothing replayed")
@@ -137,6 +140,7 @@ def dlq_discard(topic: str, positions: tuple[str, ...], dry_run: bool) -> None:
         raise CliError(f"not a dead-letter topic: {name}")
     wanted = _positions(positions, "nothing discarded")
     settings = get_settings()
+    require(kafka_at(settings))
     chosen = _letters_at(read_dead_letters(settings, [name]), wanted, name, "nothing discarded")
     for letter in chosen:
         click.echo(

@@ -1,6 +1,6 @@
 """Messages by hand: publish one validated record and wait for its ack; tail a topic as JSON lines.
 
-A publish that fails validation sends nothing.
+A publish that fails validation sends nothing, and is refused for that before the broker is asked anything.
 """
 
 from __future__ import annotations
@@ -43,8 +43,11 @@ def publish(
     causation_id: str | None,
 ) -> None:
     """Validate RECORD against its schema, publish it to TOPIC and wait for the broker's ack."""
-    from producers.toolkit import EventPublisher, PublishError
+    from common.encoding import RecordEncoder
+    from pipeline.cli.reach import kafka_at, require
+    from producers.toolkit import DeliveryFailed, EventPublisher, PublishError
     from schemas.catalog import SchemaCatalog
+    from schemas.codec import AvroCodec
     from schemas.errors import SchemaError
     from schemas.topics import UnknownTopic
     from schemas.topics import topic as find_topic
@@ -56,6 +59,11 @@ def publish(
     try:
         spec = find_topic(topic)
         catalog = SchemaCatalog.load()
+        # refuse a record that does not fit its topic or schema before asking the broker anything
+        RecordEncoder(catalog, AvroCodec(catalog), source="/order-pipeline/cli").encode(
+            spec, record, key, value, version=version
+        )
+        require(kafka_at(settings))
         with EventPublisher.from_settings(settings, catalog) as publisher:
             envelope = publisher.publish(
                 spec,
@@ -67,6 +75,8 @@ def publish(
                 causation_id=causation_id,
             )
             delivered = publisher.flush(settings.delivery_timeout_s)
+    except DeliveryFailed as exc:
+        raise CliError(f"{exc} (Kafka at {settings.kafka_bootstrap})") from exc
     except (UnknownTopic, SchemaError, PublishError) as exc:
         raise CliError(str(exc)) from exc
     where = delivered[0]
@@ -100,6 +110,7 @@ def tail(
 ) -> None:
     """Print TOPIC's messages, one JSON line each: key, headers, partition, offset and the decoded value."""
     from consumers.toolkit import ConsumeError, EventConsumer
+    from pipeline.cli.reach import kafka_at, require
     from schemas.catalog import SchemaCatalog
     from schemas.codec import AvroCodec, to_json_compatible
     from schemas.errors import DecodeError
@@ -113,6 +124,7 @@ def tail(
     except UnknownTopic as exc:
         raise CliError(str(exc)) from exc
     codec = AvroCodec(SchemaCatalog.load())
+    require(kafka_at(settings))
     try:
         with EventConsumer.reader(settings) as consumer:
             consumer.assign_all(topic, from_beginning=from_beginning)
@@ -142,6 +154,6 @@ def tail(
                         line.update(error=f"{type(exc).__name__}: {exc}", value_hex=(message.value or b"").hex())
                 click.echo(json.dumps(line, ensure_ascii=False))
     except ConsumeError as exc:
-        raise CliError(str(exc)) from exc
+        raise CliError(f"{exc} (Kafka at {settings.kafka_bootstrap})") from exc
     except KeyboardInterrupt:
         pass

@@ -1,4 +1,10 @@
-"""The long-running processes: a service's Faust worker, the Redis projector and the HTTP gateway."""
+"""The long-running processes: a service's Faust worker, the Redis projector and the HTTP gateway.
+
+A worker or the projector that cannot reach what it needs when it starts exits at once with one line saying
+so; its supervisor starts it again (compose's ``restart: unless-stopped``). The gateway starts either way, says
+in one line what it cannot reach, and answers 503 on ``/ready`` until it can: a front door that is down helps
+no client.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import click
 
 from common.settings import get_settings
 from pipeline.cli.errors import CliError
-from pipeline.cli.queries import query_redis
+from pipeline.cli.reach import kafka_at, quiet_client_logs, redis_at, require, unreachable
 from schemas.topics import SERVICES as WORKER_SERVICES
 
 
@@ -17,6 +23,9 @@ from schemas.topics import SERVICES as WORKER_SERVICES
 @click.argument("service", type=click.Choice(WORKER_SERVICES))
 def worker(service: str) -> None:
     """Run the Faust worker of SERVICE (its agents, tables and timers) until interrupted."""
+    settings = get_settings()
+    require(kafka_at(settings))  # the payment provider's Redis is an outside system: its breaker waits for it
+
     import faulthandler
 
     import faust
@@ -25,7 +34,6 @@ def worker(service: str) -> None:
     from streams.bootstrap import create_app
 
     faulthandler.enable()  # a crash inside a client library leaves the Python stacks in the log
-    settings = get_settings()
     setup_tracing(service, settings.otel_exporter, settings.otel_endpoint)
     built = create_app(service, settings)
     # Faust's worker leaves the root logger at DEBUG (for its start-up spinner): without a level of their own,
@@ -41,6 +49,9 @@ def worker(service: str) -> None:
 @click.option("--idle-exit", type=click.FloatRange(min=0), default=None, help="stop after S seconds without a message")
 def project(idle_exit: float | None) -> None:
     """Run the Redis projector (group order-pipeline-projector) until interrupted; prints its counts on exit."""
+    settings = get_settings()
+    require(kafka_at(settings), redis_at(settings.redis_url))
+
     import signal
 
     from confluent_kafka import KafkaException
@@ -51,8 +62,6 @@ def project(idle_exit: float | None) -> None:
     from consumers.toolkit import ConsumeError
     from schemas.errors import SchemaError
 
-    settings = get_settings()
-    query_redis(settings)
     setup_tracing("projector", settings.otel_exporter, settings.otel_endpoint)
     try:
         worker = ProjectorWorker(settings)
@@ -82,6 +91,11 @@ def gateway_command(host: str | None, port: int | None) -> None:
     settings = get_settings()
     if settings.service_name == "cli":  # ce_source of the commands it publishes: /order-pipeline/gateway
         settings = settings.model_copy(update={"service_name": "gateway"})
+    problems = unreachable(kafka_at(settings), redis_at(settings.redis_url))
+    if problems:
+        until = "they answer" if len(problems) > 1 else "it answers"
+        click.echo(f"warning: {'; '.join(problems)}; starting anyway, answering 503 until {until}", err=True)
+    quiet_client_logs()
     try:
         run(settings, host=host, port=port)
     except AuthConfigError as exc:

@@ -7,8 +7,10 @@ from typing import Any
 
 import click
 
+from common.health import redacted_url
 from common.settings import Settings, get_settings
 from pipeline.cli.errors import CliError
+from pipeline.cli.reach import Dependency, kafka_at, redis_at, require
 
 
 def ms_iso(ms: Any) -> str:
@@ -20,15 +22,16 @@ def ms_iso(ms: Any) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def query_redis(settings: Settings) -> Any:
+def query_redis(settings: Settings, *also: Dependency) -> Any:
+    """A client of the query side's Redis, once it (and what else the command needs) answers."""
     import redis
 
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise CliError(f"Redis at {settings.redis_url}: {exc}") from exc
-    return client
+    require(redis_at(settings.redis_url), *also)
+    return redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
+
+
+def not_projected(what: str, settings: Settings) -> CliError:
+    return CliError(f"no {what} in the views at {redacted_url(settings.redis_url)} (is `pipeline project` running?)")
 
 
 @click.group()
@@ -52,7 +55,7 @@ def views_rebuild(idle_timeout: float, as_json: bool) -> None:
     from schemas.errors import SchemaError
 
     settings = get_settings()
-    client = query_redis(settings)
+    client = query_redis(settings, kafka_at(settings))
     try:
         report = rebuild_views(settings, client, idle_timeout=idle_timeout)
     except (ConsumeError, KafkaException, SchemaError) as exc:
@@ -82,7 +85,7 @@ def order_view(order_id: str, as_json: bool) -> None:
     settings = get_settings()
     view = get_order(query_redis(settings), order_id)
     if view is None:
-        raise CliError(f"no order {order_id!r} in the views at {settings.redis_url} (is `pipeline project` running?)")
+        raise not_projected(f"order {order_id!r}", settings)
     if as_json:
         click.echo(json.dumps(view, indent=2, sort_keys=True))
         return
@@ -119,7 +122,7 @@ def trace_view(order_id: str, width: int) -> None:
     settings = get_settings()
     view = get_order(query_redis(settings), order_id)
     if view is None:
-        raise CliError(f"no order {order_id!r} in the views at {settings.redis_url} (is `pipeline project` running?)")
+        raise not_projected(f"order {order_id!r}", settings)
     for line in waterfall(view.get("timeline") or [], width):
         click.echo(line)
     click.echo(
@@ -156,7 +159,7 @@ def stock_view(sku: str) -> None:
     settings = get_settings()
     view = stock(query_redis(settings), sku)
     if view is None:
-        raise CliError(f"no stock view for SKU {sku!r} at {settings.redis_url}")
+        raise CliError(f"no stock view for SKU {sku!r} at {redacted_url(settings.redis_url)}")
     click.echo(
         f"{view['sku']}  available={view['available']} reserved={view['reserved']} sold={view['sold']}"
         f"  version={view['stock_version']}  last={view.get('last_event', '-')} at {ms_iso(view.get('updated_at'))}"
@@ -174,7 +177,7 @@ def user_view(user_id: str, as_json: bool) -> None:
     client = query_redis(settings)
     view = get_user(client, user_id)
     if view is None:
-        raise CliError(f"no user {user_id!r} in the views at {settings.redis_url} (is `pipeline project` running?)")
+        raise not_projected(f"user {user_id!r}", settings)
     stats, refused = user_stats(client, user_id), user_rejections(client, user_id)
     if as_json:
         click.echo(json.dumps({"user": view, "stats": stats, "rejections": refused}, indent=2, sort_keys=True))

@@ -1,39 +1,19 @@
-"""Waiting for the stack: until the broker and Redis answer, until every worker group holds its partitions."""
+"""Waiting for the stack: until the broker and Redis answer, until every worker group holds its partitions.
+
+Both wait out what they cannot reach yet, quietly, up to their ``--timeout``; then they fail with one line
+naming what never answered and where.
+"""
 
 from __future__ import annotations
 
-import logging
 import time
 
 import click
 
-from common.settings import Settings, get_settings
+from common.health import PROBE_TIMEOUT_S
+from common.settings import get_settings
 from pipeline.cli.errors import CliError
-
-
-def _broker_ready(settings: Settings) -> str | None:
-    from confluent_kafka import KafkaException
-
-    from common.admin import admin_client
-
-    quiet = logging.getLogger("pipeline.probe")  # a probe expects refused connections: keep them off the screen
-    quiet.propagate = False
-    quiet.addHandler(logging.NullHandler())
-    try:
-        meta = admin_client(settings, logger=quiet).list_topics(timeout=2)
-    except KafkaException as exc:
-        return str(exc)
-    return None if meta.brokers else "no brokers in metadata"
-
-
-def _redis_ready(settings: Settings) -> str | None:
-    import redis
-
-    try:
-        redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        return str(exc)
-    return None
+from pipeline.cli.reach import kafka_at, redis_at, unreachable
 
 
 @click.command("wait-ready")
@@ -43,16 +23,15 @@ def wait_ready(timeout: float) -> None:
     settings = get_settings()
     deadline = time.monotonic() + timeout
     while True:
-        problems = {
-            name: problem
-            for name, problem in (("kafka", _broker_ready(settings)), ("redis", _redis_ready(settings)))
-            if problem
-        }
+        left = deadline - time.monotonic()
+        problems = unreachable(
+            kafka_at(settings), redis_at(settings.redis_url), timeout_s=min(PROBE_TIMEOUT_S, max(left, 0.5))
+        )
         if not problems:
-            click.echo(f"ready: kafka at {settings.kafka_bootstrap}, redis at {settings.redis_url}")
+            click.echo(f"ready: kafka at {settings.kafka_bootstrap}, redis at {redis_at(settings.redis_url).address}")
             return
         if time.monotonic() >= deadline:
-            raise CliError("not ready: " + "; ".join(f"{k}: {v}" for k, v in problems.items()))
+            raise CliError(f"not ready after {timeout:g}s: " + "; ".join(problems))
         time.sleep(0.5)
 
 
@@ -61,19 +40,28 @@ def wait_ready(timeout: float) -> None:
 def wait_workers(timeout: float) -> None:
     """Wait until every worker and the projector hold their partitions; exit 1 if not within the timeout."""
     from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
 
     from common.admin import admin_client, groups_not_ready, worker_groups
+    from common.health import quiet_logger
 
-    admin = admin_client(get_settings())
+    settings = get_settings()
     deadline = time.monotonic() + timeout
+    admin: AdminClient | None = None  # built once the broker has answered
     pending: list[str] = ["(not asked yet)"]
     while time.monotonic() < deadline:
-        try:
-            pending = groups_not_ready(admin, worker_groups())
-        except KafkaException as exc:
-            pending = [str(exc)]
+        if admin is None:
+            left = deadline - time.monotonic()
+            pending = unreachable(kafka_at(settings), timeout_s=min(PROBE_TIMEOUT_S, max(left, 0.5)))
+            if not pending:
+                admin = admin_client(settings, logger=quiet_logger())  # its failures are this command's to report
+        if admin is not None:
+            try:
+                pending = groups_not_ready(admin, worker_groups())
+            except KafkaException as exc:
+                pending = [f"Kafka at {settings.kafka_bootstrap}: {exc.args[0].str()}"]
         if not pending:
             click.echo("ready: " + ", ".join(worker_groups()))
             return
         time.sleep(0.5)
-    raise CliError("not ready: " + "; ".join(pending))
+    raise CliError(f"not ready after {timeout:g}s: " + "; ".join(pending))

@@ -8,6 +8,7 @@ import click
 
 from common.settings import get_settings
 from pipeline.cli.errors import CliError
+from pipeline.cli.reach import kafka_at, redis_at, require
 
 
 @click.command()
@@ -29,6 +30,7 @@ def demo(**options: Any) -> None:
     from schemas.catalog import SchemaCatalog
 
     settings = get_settings()
+    require(kafka_at(settings), redis_at(settings.redis_url), redis_at(settings.provider_store))
     console = Console()
     store = redis.Redis.from_url(settings.redis_url)
     with EventPublisher.from_settings(settings, SchemaCatalog.load()) as publisher:
@@ -53,6 +55,7 @@ def provider_outage(state: str) -> None:
     from streams.payment_provider import set_outage
 
     settings = get_settings()
+    require(redis_at(settings.provider_store))
 
     async def switch() -> None:
         client = aioredis.Redis.from_url(settings.provider_store)
@@ -64,5 +67,5 @@ def provider_outage(state: str) -> None:
     try:
         asyncio.run(switch())
     except Exception as exc:
-        raise CliError(f"cannot reach Redis at {settings.provider_store}: {exc}") from exc
+        raise CliError(f"Redis at {redis_at(settings.provider_store).address}: {exc}") from exc
     click.echo(f"payment provider {'down' if state == 'on' else 'up'}")
