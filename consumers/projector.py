@@ -6,6 +6,15 @@ pure functions of :mod:`streams.views.projection` and writes each event's change
 WATCH of the keys it read (:class:`ViewStore`). Offsets are stored only after that write (at-least-once;
 replays are no-ops). A message that does not decode, or an event the projector cannot apply, is parked in
 ``<topic>.dlq`` (:mod:`consumers.deadletter`) and the partition flows on.
+
+The key contract (:mod:`streams.incoming`) is checked first, as every agent checks it: a message without a key,
+with a key other than its record's key field, or on another partition than its key's is dead-lettered with that
+reason and projected nothing. The projector keeps no state co-partitioned with its topics (its views are keyed by
+record fields, and folding is order-free), so such a record would not split a view the way it splits a service's
+table. It is refused all the same because every service consuming the topic refuses it: the views show what the
+services decided, and a record no service took (an unkeyed ``OrderConfirmed`` from kcat, say) must not show as
+a fact in them. One rule for all consumers keeps a record either in the services' state and in the views, or in
+neither and in a dead-letter topic.
 ``orders.deadlines.v1`` is not projected: it is kept one day, so views built from it could not be rebuilt.
 
 The views live under ``view:*`` in Redis, which is the projector's alone (``pipeline views rebuild`` drops all
@@ -49,6 +58,7 @@ from schemas.topics import (
     USER_EVENTS,
 )
 from schemas.topics import topic as find_topic
+from streams.incoming import mismatched, misplaced
 from streams.views.events import CannotProject, Event, Op, make_event
 from streams.views.keys import (
     BUILT_KEY,
@@ -226,10 +236,16 @@ class Projector:
             return outcome
 
     def _handle(self, message: Consumed) -> Outcome:
+        spec = find_topic(message.topic)
+        key = message.raw_key if message.raw_key is not None else (message.key or "").encode()
+        if (refusal := misplaced(spec, key, message.partition)) is not None:
+            return self._reject(message, refusal)
         try:
             event = self._event(message)
         except (DecodeError, CannotProject) as exc:
             return self._reject(message, f"{type(exc).__name__}: {exc}")
+        if (refusal := mismatched(spec, key, event.value)) is not None:
+            return self._reject(message, refusal)
         try:
             ops = self._apply(event)
         except Stopped:

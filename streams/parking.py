@@ -5,8 +5,9 @@
 * :class:`ToDecide`: the step decides it (its key is not parked, or it is the replayed head of the key's queue);
   afterwards :meth:`KeyParking.release` pops a handled head, or :meth:`KeyParking.park` queues it when its
   decision failed;
-* :class:`Parked`: dead-lettered without a decision (undecodable, or its key waits behind a parked head), its key's
-  queue written first;
+* :class:`Parked`: dead-lettered without a decision: undecodable, or its key waits behind a parked head (its key's
+  queue written first), or it breaks its topic's key contract (refused before its key's queue is read, parking
+  nothing);
 * :class:`Passed`: neither decided nor dead-lettered (a record the agent does not handle, a duplicate of a queued
   message, a replay that would overtake the head, a discard).
 
@@ -128,15 +129,24 @@ class KeyParking:
         self._depth_topics: set[str] = set()
 
     def sort(self, incoming: Incoming, decode: Callable[[Incoming], Decoded]) -> ToDecide | Parked | Passed:
-        """Whether the step decides ``incoming``, or what became of it instead (its key's queue written)."""
+        """Whether the step decides ``incoming``, or what became of it instead (its key's queue written).
+
+        A message that breaks its topic's key contract (:mod:`streams.incoming`: no key, a key other than its
+        record's key field, not on its key's partition) is dead-lettered before its key's queue is even read: no
+        step and no table sees it, and it parks nothing. A discard is the one exception: it only ever drops a head
+        parked on the very partition it is sent back to, and runs no step."""
         arrival = incoming.arrival
-        queue = self.keys.queue(arrival.key)
         if incoming.discards:
-            return self._discard(incoming, arrival, queue)
+            return self._discard(incoming, arrival, self.keys.queue(arrival.key))
+        if (refusal := incoming.misplaced) is not None:
+            return Parked(None, refusal, None, written=False)
+        queue = self.keys.queue(arrival.key)
         try:
             decoded = decode(incoming)
         except DecodeError as exc:
             return self._park(incoming, queue, None, f"{type(exc).__name__}: {exc}")
+        if (refusal := incoming.mismatched(decoded.value)) is not None:
+            return Parked(decoded.name, refusal, None, written=False)
         verdict = admit(queue, arrival)
         parking = None if verdict is Verdict.PROCESS else verdict.value
         if decoded.name not in self._handles:

@@ -7,7 +7,10 @@ payment provider and Kafka. The rules it keeps:
   (``<topic>.dlq``: original key, value and headers, plus ``dlq_*`` headers) and the partition flows on.
   A step that raises (a bug) is dead-lettered the same way: Faust would otherwise ack and lose the event.
 * Parking stands in front of deciding (:mod:`streams.parking`): each message is first sorted into to-decide,
-  dead-lettered behind its key's parked head, or passed by, and only the first kind reaches the step.
+  dead-lettered behind its key's parked head, or passed by, and only the first kind reaches the step. Sorting
+  begins with the key contract (:mod:`streams.incoming`): a message without a key, with a key other than its
+  record's key field, or on another partition than its key's is dead-lettered with the reason before any table
+  is read or written, so it can never put its key's state into a second changelog partition.
 * A step's new state is written, and made durable (the broker acknowledged its changelog record),
   **before** the events it decided are sent; the input is acked only once those events are acknowledged.
   A crash before the state is stored loses both and the input is replayed from scratch; a crash after it

@@ -31,7 +31,7 @@ from streams.agents import ServiceApp
 from streams.domain.core import SagaConfig
 from streams.domain.messages import Message, to_record
 from streams.domain.saga import Service
-from streams.incoming import Incoming
+from streams.incoming import Incoming, key_partition
 from streams.outbox import Outbox
 from streams.runner import StepRunner
 from streams.services import _step
@@ -72,20 +72,27 @@ def envelope_headers(
     return tuple((k, v if isinstance(v, bytes) else str(v).encode()) for k, v in envelope.to_headers())
 
 
+def partition_of(message: Message) -> int:
+    """The partition the pipeline's producers put ``message`` on: its key's, on its topic."""
+    spec = topic_for_record(message.record_name)
+    return key_partition(message.key.encode(), spec.partitions)
+
+
 def incoming(
     message: Message,
     *,
-    partition: int = 0,
+    partition: int | None = None,
     offset: int = 0,
     event_id: str | None = None,
     correlation_id: str | None = None,
     traceparent: str | None = TRACEPARENT,
     headers: Headers | None = None,
 ) -> Incoming:
-    """``message`` as the agent receives it from its topic (key = the message's key, envelope headers)."""
+    """``message`` as the agent receives it from its topic (key = the message's key, on the key's partition unless
+    ``partition`` says otherwise, envelope headers)."""
     return Incoming(
         topic=topic_for_record(message.record_name).name,
-        partition=partition,
+        partition=partition_of(message) if partition is None else partition,
         offset=offset,
         key=message.key.encode(),
         value=encoded(message),
@@ -206,6 +213,9 @@ class AgentDriver:
     * ``put(wait=True)`` returns when the stream hands the value to the agent, not when the agent is done
       with it. So the runner's ``handle_batch`` is wrapped to report completion of each message it was
       given, and :meth:`deliver` waits (bounded) for that instead; an exception from it is re-raised here.
+    * The wrapper numbers every message it is given from one counter, whatever its partition. A partition's
+      offsets follow one another on a broker (the agent stops at a hole), and each message now stands on its
+      key's partition, so each delivery is given its own partition's next offset instead.
     """
 
     def __init__(self, service: FaustService, agent: str, wrapper: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -213,6 +223,7 @@ class AgentDriver:
         self.wrapper = wrapper
         self.runner = service.built.runners[agent]
         self._done: asyncio.Queue[BaseException | None] = asyncio.Queue()
+        self._offsets: dict[tuple[str, int], int] = {}
         handle_batch = self.runner.handle_batch
 
         async def reporting_handle_batch(batch: Sequence[Incoming], *args: Any) -> int:
@@ -227,16 +238,32 @@ class AgentDriver:
 
         monkeypatch.setattr(self.runner, "handle_batch", reporting_handle_batch)
 
-    @property
-    def next_offset(self) -> int:
-        """The offset Faust's test wrapper gives the next delivered message."""
-        return int(self.wrapper.sent_offset)
+    def next_offset(self, topic_name: str, partition: int) -> int:
+        """The offset the next message delivered to ``partition`` of ``topic_name`` gets (each counts from 0)."""
+        return self._offsets.get((topic_name, partition), 0)
+
+    def next_offset_of(self, message: Message) -> int:
+        """The offset ``message`` gets when delivered next, on its key's partition."""
+        return self.next_offset(topic_for_record(message.record_name).name, partition_of(message))
+
+    def skip(self, topic_name: str, partition: int, count: int) -> None:
+        """Leave a hole of ``count`` offsets in ``partition`` of ``topic_name``: messages the agent never sees."""
+        self._offsets[(topic_name, partition)] = self.next_offset(topic_name, partition) + count
+
+    async def put_raw(
+        self, topic_name: str, key: bytes | None, value: bytes | None, headers: Headers, *, partition: int
+    ) -> None:
+        """Hand a message to the agent's stream at its partition's next offset, not waiting for the agent."""
+        self.wrapper.original_channel = self._service.built.app.topic(topic_name)
+        self.wrapper.sent_offset = offset = self.next_offset(topic_name, partition)
+        self._offsets[(topic_name, partition)] = offset + 1
+        await self.wrapper.put(value=value, key=key, headers=list(headers), partition=partition, wait=False)
 
     async def deliver_raw(
-        self, topic_name: str, key: bytes | None, value: bytes | None, headers: Headers, *, partition: int = 0
+        self, topic_name: str, key: bytes | None, value: bytes | None, headers: Headers, *, partition: int
     ) -> None:
-        self.wrapper.original_channel = self._service.built.app.topic(topic_name)
-        await self.wrapper.put(value=value, key=key, headers=list(headers), partition=partition, wait=False)
+        """Hand a message to the agent and wait until it is done with it (its error raised here)."""
+        await self.put_raw(topic_name, key, value, headers, partition=partition)
         outcome = await asyncio.wait_for(self._done.get(), timeout=2.0)
         if outcome is not None:
             raise outcome
@@ -245,17 +272,19 @@ class AgentDriver:
         self,
         message: Message,
         *,
-        partition: int = 0,
+        partition: int | None = None,
         event_id: str | None = None,
         correlation_id: str | None = None,
         traceparent: str | None = TRACEPARENT,
     ) -> Headers:
-        """Deliver ``message`` from its topic with envelope headers; returns the headers it carried."""
+        """Deliver ``message`` from its topic with envelope headers, on its key's partition unless ``partition``
+        says otherwise; returns the headers it carried."""
         headers = envelope_headers(
             message.record_name, event_id=event_id, correlation_id=correlation_id, traceparent=traceparent
         )
         spec = topic_for_record(message.record_name)
-        await self.deliver_raw(spec.name, message.key.encode(), encoded(message), headers, partition=partition)
+        where = partition_of(message) if partition is None else partition
+        await self.deliver_raw(spec.name, message.key.encode(), encoded(message), headers, partition=where)
         return headers
 
 

@@ -28,6 +28,7 @@ from tests.agents.harness import (
     FaustServiceFactory,
     encoded,
     envelope_headers,
+    partition_of,
 )
 
 pytestmark = pytest.mark.agents
@@ -36,6 +37,8 @@ SKU = "sku-1"
 ADD = AddStock(sku=SKU, quantity=5, reason="restock")
 RESERVE = ReserveStock(order_id="o-1", sku=SKU, quantity=2, requested_at=T0)
 OTHER_TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+P = partition_of(ADD)
+"""The SKU's partition: every message of the SKU is on it (the key contract)."""
 
 
 def stock(service: FaustService) -> Stock:
@@ -56,8 +59,8 @@ async def test_added_then_reserved_stock_is_stored_and_sent_with_its_envelope(
     inventory = faust_service("inventory")
     add_id, reserve_id = str(uuid.uuid4()), str(uuid.uuid4())
     async with inventory.agent("keep_stock") as agent:
-        await agent.deliver(ADD, event_id=add_id, correlation_id="restock-42", partition=2)
-        await agent.deliver(RESERVE, event_id=reserve_id, correlation_id="o-1", traceparent=OTHER_TRACE, partition=2)
+        await agent.deliver(ADD, event_id=add_id, correlation_id="restock-42")
+        await agent.deliver(RESERVE, event_id=reserve_id, correlation_id="o-1", traceparent=OTHER_TRACE)
 
     added, reserved = inventory.recorder.sent
     assert (added.topic, added.key) == ("inventory.stock.v1", SKU.encode())
@@ -175,13 +178,13 @@ async def test_an_undecodable_value_is_dead_lettered_and_the_partition_flows_on(
     value = make_value()
     inventory = faust_service("inventory")
     async with inventory.agent("keep_stock") as agent:
-        await agent.deliver(ADD, partition=4)
+        await agent.deliver(ADD)
         before = dict(inventory.table("inventory_stock").items())
         inventory.recorder.clear()
 
         headers = envelope_headers("AddStock", correlation_id="restock-7")
-        offset = agent.next_offset
-        await agent.deliver_raw("inventory.commands.v1", SKU.encode(), value, headers, partition=4)
+        offset = agent.next_offset("inventory.commands.v1", P)
+        await agent.deliver_raw("inventory.commands.v1", SKU.encode(), value, headers, partition=P)
 
         assert inventory.recorder.log == [("durable",), ("send", "inventory.commands.v1.dlq")], (
             "only the dead letter is sent, once its key's queue is durable"
@@ -204,16 +207,16 @@ async def test_an_undecodable_value_is_dead_lettered_and_the_partition_flows_on(
         assert extra["dlq_agent"] == b"keep_stock"
         assert extra["dlq_attempts"] == b"1"
         assert extra["dlq_source_topic"] == b"inventory.commands.v1"
-        assert (extra["dlq_source_partition"], extra["dlq_source_offset"]) == (b"4", str(offset).encode())
-        assert extra["dlq_origin"] == f"inventory.commands.v1:4:{offset}".encode()
+        assert (extra["dlq_source_partition"], extra["dlq_source_offset"]) == (str(P).encode(), str(offset).encode())
+        assert extra["dlq_origin"] == f"inventory.commands.v1:{P}:{offset}".encode()
         assert dict(inventory.table("inventory_stock").items()) == before, "the table is untouched"
         assert agent.runner.dead_lettered == 1
 
         inventory.recorder.clear()
-        await agent.deliver(AddStock(sku="sku-2", quantity=3, reason="restock"), partition=4)
+        await agent.deliver(AddStock(sku="sku-2", quantity=3, reason="restock"))
         assert [s.topic for s in inventory.recorder.sent] == ["inventory.stock.v1"], "another key flows on"
         inventory.recorder.clear()
-        await agent.deliver(RESERVE, partition=4)
+        await agent.deliver(RESERVE)
         assert [s.topic for s in inventory.recorder.sent] == ["inventory.commands.v1.dlq"], "its key is parked"
         assert stock(inventory).reserved == 0
         assert agent.runner.processed == 2
@@ -235,7 +238,7 @@ async def test_a_step_that_raises_is_dead_lettered_with_the_exception_named(
 
         real_step = agent.runner.step
         monkeypatch.setattr(agent.runner, "step", replace(real_step, decide=broken_decide))
-        headers = await agent.deliver(RESERVE, partition=1)
+        headers = await agent.deliver(RESERVE)
 
         assert inventory.recorder.log == [("durable",), ("send", "inventory.commands.v1.dlq")], (
             "no state written, no event: only its key's queue, durable before the dead letter"
@@ -245,12 +248,12 @@ async def test_a_step_that_raises_is_dead_lettered_with_the_exception_named(
         assert dead.headers[: len(headers)] == headers
         assert dead.header["dlq_error"] == "ZeroDivisionError in keep_stock: stock arithmetic went wrong"
         assert dead.header["dlq_agent"] == "keep_stock"
-        assert dead.header["dlq_source_partition"] == "1"
+        assert dead.header["dlq_source_partition"] == str(P)
         assert dict(inventory.table("inventory_stock").items()) == before
 
         monkeypatch.setattr(agent.runner, "step", real_step)
         inventory.recorder.clear()
-        await agent.deliver(AddStock(sku="sku-2", quantity=3, reason="restock"), partition=1)
+        await agent.deliver(AddStock(sku="sku-2", quantity=3, reason="restock"))
         assert [s.topic for s in inventory.recorder.sent] == ["inventory.stock.v1"], "the agent is still running"
 
 
@@ -266,11 +269,11 @@ async def test_the_agent_sees_the_message_as_kafka_delivered_it(faust_service: F
             return await handle_batch(batch, *args)
 
         inventory.monkeypatch.setattr(agent.runner, "handle_batch", spy)
-        offset = agent.next_offset
-        headers = await agent.deliver(ADD, partition=5)
+        offset = agent.next_offset_of(ADD)
+        headers = await agent.deliver(ADD)
 
     (message,) = seen
-    assert (message.topic, message.partition, message.offset) == ("inventory.commands.v1", 5, offset)
+    assert (message.topic, message.partition, message.offset) == ("inventory.commands.v1", P, offset)
     assert (message.key, message.value, message.headers) == (SKU.encode(), encoded(ADD), headers)
 
 
@@ -307,8 +310,8 @@ async def test_messages_fetched_but_never_handed_over_stop_the_worker_before_any
     inventory = faust_service("inventory")
     async with inventory.agent("keep_stock") as agent:
         await agent.deliver(AddStock(sku=SKU, quantity=5, reason="restock"))
-        assert exits == [] and agent.next_offset == 1
-        agent.wrapper.sent_offset = 5  # the next message the agent sees is offset 5
+        assert exits == [] and agent.next_offset("inventory.commands.v1", P) == 1
+        agent.skip("inventory.commands.v1", P, 4)  # the next message the agent sees is offset 5
         inventory.recorder.clear()
         # the agent stops (the real exit ends the process here): it never hands the message to its step
         with pytest.raises(streams.faust_patches.RestartForRedelivery):
@@ -353,11 +356,11 @@ async def test_messages_arriving_while_the_agent_waits_for_the_broker_are_handle
     inventory.monkeypatch.setattr(streams.agents, "ready_batches", counting_ready_batches)
     inventory.monkeypatch.setattr(inventory.built, "confirm_writes", slow_broker)
     async with inventory.agent("keep_stock") as agent:
-        agent.wrapper.original_channel = inventory.built.app.topic("inventory.commands.v1")
         for sku in skus:
             add = AddStock(sku=sku, quantity=1, reason="restock")
-            await agent.wrapper.put(
-                value=encoded(add), key=sku.encode(), headers=list(envelope_headers(add.record_name)), wait=False
+            headers = envelope_headers(add.record_name)
+            await agent.put_raw(
+                "inventory.commands.v1", sku.encode(), encoded(add), headers, partition=partition_of(add)
             )
         for _ in skus:
             assert await asyncio.wait_for(agent._done.get(), 2.0) is None

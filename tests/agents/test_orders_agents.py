@@ -161,7 +161,7 @@ async def test_a_deadline_is_kept_while_the_saga_is_open_and_dropped_when_it_end
     deadlines = orders.table("orders_deadlines")
     async with orders.agent("run_order_sagas") as agent:
         await agent.deliver(placed("o-1"))
-        await agent.deliver(placed("o-2"), partition=3)
+        await agent.deliver(placed("o-2"))
         assert dict(deadlines.items()) == {"o-1": deadline_ms(DEADLINE), "o-2": deadline_ms(DEADLINE)}
         assert orders.recorder.sent == [], "OrderPlaced starts the saga and emits nothing"
 

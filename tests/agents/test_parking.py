@@ -12,13 +12,22 @@ from dataclasses import replace
 import pytest
 from prometheus_client import REGISTRY
 
-from consumers.deadletter import DeadLetter, as_dead_letter, replay_headers
+from consumers.deadletter import DeadLetter, as_dead_letter, replay_headers, replay_partition
 from consumers.toolkit import Consumed
 from streams.domain.messages import AddStock, ReserveStock
 from streams.domain.saga import STOCK
 from streams.domain.stock import Stock
 from streams.incoming import Incoming
-from tests.agents.harness import T0, AgentDriver, Edge, FaustService, FaustServiceFactory, Sent, incoming
+from tests.agents.harness import (
+    T0,
+    AgentDriver,
+    Edge,
+    FaustService,
+    FaustServiceFactory,
+    Sent,
+    incoming,
+    partition_of,
+)
 
 pytestmark = pytest.mark.agents
 
@@ -30,6 +39,10 @@ def reserve(order_id: str, quantity: int = 1) -> ReserveStock:
     return ReserveStock(order_id=order_id, sku=SKU, quantity=quantity, requested_at=T0)
 
 
+P = partition_of(reserve("o"))
+"""The SKU's partition, where its messages stand and its key's queue is kept."""
+
+
 def as_letter(sent: Sent, offset: int) -> DeadLetter:
     """A dead letter as ``pipeline dlq`` reads it back from its topic."""
     return as_dead_letter(Consumed(sent.topic, 0, offset, 0, sent.key.decode(), sent.value, sent.headers, sent.key))
@@ -38,7 +51,7 @@ def as_letter(sent: Sent, offset: int) -> DeadLetter:
 async def replay(agent: AgentDriver, letter: DeadLetter) -> None:
     await agent.deliver_raw(letter.source_topic, letter.key, letter.value, tuple(
         (k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in replay_headers(letter)
-    ))  # fmt: skip
+    ), partition=replay_partition(letter))  # fmt: skip
 
 
 def depth() -> float | None:
@@ -65,7 +78,7 @@ async def test_a_dead_letter_parks_its_key_until_replays_release_it_in_order(
         monkeypatch.setattr(agent.runner, "retry_policy", replace(agent.runner.retry_policy, attempts=1))
         monkeypatch.setattr(agent.runner, "step", replace(real_step, decide=broken))
         inventory.recorder.clear()
-        first = agent.next_offset
+        first = agent.next_offset(TOPIC, P)
         await agent.deliver(reserve("o-1", 2))
         assert inventory.recorder.log == [("write", f"keep_stock/{SKU}"), ("durable",), ("send", f"{TOPIC}.dlq")], (
             "the key's queue is durable before its dead letter is sent"
@@ -73,12 +86,12 @@ async def test_a_dead_letter_parks_its_key_until_replays_release_it_in_order(
         assert queued(inventory) == [first] and depth() == 1
         monkeypatch.setattr(agent.runner, "step", real_step)  # the bug is fixed
 
-        second = agent.next_offset
+        second = agent.next_offset(TOPIC, P)
         await agent.deliver(reserve("o-2", 3))
         head, behind = inventory.recorder.sent[0], inventory.recorder.sent[-1]
         assert behind.topic == f"{TOPIC}.dlq", "a later message of the key is not processed"
-        assert behind.header["dlq_error"] == f"parked behind {TOPIC}[0]@{first} (key {SKU!r} waits for its replay)"
-        assert behind.header["dlq_parked_behind"] == f"{TOPIC}:0:{first}"
+        assert behind.header["dlq_error"] == f"parked behind {TOPIC}[{P}]@{first} (key {SKU!r} waits for its replay)"
+        assert behind.header["dlq_parked_behind"] == f"{TOPIC}:{P}:{first}"
         assert queued(inventory) == [first, second] and depth() == 2
 
         inventory.recorder.clear()
@@ -120,7 +133,7 @@ async def test_a_replayed_head_that_fails_again_is_parked_again_and_stays_head()
     ))  # fmt: skip
     await edge.runner.handle(replayed)
     [again] = edge.recorder.sent
-    assert again.header["dlq_origin"] == f"{TOPIC}:0:4" and again.header["dlq_source_offset"] == "9"
+    assert again.header["dlq_origin"] == f"{TOPIC}:{P}:4" and again.header["dlq_source_offset"] == "9"
     assert again.header["dlq_attempts"] == "2" and "dlq_parked_behind" not in again.header
     assert [m["offset"] for m in edge.parked[f"keep_stock/{SKU}"]["queue"]] == [4], "still the head, queued once"
     assert edge.recorder.log == [("send", f"{TOPIC}.dlq")], "nothing else written"
@@ -139,7 +152,7 @@ async def test_a_parked_message_redelivered_after_a_crash_is_dead_lettered_again
     await edge.runner.handle(poison)
     await edge.runner.handle(later)
     assert [s.topic for s in edge.recorder.sent] == [f"{TOPIC}.dlq", f"{TOPIC}.dlq"]
-    assert edge.recorder.sent[1].header["dlq_parked_behind"] == f"{TOPIC}:0:2"
+    assert edge.recorder.sent[1].header["dlq_parked_behind"] == f"{TOPIC}:{P}:2"
     assert ("durable",) not in edge.recorder.log, "the queue is unchanged: queued once each"
     assert [m["offset"] for m in edge.parked[f"keep_stock/{SKU}"]["queue"]] == [2, 3]
     assert Stock.from_json(edge.table[SKU]).reserved == 0

@@ -27,7 +27,7 @@ from streams.domain.saga import RESERVATIONS, STOCK
 from streams.domain.stock import Stock
 from streams.incoming import Incoming
 from streams.resilience import RetryPolicy
-from tests.agents.harness import T0, TRACEPARENT, Edge, encoded, incoming
+from tests.agents.harness import T0, TRACEPARENT, Edge, encoded, incoming, partition_of
 
 pytestmark = pytest.mark.agents
 
@@ -73,12 +73,12 @@ async def test_a_record_the_step_does_not_handle_is_passed_by() -> None:
 async def test_a_message_without_an_envelope_gets_ids_from_its_position() -> None:
     """kcat input has no headers: its position is its id, so a redelivery (same offset) re-emits the same ids."""
     edge = Edge.build("keep_stock", STOCK)
-    await edge.runner.handle(incoming(ADD, partition=2, offset=7, headers=()))
-    await edge.runner.handle(incoming(ADD, partition=2, offset=7, headers=()))
-    await edge.runner.handle(incoming(ADD, partition=2, offset=8, headers=()))
+    await edge.runner.handle(incoming(ADD, offset=7, headers=()))
+    await edge.runner.handle(incoming(ADD, offset=7, headers=()))
+    await edge.runner.handle(incoming(ADD, offset=8, headers=()))
 
     first, again, next_one = edge.recorder.sent
-    assert first.header["ce_causationid"] == "inventory.commands.v1:2:7"
+    assert first.header["ce_causationid"] == f"inventory.commands.v1:{partition_of(ADD)}:7"
     assert first.header["ce_correlationid"] == "a", "no envelope and no order: the key correlates"
     assert "traceparent" not in first.header
     assert again.ce_id == first.ce_id and again.same_message(first)
@@ -243,10 +243,10 @@ async def test_a_batch_whose_output_the_broker_refused_raises_and_counts_nothing
 async def test_a_parked_key_within_a_batch_parks_its_later_message_behind_it() -> None:
     """Parking holds inside a batch: the key's queue written for the first failure is seen by the next message."""
     edge = Edge.build("keep_stock", STOCK)
-    garbage = Incoming("inventory.commands.v1", 0, 0, b"a", b"\x00\x01", ())
+    garbage = Incoming("inventory.commands.v1", partition_of(ADD), 0, b"a", b"\x00\x01", ())
     await edge.runner.handle_batch([garbage, incoming(ADD, offset=1)])
     assert [s.topic for s in edge.recorder.sent] == ["inventory.commands.v1.dlq"] * 2
-    assert edge.recorder.sent[1].header["dlq_parked_behind"] == "inventory.commands.v1:0:0"
+    assert edge.recorder.sent[1].header["dlq_parked_behind"] == f"inventory.commands.v1:{partition_of(ADD)}:0"
     assert edge.recorder.log.count(("durable",)) == 1 and edge.recorder.log[-3:] == [
         ("durable",),
         ("send", "inventory.commands.v1.dlq"),

@@ -25,8 +25,10 @@ from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.topics import INVENTORY_COMMANDS, INVENTORY_EVENTS, ORDER_COMMANDS, PAYMENT_COMMANDS, TOPICS
 from schemas.topics import topic as topic_by_name
+from streams.incoming import key_partition
 from streams.payment_provider import LEDGER
 from streams.views import read as views
+from tests.integration.promises import changelog_history
 from tests.seeding import register_users, uid
 from tests.stack import wait_until
 from tests.workers import Pipeline, run_cli, running_pipeline
@@ -140,11 +142,12 @@ CONSUMED_TOPICS = sorted(spec.name for spec in TOPICS if spec.dead_letter)
 
 
 def kcat_produce(bootstrap: str, topic: str, key: str, payload: bytes, workdir: Path) -> None:
-    """One message, as a person would send it: kcat with a file argument sends the file's bytes as one message."""
+    """One message, as a person would send it: kcat with a file argument sends the file's bytes as one message,
+    keyed as the pipeline keys (murmur2; kcat's own CRC32 would put it off its key's partition, refused for that)."""
     path = workdir / f"{key}.bin"
     path.write_bytes(payload)
-    subprocess.run([KCAT, "-b", bootstrap, "-P", "-t", topic, "-k", key, str(path)],
-                   capture_output=True, timeout=60, check=True)  # fmt: skip
+    subprocess.run([KCAT, "-b", bootstrap, "-P", "-t", topic, "-k", key, "-X", "topic.partitioner=murmur2_random",
+                    str(path)], capture_output=True, timeout=60, check=True)  # fmt: skip
 
 
 def poison(codec: AvroCodec) -> dict[str, tuple[bytes, tuple[str, ...]]]:
@@ -339,3 +342,79 @@ def test_a_dead_letter_parks_its_key_until_replays_release_it_in_order(
         assert events.index("PaymentSucceeded") < events.index("PaymentRefunded"), events
     wait_until(lambda: dead_letter_depth(pipeline, "settle_payments") == baseline, timeout=30,
                what="the dead-letter depth back where it was")  # fmt: skip
+
+
+# --- the key contract ----------------------------------------------------------------------------------------
+
+
+def test_records_without_their_key_or_off_their_key_s_partition_are_dead_lettered_and_change_nothing(
+    pipeline: Pipeline, publisher: EventPublisher, store: redis.Redis, settings: Settings, cli_env: dict[str, str]
+) -> None:
+    """A valid PlaceOrder sent with no key, and one sent on another partition than its customer's (what plain
+    kcat's CRC32 does), are both dead-lettered by admission with their reasons; the customer's record stays on
+    its one changelog partition without them, and the customer's next order, keyed as the contract says, goes
+    through."""
+    user, sku = uid("u"), uid("sku")
+    order_ids = {kind: uid(f"o-{kind}") for kind in ("unkeyed", "misplaced", "keyed")}
+    register_users(publisher, store, [user], alive=pipeline.assert_alive)
+    publisher.publish(INVENTORY_COMMANDS, "AddStock", sku, {"sku": sku, "quantity": 5, "reason": "test"})
+    publisher.flush()
+    wait_until(lambda: views.stock(store, sku) is not None, timeout=60, what=f"stock of {sku}")
+
+    codec = AvroCodec(SchemaCatalog.load())
+    home = key_partition(user.encode(), ORDER_COMMANDS.partitions)
+    wrong = (home + 1) % ORDER_COMMANDS.partitions
+
+    def place(kind: str, quantity: int) -> bytes:
+        return codec.encode("PlaceOrder", {
+            "order_id": order_ids[kind], "user_id": user, "lines": [{"sku": sku, "quantity": quantity,
+            "unit_price_cents": 900}], "payment": {"method": "card", "token": "tok_ok"},
+            "idempotency_key": order_ids[kind], "requested_at": int(time.time() * 1000)})  # fmt: skip
+
+    landed: dict[str, tuple[int, int]] = {}
+
+    def delivered(kind: str) -> Callable[[Any, Any], None]:
+        def report(err: Any, msg: Any) -> None:
+            assert err is None, err
+            landed[kind] = (msg.partition(), msg.offset())
+
+        return report
+
+    # as a person with a raw producer (or kcat) would send them: no envelope, one without a key on the customer's
+    # own partition, one keyed by the customer on another partition, then one the way every producer here sends
+    raw = Producer(producer_config(settings))  # the toolkit's settings: acks=all, murmur2 partitioner
+    raw.produce(ORDER_COMMANDS.name, value=place("unkeyed", 1), partition=home, on_delivery=delivered("unkeyed"))
+    raw.produce(ORDER_COMMANDS.name, key=user.encode(), value=place("misplaced", 1), partition=wrong,
+                on_delivery=delivered("misplaced"))  # fmt: skip
+    raw.produce(ORDER_COMMANDS.name, key=user.encode(), value=place("keyed", 2), on_delivery=delivered("keyed"))
+    assert raw.flush(30) == 0 and len(landed) == 3
+    assert landed["keyed"][0] == home, "confluent-kafka's murmur2_random puts the key where the check expects it"
+
+    expected = {
+        "unkeyed": f"missing key: {ORDER_COMMANDS.name} is keyed by user_id",
+        "misplaced": f"wrong partition {wrong} for key {user!r}, expected {home}",
+    }
+    origins = {kind: f"{ORDER_COMMANDS.name}:{landed[kind][0]}:{landed[kind][1]}" for kind in expected}
+
+    def letters() -> dict[str, dict[str, Any]]:
+        listed = run_cli(cli_env, "dlq", "list", ORDER_COMMANDS.name, "--json")
+        assert listed.returncode == 0, listed.stderr
+        found = {json.loads(line)["origin"]: json.loads(line) for line in listed.stdout.splitlines()}
+        return {kind: found[origin] for kind, origin in origins.items() if origin in found}
+
+    wait_until(lambda: letters().keys() == expected.keys(), timeout=60,
+               what=lambda: f"both dead-lettered (so far {sorted(letters())})")  # fmt: skip
+    for kind, letter in letters().items():
+        assert (letter["error"], letter["agent"]) == (expected[kind], "admit_orders"), letter
+        assert letter["status"] == "released", f"nothing waits on it, no key parked: {letter}"
+    wait_status(pipeline, store, order_ids["keyed"], "CONFIRMED")
+    wait_until(lambda: (views.stock(store, sku) or {}).get("sold") == 2, timeout=30, what="the keyed order's sale")
+
+    # the customer's state: one changelog partition, never told of the refused orders; nothing else of them
+    history = changelog_history(settings, "orders", "orders_customers")[user]
+    assert {partition for partition, *_ in history} == {home}, history
+    assert order_ids["keyed"] in (newest := json.dumps(history[-1][3])), newest
+    assert not any(order_ids[kind] in json.dumps(value) for kind in expected for *_, value in history), history
+    assert all(views.get_order(store, order_ids[kind]) is None for kind in expected), "no view of a refused order"
+    stock = views.stock(store, sku) or {}
+    assert (stock.get("available"), stock.get("reserved"), stock.get("sold")) == (3, 0, 2), stock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -496,3 +497,30 @@ def test_the_order_views_terminal_ranks_are_exactly_the_domains_terminal_statuse
     from streams.views.orders import STATUS_RANK, TERMINAL_RANK
 
     assert {status for status, rank in STATUS_RANK.items() if rank >= TERMINAL_RANK} == TERMINAL_STATUSES
+
+
+@pytest.mark.parametrize(
+    ("key", "partition", "error"),
+    [
+        (None, 0, "missing key: orders.events.v1 is keyed by order_id"),
+        ("o-2", 3, "key 'o-2' differs from the record's order_id 'o-1'"),  # o-2's own partition
+        ("o-1", 4, "wrong partition 4 for key 'o-1', expected 0"),
+    ],
+    ids=["missing key", "key differs", "wrong partition"],
+)
+def test_a_record_breaking_its_key_contract_is_dead_lettered_and_projects_nothing(
+    key: str | None, partition: int, error: str
+) -> None:
+    """What every agent refuses never reaches the views either (an unkeyed OrderConfirmed from kcat, say)."""
+    codec = AvroCodec(SchemaCatalog.load())
+    store, letters = RecordingStore(), RecordingDeadLetters()
+    projector = Projector(store, codec, dead_letters=letters)  # type: ignore[arg-type]
+    good = codec.encode("OrderConfirmed", {"order_id": "o-1", "payment_id": "p-1", "confirmed_at": T0})
+    raw_key = None if key is None else key.encode()
+    message = Consumed("orders.events.v1", partition, 7, T0, key, good, (("ce_id", b"e-1"),), raw_key)
+    assert projector.handle(message) == "dead-lettered"
+    assert letters.sent == [(message, error)]
+    assert store.views.data == {}, "nothing projected"
+    rebuilding = Projector(RecordingStore(), codec, dead_letters=None)  # type: ignore[arg-type]
+    assert rebuilding.handle(message) == "skipped", "a rebuild skips it too, so the views rebuild the same"
+    assert projector.handle(replace(message, partition=0, key="o-1", raw_key=b"o-1")) == "applied"
