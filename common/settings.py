@@ -124,6 +124,11 @@ class Settings(BaseSettings):
         secret = read_secret_file(str(data.get("jwt_secret_file") or JWT_SECRET_FILE))
         return {**data, "jwt_secret": secret} if secret else data
 
+    @field_validator("gateway_forwarded_header", mode="before")
+    @classmethod
+    def _header_name(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value  # header names are case-insensitive
+
     @field_validator("gateway_trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:

@@ -71,6 +71,9 @@ def test_trusted_proxies_are_checked_when_the_settings_are_read() -> None:
         Settings(gateway_trusted_proxies="10.0.0.0/8, not-an-address")
     with pytest.raises(ValueError, match="10.0.0.0/33"):
         parse_networks("10.0.0.0/33")
+    assert Settings(gateway_forwarded_header="Forwarded").gateway_forwarded_header == "forwarded"  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="gateway_forwarded_header"):
+        Settings(gateway_forwarded_header="X-Real-IP")  # type: ignore[arg-type]
 
 
 # --- as the rate limit's key (the test client connects from 127.0.0.1) ----------------------------------------
