@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_JWT_SECRET = "order-pipeline-dev-only-jwt-secret-do-not-use-in-production"
-"""The default HS256 secret: for a laptop and the tests only. Anyone who reads this file can mint tokens."""
+JWT_SECRET_FILE = ".cache/jwt-secret"
+"""Where ``infra/setup.sh`` writes this installation's random HS256 secret (mode 0600, outside git)."""
 
 
 class Settings(BaseSettings):
@@ -80,8 +82,13 @@ class Settings(BaseSettings):
     gateway_host: str = Field(default="127.0.0.1", description="address the gateway listens on")
     gateway_port: int = Field(default=8080, ge=0, le=65535, description="port the gateway listens on")
     jwt_secret: SecretStr = Field(
-        default=SecretStr(DEV_JWT_SECRET),
-        description="HS256 signing secret; the default is for development only (set your own, 32+ bytes)",
+        default=SecretStr(""),
+        description="HS256 signing secret (32+ random bytes); unset: the contents of jwt_secret_file",
+    )
+    jwt_secret_file: str = Field(
+        default=JWT_SECRET_FILE,
+        description="file holding the HS256 secret when PIPELINE_JWT_SECRET is unset (relative: to the working "
+        "directory); infra/setup.sh writes a random one per installation",
     )
     jwt_algorithm: Literal["HS256", "RS256"] = Field(
         default="HS256", description="the one JWT algorithm the gateway accepts (never taken from the token)"
@@ -89,6 +96,15 @@ class Settings(BaseSettings):
     jwt_public_key: str | None = Field(default=None, description="PEM public key that verifies RS256 tokens")
     jwt_issuer: str = Field(default="order-pipeline", description="required iss claim of bearer tokens")
     jwt_audience: str | None = Field(default=None, description="required aud claim of bearer tokens, if set")
+    gateway_trusted_proxies: str = Field(
+        default="",
+        description="comma-separated addresses or networks (CIDR) of the proxies whose forwarding header names "
+        "the client; empty: the peer address is the client",
+    )
+    gateway_forwarded_header: Literal["x-forwarded-for", "forwarded"] = Field(
+        default="x-forwarded-for",
+        description="the header a trusted proxy appends the client to: X-Forwarded-For or Forwarded (RFC 7239)",
+    )
     rate_limit_requests: int = Field(default=100, ge=1, description="requests per client per rate-limit window")
     rate_limit_window_s: float = Field(default=900.0, gt=0, description="the rate-limit window (sliding)")
     max_body_bytes: int = Field(default=64 * 1024, ge=1, description="largest request body the gateway reads")
@@ -99,6 +115,28 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="how long a command waits for the broker's ack before the gateway answers 503"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _jwt_secret_from_file(cls, data: Any) -> Any:
+        """An unset (or empty) ``jwt_secret`` is read from ``jwt_secret_file`` when that file can be read."""
+        if not isinstance(data, dict) or _secret_given(data.get("jwt_secret")):
+            return data
+        secret = read_secret_file(str(data.get("jwt_secret_file") or JWT_SECRET_FILE))
+        return {**data, "jwt_secret": secret} if secret else data
+
+    @field_validator("gateway_forwarded_header", mode="before")
+    @classmethod
+    def _header_name(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value  # header names are case-insensitive
+
+    @field_validator("gateway_trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)  # ValueError names the bad entry
+        return value
+
     @property
     def provider_store(self) -> str:
         """The simulated provider's database: not the query side's, so losing the views loses no charge."""
@@ -107,6 +145,18 @@ class Settings(BaseSettings):
         parts = urlsplit(self.redis_url)
         views_db = parts.path.strip("/") or "0"
         return urlunsplit(parts._replace(path="/2" if views_db == "1" else "/1"))
+
+
+def _secret_given(value: Any) -> bool:
+    return bool(value.get_secret_value() if isinstance(value, SecretStr) else value)
+
+
+def read_secret_file(path: str) -> str | None:
+    """The secret in ``path`` (surrounding whitespace dropped), or None when there is no readable file."""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 @lru_cache(maxsize=1)

@@ -23,18 +23,21 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from common.health import Check, broker_check, redis_check
-from common.settings import DEV_JWT_SECRET, Settings
+from common.settings import Settings
 from common.telemetry import setup_tracing
 from gateway.auth import TokenPolicy
+from gateway.clientaddr import parse_networks
 from gateway.handlers import dashboard, health, orders, users
 from gateway.idempotency import IdempotencyStore
 from gateway.middleware import (
+    SERVER,
     access_log,
     access_log_middleware,
     errors_middleware,
     guard_middleware,
     metrics_middleware,
     rate_limit_headers_middleware,
+    secure_headers,
     tracing_middleware,
 )
 from gateway.openapi import build_document
@@ -84,12 +87,12 @@ def create_app(
     """The gateway as an aiohttp app; the caller owns (and closes) ``publisher`` and ``redis``.
 
     ``limiter`` defaults to the Redis sliding window; ``checks`` to the broker (metadata) and Redis (PING).
-    Raises :class:`gateway.auth.AuthConfigError` when the token settings cannot work.
+    Raises :class:`gateway.auth.AuthConfigError` when the token settings cannot work (no secret, a short one, or
+    the development default this repository once published).
     """
     policy = TokenPolicy.from_settings(settings)
-    if settings.jwt_algorithm == "HS256" and settings.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
-        log.warning("the gateway verifies tokens with the development JWT secret: set PIPELINE_JWT_SECRET")
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
+    app.on_response_prepare.append(secure_headers)
     app[GATEWAY] = Gateway(
         settings=settings,
         publisher=publisher,
@@ -100,10 +103,25 @@ def create_app(
         idempotency=IdempotencyStore(redis, pending_ttl_s=int(settings.gateway_publish_timeout_s) + 30),
         checks=list(checks) if checks is not None else [broker_check(settings), redis_check(redis)],
         document=build_document(),
+        trusted_proxies=parse_networks(settings.gateway_trusted_proxies),
     )
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     return app
+
+
+def hide_server_version() -> None:
+    """Name the server without versions also where the app has no say (process-wide, so :func:`run` calls it).
+
+    aiohttp answers a request its HTTP parser refuses (a malformed request line or header: 400) before any app
+    code runs, so :func:`gateway.middleware.secure_headers` never sees that answer, and aiohttp fills its
+    ``Server`` header from ``aiohttp.web_response.SERVER_SOFTWARE`` (``Python/3.11 aiohttp/3.14.5``). Replacing
+    that module default is the one way in (aiohttp 3.14); ``tests/unit/test_gateway_requests.py`` pins it with a
+    malformed request.
+    """
+    import aiohttp.web_response
+
+    aiohttp.web_response.SERVER_SOFTWARE = SERVER  # type: ignore[attr-defined]  # imported there from .http
 
 
 def configure_logging() -> None:
@@ -145,10 +163,12 @@ async def build_app(settings: Settings) -> web.Application:
 
 def run(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
     """Serve until SIGINT / SIGTERM, then finish in-flight requests (graceful shutdown) and close the clients."""
+    TokenPolicy.from_settings(settings)  # refuse unusable token settings before anything starts
+    hide_server_version()
     configure_logging()
     setup_tracing("gateway", settings.otel_exporter, settings.otel_endpoint)
     host = host or settings.gateway_host
     port = settings.gateway_port if port is None else port
-    log.info("gateway listening on http://%s:%d (broker %s, redis %s)", host, port, settings.kafka_bootstrap,
-             settings.redis_url)  # fmt: skip
+    log.info("gateway listening on http://%s:%d (broker %s, redis %s, trusted proxies: %s)", host, port,
+             settings.kafka_bootstrap, settings.redis_url, settings.gateway_trusted_proxies or "none")  # fmt: skip
     web.run_app(build_app(settings), host=host, port=port, access_log=None, print=None, shutdown_timeout=10)

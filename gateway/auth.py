@@ -4,8 +4,12 @@
   ``PIPELINE_JWT_SECRET``, or ``RS256`` with the PEM ``PIPELINE_JWT_PUBLIC_KEY``); the token's own ``alg``
   header is never trusted, so ``alg: none`` and an HS256 token signed with the RS256 public key as its secret
   (the classic key-confusion attack) are both refused.
+* There is no default HS256 secret: it comes from ``PIPELINE_JWT_SECRET`` or the per-installation file
+  ``infra/setup.sh`` writes (``PIPELINE_JWT_SECRET_FILE``). Under 32 bytes, or the development default this
+  repository once published, it is refused (:func:`hs256_secret`) and the gateway does not start.
 * ``exp``, ``iss`` and ``sub`` are required; ``exp`` and ``iss`` are checked (a small leeway absorbs clock
-  skew), ``aud`` only when an audience is configured.
+  skew), ``aud`` only when an audience is configured (then it is required too). A ``sub`` that is not clean
+  text (:mod:`common.text`) is refused, since it becomes the key and the customer of the commands.
 * Every failure reads the same to the client (``Invalid token``); the reason is kept for the log.
 """
 
@@ -14,17 +18,22 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
 
 from common.settings import Settings
+from common.text import text_problem
 
 LEEWAY_S = 5
 """Clock skew tolerated on ``exp`` / ``nbf`` / ``iat``."""
 
 MIN_HS256_SECRET_BYTES = 32
 """RFC 7518 §3.2: an HMAC key at least as long as the hash."""
+
+PUBLISHED_SECRETS = frozenset({"order-pipeline-dev-only-jwt-secret-do-not-use-in-production"})
+"""HS256 secrets once published in this repository as defaults: anyone can sign tokens with them."""
 
 NO_TOKEN = "No token provided"
 INVALID_TOKEN = "Invalid token"
@@ -57,15 +66,36 @@ class TokenPolicy:
     def from_settings(cls, settings: Settings) -> TokenPolicy:
         """The policy the settings describe; raises :class:`AuthConfigError` for an unusable combination."""
         if settings.jwt_algorithm == "HS256":
-            secret = settings.jwt_secret.get_secret_value().encode()
-            if len(secret) < MIN_HS256_SECRET_BYTES:
-                raise AuthConfigError(f"PIPELINE_JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes for HS256")
-            key: Any = secret
+            key: Any = hs256_secret(settings)
         else:
             if not settings.jwt_public_key:
                 raise AuthConfigError("PIPELINE_JWT_ALGORITHM=RS256 needs PIPELINE_JWT_PUBLIC_KEY (a PEM public key)")
             key = load_rsa_public_key(settings.jwt_public_key)
-        return cls(settings.jwt_algorithm, key, settings.jwt_issuer, settings.jwt_audience)
+        return cls(settings.jwt_algorithm, key, settings.jwt_issuer, settings.jwt_audience or None)
+
+
+def hs256_secret(settings: Settings) -> bytes:
+    """The HS256 secret the settings name, or :class:`AuthConfigError` saying why it cannot be used.
+
+    Used by the gateway to verify and by ``pipeline token`` to sign, so both refuse the same secrets.
+    """
+    secret = settings.jwt_secret.get_secret_value()
+    if not secret:
+        path = Path(settings.jwt_secret_file)
+        where = f"{path} cannot be read" if path.exists() else f"there is no {path.resolve()}"
+        raise AuthConfigError(
+            f"no JWT secret: PIPELINE_JWT_SECRET is unset and {where}; run `infra/setup.sh secret` to write a "
+            "random one for this installation, or set PIPELINE_JWT_SECRET (32+ random bytes)"
+        )
+    if secret in PUBLISHED_SECRETS:
+        raise AuthConfigError(
+            "PIPELINE_JWT_SECRET is the development default once published in this repository, so anyone can sign "
+            "tokens with it: use a random secret of your own (`infra/setup.sh secret` writes one)"
+        )
+    encoded = secret.encode()
+    if len(encoded) < MIN_HS256_SECRET_BYTES:
+        raise AuthConfigError(f"PIPELINE_JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes for HS256")
+    return encoded
 
 
 def load_rsa_public_key(pem: str) -> Any:
@@ -121,6 +151,8 @@ def verify_token(token: str, policy: TokenPolicy) -> Principal:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject.strip():
         raise AuthError(INVALID_TOKEN, "sub claim is empty or not a string")
+    if (problem := text_problem(subject)) is not None:
+        raise AuthError(INVALID_TOKEN, f"sub claim {problem}")
     return Principal(subject, claims)
 
 

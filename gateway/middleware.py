@@ -10,8 +10,13 @@
 5. :func:`errors_middleware`: whatever a request raises becomes a JSON answer (:func:`gateway.errors.error_response`),
    so everything above sees a response, never an exception.
 6. :func:`guard_middleware` (every matched route but the public ones): the bearer token, then the per-client
-   rate limit (by token subject, or by client IP for requests without a valid token, so guessing tokens is
-   limited too), then ``401`` for a missing or invalid token.
+   rate limit (by token subject, or by client address for requests without a valid token, so guessing tokens
+   is limited too; the address a trusted proxy forwarded, see :mod:`gateway.clientaddr`), then ``401`` for a
+   missing or invalid token.
+
+Beside them, :func:`secure_headers` (an ``on_response_prepare`` signal, so it sees every answer the app
+prepares) adds ``X-Content-Type-Options: nosniff`` everywhere and ``Cache-Control: no-store`` under ``/api``,
+and names the server without versions.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from common.telemetry import HTTP_REQUESTS, HTTP_SECONDS, tracer
 from gateway.auth import AuthError, Principal, authenticate
 from gateway.errors import ApiError, error_response
-from gateway.service import GATEWAY, PRINCIPAL, RATE, TRACE
+from gateway.service import GATEWAY, PRINCIPAL, RATE, TRACE, client_of
 from gateway.tracing import TraceContext
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -38,6 +43,18 @@ access_log = logging.getLogger("gateway.access")
 
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/live", "/openapi.json", "/metrics"})
 """Routes anyone may call without a token, and which are never rate limited (probes, the document, metrics)."""
+
+
+SERVER = "order-pipeline-gateway"
+"""The ``Server`` header: a name, never aiohttp's and Python's versions."""
+
+
+async def secure_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers every answer carries (``on_response_prepare``): no MIME sniffing, no caching of /api answers."""
+    response.headers["Server"] = SERVER
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if request.path == "/api" or request.path.startswith("/api/"):
+        response.headers["Cache-Control"] = "no-store"
 
 
 def route_of(request: web.Request) -> str:
@@ -59,7 +76,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
                 "path": request.path,
                 "status": response.status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "client": request.remote,
+                "client": client_of(request),
                 "subject": principal.subject if principal else None,
                 "trace_id": request[TRACE].trace_id,
             },
@@ -136,14 +153,14 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
         principal = authenticate(request.headers.get("Authorization"), gateway.policy)
     except AuthError as exc:
         failure = exc
-    client = f"sub:{principal.subject}" if principal else f"ip:{request.remote or 'unknown'}"
+    client = f"sub:{principal.subject}" if principal else f"ip:{client_of(request)}"
     decision = await gateway.limiter.hit(client)
     request[RATE] = decision
     if not decision.allowed:
         raise ApiError(429, "Too many requests", headers={"Retry-After": str(decision.retry_after_s)})
     if principal is None:
         reason = failure.reason if failure else "no principal"
-        log.info("%s %s from %s: 401 (%s)", request.method, request.path, request.remote, reason)
+        log.info("%s %s from %s: 401 (%s)", request.method, request.path, client_of(request), reason)
         challenge = 'Bearer realm="order-pipeline"'
         if failure is not None and failure.public != "No token provided":
             challenge += ', error="invalid_token"'

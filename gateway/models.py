@@ -3,23 +3,43 @@
 Requests are validated **strictly** (``"2"`` is not a quantity, ``true`` is not a number) and unknown fields
 are refused, before anything is encoded or published; the same models give the OpenAPI document its schemas.
 Bounds sit inside the Avro types (``quantity`` is an Avro ``int``), so a validated request always encodes.
+Every string of a request, profile keys included, must be clean text (:mod:`common.text`: no control character,
+no unpaired surrogate), or the request is a 422 naming the field.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
+
+from common.text import text_problem
 
 _Strict = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-ProfileKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-ProfileValue = Annotated[str, StringConstraints(max_length=1024)]
-Username = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-Email = Annotated[str, StringConstraints(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
-Sku = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-Word = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-PaymentToken = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+def clean_text(value: Any) -> Any:
+    """A validation error naming the offending character when ``value`` is a string but not clean text.
+
+    Runs before the string check, so an unpaired surrogate is named as such rather than as pydantic's
+    "unable to parse raw data as a unicode string"; what is not a string is left to the type check.
+    """
+    if isinstance(value, str) and (problem := text_problem(value)) is not None:
+        raise PydanticCustomError("clean_text", "{problem}", {"problem": problem})
+    return value
+
+
+_Clean = BeforeValidator(clean_text)
+
+ProfileKey = Annotated[str, StringConstraints(min_length=1, max_length=64), _Clean]
+ProfileValue = Annotated[str, StringConstraints(max_length=1024), _Clean]
+Username = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"), _Clean]
+Email = Annotated[str, StringConstraints(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+                  _Clean]  # fmt: skip
+Sku = Annotated[str, StringConstraints(min_length=1, max_length=64), _Clean]
+Word = Annotated[str, StringConstraints(min_length=1, max_length=64), _Clean]
+PaymentToken = Annotated[str, StringConstraints(min_length=1, max_length=256), _Clean]
 
 MAX_PROFILE_ENTRIES = 50
 MAX_ORDER_LINES = 100

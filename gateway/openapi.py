@@ -99,9 +99,14 @@ _COMMON_AUTH: dict[int, tuple[str, Body]] = {
     429: ("Too many requests (see Retry-After)", _E),
 }
 _WRITE: dict[int, tuple[str, Body]] = {
-    400: ("Malformed JSON, not a JSON object, or a bad header", _E),
+    400: ("Not UTF-8, malformed JSON, nested deeper than 32, not a JSON object, or a bad header", _E),
     413: ("Request body larger than PIPELINE_MAX_BODY_BYTES", _E),
-    422: ("The body does not fit the request model or the command schema", ValidationErrorResponse),
+    415: ("The body is not declared JSON (Content-Type: application/json or a +json type, UTF-8)", _E),
+    422: (
+        "The body does not fit the request model or the command schema (a control character or an unpaired "
+        "surrogate in any string included)",
+        ValidationErrorResponse,
+    ),
     503: ("The broker (or, for Idempotency-Key, Redis) is unreachable; nothing was published", _E),
 }
 _IDEMPOTENT_WRITE: dict[int, tuple[str, Body]] = {
@@ -217,8 +222,7 @@ OPERATIONS: tuple[Operation, ...] = (
         {
             200: ("The view", OrderView),
             400: ("Bad wait_for", _E),
-            403: ("Not your order", _E),
-            404: ("Unknown order", _E),
+            404: ("No order of yours with this id (another customer's order answers the same)", _E),
             **_READ,
             **_COMMON_AUTH,
         },

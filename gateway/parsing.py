@@ -1,26 +1,40 @@
 """Reading what a client sent: the JSON body as a request model, integer query parameters, ``If-Match``.
 
-Every malformed input becomes an :class:`gateway.errors.ApiError` with a message a client can act on: 400 for
-what is not JSON or not an integer, 413 for a body over the limit, 422 (with each field's problem) for a body
-the model refuses, 428 for a missing ``If-Match``.
+Every malformed input becomes an :class:`gateway.errors.ApiError` with a message a client can act on: 415 for a
+body that is not declared JSON (``application/json`` or a ``+json`` type, UTF-8), 413 for a body over the limit,
+400 for what is not UTF-8, not JSON, nested deeper than :data:`MAX_JSON_DEPTH` or not an integer, 422 (with each
+field's problem) for a body the model refuses, 428 for a missing ``If-Match``.
+
+The depth is counted before parsing, in one pass that skips string contents, so a body of ten thousand ``[``
+never reaches the recursive parser; a ``RecursionError`` from it would be a 400 all the same.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from common.text import is_clean_text
 from gateway.errors import ApiError
 from gateway.service import GATEWAY
 
 M = TypeVar("M", bound=BaseModel)
 
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects and arrays a body may have; the request models need 3."""
+
+JSON_CHARSETS = frozenset({"utf-8", "utf8"})
+
+_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
 
 async def read_body(request: web.Request, model: type[M]) -> M:
-    """The body as ``model``: 400 for malformed JSON or a non-object, 413 when too large, 422 when invalid."""
+    """The body as ``model``: 415, 413, 400 or 422 as the module says; nothing is acted on before it passes."""
+    check_json_content_type(request)
     limit = request.app[GATEWAY].settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"Request body too large (at most {limit} bytes)")
@@ -28,7 +42,15 @@ async def read_body(request: web.Request, model: type[M]) -> M:
     if not raw.strip():
         raise ApiError(400, "Request body is required: a JSON object")
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"Request body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
+    if json_depth_exceeds(text, MAX_JSON_DEPTH):
+        raise ApiError(400, f"JSON nested too deeply: at most {MAX_JSON_DEPTH} levels of objects and arrays")
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError as exc:
+        raise ApiError(400, "JSON nested too deeply") from exc
     except ValueError as exc:
         raise ApiError(400, f"Malformed JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -42,6 +64,33 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise ApiError(422, f"Invalid request body: {where}{first['message']}", extra={"details": details}) from exc
 
 
+def check_json_content_type(request: web.Request) -> None:
+    """415 unless ``Content-Type`` is ``application/json`` or ``application/<x>+json`` in UTF-8."""
+    declared = request.headers.get("Content-Type")
+    media = request.content_type.lower()  # aiohttp: application/octet-stream when the header is absent
+    is_json = media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+    charset = (request.charset or "utf-8").lower()
+    if declared is None or not is_json or charset not in JSON_CHARSETS:
+        got = "no Content-Type" if declared is None else f"Content-Type {declared[:80]!r}"
+        accept = {"Accept-Patch" if request.method == "PATCH" else "Accept-Post": "application/json"}
+        raise ApiError(415, f"Request body must be JSON (Content-Type: application/json, UTF-8); got {got}",
+                       headers=accept)  # fmt: skip
+
+
+def json_depth_exceeds(text: str, limit: int) -> bool:
+    """True when ``text`` opens more than ``limit`` objects and arrays inside each other (strings skipped)."""
+    depth = 0
+    for match in _STRING_OR_BRACKET.finditer(text):
+        token = match.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif token in ("]", "}"):
+            depth -= 1
+    return False
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -49,6 +98,8 @@ def _reject_constant(name: str) -> Any:
 def _field(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
+        if isinstance(part, str) and not is_clean_text(part):  # a refused profile key, shown escaped
+            part = part.encode("ascii", "backslashreplace").decode()
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 

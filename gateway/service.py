@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from common.health import Check
 from common.settings import Settings
 from gateway.auth import Principal, TokenPolicy
+from gateway.clientaddr import Network, client_address, forwarded_chain
 from gateway.errors import UNAVAILABLE, ApiError
 from gateway.idempotency import IdempotencyStore, InvalidIdempotencyKey, StoredResponse, check_key, fingerprint
 from gateway.ratelimit import Decision, RateLimiter
@@ -52,6 +53,8 @@ class Gateway:
     idempotency: IdempotencyStore
     checks: Sequence[Check]
     document: dict[str, Any]
+    trusted_proxies: tuple[Network, ...] = ()
+    """Peers whose forwarding header names the client (see :mod:`gateway.clientaddr`)."""
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -150,6 +153,22 @@ TRACE = web.RequestKey("gateway.trace", TraceContext)
 """The request's place in its trace, set by the tracing middleware on every request."""
 RATE = web.RequestKey("gateway.rate", Decision)
 """The rate limiter's decision, set by the guard; reported in the ``RateLimit-*`` headers."""
+CLIENT = web.RequestKey("gateway.client", str)
+"""The client's address, worked out once per request by :func:`client_of`."""
+
+
+def client_of(request: web.Request) -> str:
+    """The client's address: the peer, or what a trusted proxy forwarded (:mod:`gateway.clientaddr`)."""
+    if CLIENT in request:
+        return request[CLIENT]
+    gateway = request.app[GATEWAY]
+    chain: list[str] = []
+    if gateway.trusted_proxies:
+        header = gateway.settings.gateway_forwarded_header
+        chain = forwarded_chain(header, request.headers.getall(header, ()))
+    client = client_address(request.remote, chain, gateway.trusted_proxies)
+    request[CLIENT] = client
+    return client
 
 
 def principal_of(request: web.Request) -> Principal:

@@ -44,6 +44,7 @@ The pipeline is up: Kafka at $PIPELINE_KAFKA_BOOTSTRAP, Redis at $PIPELINE_REDIS
   infra/compose.sh --profile app logs -f worker-orders      # a worker's log
   infra/compose.sh --profile app ps                         # what runs
   .venv/bin/pipeline order <order id>                        # an order's view and saga timeline
+  .venv/bin/pipeline token --subject <user id>               # a token the gateway on 127.0.0.1:8080 accepts
   kcat -b $PIPELINE_KAFKA_BOOTSTRAP -L                          # brokers, topics, partitions
   kcat -b $PIPELINE_KAFKA_BOOTSTRAP -C -t orders.events.v1 -o beginning -e -q -f '%k %h\n'
   .venv/bin/pipeline tail orders.events.v1 --from-beginning --max 10

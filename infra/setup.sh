@@ -2,8 +2,10 @@
 # Brings a machine to the point where the pipeline runs: a Docker engine, the Kafka and Redis images,
 # host tools (kcat) and the Python environment. Every step is idempotent and cached; a second run is fast.
 #
-#   infra/setup.sh [all|docker|images|app-image|tools|python|bench|env]
+#   infra/setup.sh [all|docker|images|app-image|tools|python|bench|secret|env]
 #
+# `secret` (part of `all`) writes this installation's random JWT secret to .cache/jwt-secret (mode 0600,
+# outside git); the gateway and `pipeline token` read it, and compose mounts it into the gateway's container.
 # Where no Docker engine answers and the machine is Debian with root, Debian's docker.io is installed and
 # dockerd started with published ports bound to 127.0.0.1. Where images cannot be pulled, they are built
 # here: a Debian root filesystem (mmdebstrap) with a JRE and redis-server, plus Kafka's jars from Maven Central.
@@ -196,6 +198,23 @@ ensure_bench_python() {
   echo "$stamp" > "$venv/.stamp-bench"
 }
 
+# The gateway's HS256 secret, one per installation: 48 random bytes as base64 (64 characters), readable by
+# its owner only. Kept when present; rewritten only by deleting the file (every token signed with it dies).
+JWT_SECRET_FILE=$cache/jwt-secret
+ensure_secret() {
+  # a bind mount of a missing file leaves an empty directory behind on some engines
+  if [ -d "$JWT_SECRET_FILE" ]; then
+    rmdir "$JWT_SECRET_FILE" || { log "$JWT_SECRET_FILE is a directory: remove it"; exit 1; }
+  fi
+  if [ -s "$JWT_SECRET_FILE" ]; then
+    chmod 600 "$JWT_SECRET_FILE"
+    return
+  fi
+  log "writing a random JWT secret for this installation to $JWT_SECRET_FILE (mode 0600)"
+  (umask 077 && head -c 48 /dev/urandom | base64 -w0 >"$JWT_SECRET_FILE.tmp")
+  mv -f "$JWT_SECRET_FILE.tmp" "$JWT_SECRET_FILE"
+}
+
 case "${1:-all}" in
   docker) ensure_docker ;;
   images) ensure_images ;;
@@ -203,8 +222,9 @@ case "${1:-all}" in
   tools) ensure_tools ;;
   python) ensure_python ;;
   bench) ensure_bench_python ;;
-  all) ensure_python; ensure_tools; ensure_images ;;
+  secret) ensure_secret ;;
+  all) ensure_secret; ensure_python; ensure_tools; ensure_images ;;
   env)
     printf 'PIPELINE_KAFKA_IMAGE=%s\nPIPELINE_REDIS_IMAGE=%s\nPIPELINE_APP_IMAGE=%s\n' "$KAFKA_IMAGE" "$REDIS_IMAGE" "$APP_IMAGE" ;;
-  *) echo "usage: $0 [all|docker|images|app-image|tools|python|bench|env]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|docker|images|app-image|tools|python|bench|secret|env]" >&2; exit 2 ;;
 esac

@@ -1,5 +1,5 @@
-"""Helpers for the gateway's tests: tokens, a server on a loopback port, a bounded wait, and (unit tests only)
-stand-ins.
+"""Helpers for the gateway's tests: secrets and tokens, a server on a loopback port, a bounded wait, and (unit
+tests only) stand-ins.
 
 :class:`MemoryPublisher` and :class:`DictRedis` replace the broker and Redis **in unit tests only**; the
 integration tests run the same app against the real ones.
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import json
+import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +23,24 @@ from aiohttp.test_utils import TestClient, TestServer
 from tenacity import AsyncRetrying, stop_after_delay, wait_fixed
 
 from common.envelope import Envelope
+from common.health import Check
 from common.settings import Settings
+from gateway.app import create_app
 from gateway.auth import issue_token
 from producers.toolkit import DeliveryFailed, RecordNotAllowed
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.topics import TopicSpec
+
+
+def random_secret() -> str:
+    """A fresh HS256 secret: every test run signs and verifies with its own, never one in the repository."""
+    return secrets.token_urlsafe(48)
+
+
+def gateway_settings(**overrides: Any) -> Settings:
+    """Settings with a secret of their own (what the environment or a secret file says is never used)."""
+    return Settings(**{"jwt_secret": random_secret(), **overrides})
 
 
 def token_for(settings: Settings, subject: str, *, ttl_s: int = 600, **extra: Any) -> str:
@@ -205,3 +219,47 @@ class DictRedis:
             return [0, len(hits), max(1, int(hits[0] + window_ms - now))]
 
         return call
+
+
+async def ok() -> None:
+    return None
+
+
+Client = TestClient[web.Request, web.Application]
+
+
+class Env:
+    """One gateway app (:func:`gateway.app.create_app`) with its stand-ins and a secret of its own (unit tests)."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.settings = gateway_settings(**{"read_wait_max_s": 0.3, **overrides})
+        self.publisher = MemoryPublisher()
+        self.redis = DictRedis()
+        self.checks = [Check("broker", ok), Check("redis", ok)]
+
+    def run(self, scenario: Callable[[Client], Awaitable[None]]) -> None:
+        async def main() -> None:
+            app = create_app(self.settings, self.publisher, self.redis, checks=self.checks)  # type: ignore[arg-type]
+            async with serving(app) as client:
+                await asyncio.wait_for(scenario(client), 30)
+
+        asyncio.run(main())
+
+    def auth(self, subject: str = "u-1") -> dict[str, str]:
+        return bearer(self.settings, subject)
+
+    def put_user(self, user_id: str, version: int, **fields: Any) -> None:
+        view = {
+            "user_id": user_id,
+            "username": user_id,
+            "email": f"{user_id}@example.com",
+            "profile": {},
+            "active": True,
+            "version": version,
+            **fields,
+        }
+        self.redis.strings[f"view:user:{user_id}"] = json.dumps(view)
+
+    def put_order(self, order_id: str, user_id: str | None, status: str = "PLACED") -> None:
+        view = {"order_id": order_id, "user_id": user_id, "status": status, "timeline": []}
+        self.redis.strings[f"view:order:{order_id}"] = json.dumps(view)

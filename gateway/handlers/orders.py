@@ -71,16 +71,17 @@ async def get_order(request: web.Request) -> web.StreamResponse:
         return view.get("status") == target
 
     def final(view: dict[str, Any]) -> bool:
-        owner = view.get("user_id")
-        return _rank(view) >= TERMINAL_RANK or (owner is not None and owner != subject)
+        return _rank(view) >= TERMINAL_RANK
 
-    view, stale = await gateway.read_until(
-        lambda: views.get_order_async(gateway.redis, order_id), None if target is None else reached, final
-    )
-    if view is None or view.get("user_id") is None:
+    async def own_view() -> dict[str, Any] | None:
+        # another customer's order reads exactly as an unknown one (same answer, same wait), so the answers
+        # do not tell a caller which order ids exist
+        view = await views.get_order_async(gateway.redis, order_id)
+        return view if view is not None and view.get("user_id") == subject else None
+
+    view, stale = await gateway.read_until(own_view, None if target is None else reached, final)
+    if view is None:
         raise ApiError(404, f"Order {order_id} not found")
-    if view["user_id"] != subject:
-        raise ApiError(403, "You may only access your own orders")
     return json_response({**view, "stale": stale})
 
 

@@ -7,8 +7,11 @@ Users are registered through the user service (``RegisterUser``, or ``POST /api/
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -17,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 import redis
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 
 from common.admin import admin_client, apply_topics
 from common.settings import Settings
@@ -31,9 +36,9 @@ from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
 from streams.views import read as views
-from tests.gateway_support import token_for
+from tests.gateway_support import random_secret, token_for
 from tests.seeding import register_users, uid
-from tests.stack import free_port, kafka_node, redis_node, wait_until
+from tests.stack import KafkaNode, RedisNode, free_port, kafka_node, redis_node, wait_until
 from tests.workers import PIPELINE, Pipeline, Process, running_pipeline
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -55,7 +60,7 @@ def http(
 ) -> Answer:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
-    if data is not None:
+    if data is not None and not request.has_header("Content-type"):
         request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -83,16 +88,21 @@ class Gateway:
         return http(method, self.url + path, body=body, headers={**self.auth(subject), **(headers or {})})
 
 
-def start_gateway(settings: Settings, workdir: Path, name: str, **env: str) -> Gateway:
-    """``pipeline gateway`` on a free loopback port, once it answers /live."""
-    port = free_port()
-    environment = {
+def gateway_environment(settings: Settings, **env: str) -> dict[str, str]:
+    return {
         **os.environ,
         "PIPELINE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "PIPELINE_REDIS_URL": settings.redis_url,
+        "PIPELINE_JWT_SECRET": settings.jwt_secret.get_secret_value(),
         "PYTHONUNBUFFERED": "1",
         **env,
     }
+
+
+def start_gateway(settings: Settings, workdir: Path, name: str, **env: str) -> Gateway:
+    """``pipeline gateway`` on a free loopback port, once it answers /live."""
+    port = free_port()
+    environment = gateway_environment(settings, **env)
     process = Process(name, [PIPELINE, "gateway", "--port", str(port)], environment, workdir / f"{name}.log")
     process.start()
     gateway = Gateway(f"http://127.0.0.1:{port}", process, settings)
@@ -108,6 +118,13 @@ def start_gateway(settings: Settings, workdir: Path, name: str, **env: str) -> G
 def stop_gateway(gateway: Gateway) -> None:
     gateway.process.stop()  # SIGTERM: a graceful stop
     assert gateway.process.popen is not None and gateway.process.popen.returncode == 0, gateway.process.log_tail()
+
+
+@pytest.fixture(scope="module")
+def settings(kafka: KafkaNode, redis_server: RedisNode) -> Settings:
+    """The session's broker and Redis, with a JWT secret of this module's own (there is none in the repository)."""
+    secret = random_secret()
+    return Settings(kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url, jwt_secret=secret)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +237,48 @@ def test_bad_input_gets_4xx_json(gateway: Gateway) -> None:
     assert gateway.send("PATCH", f"/api/users/{user}", {"profile": {"a": "b"}}, subject=user).status == 428
 
 
+def test_a_gateway_without_a_usable_secret_does_not_start(settings: Settings, workdir: Path) -> None:
+    """No secret (none in the repository, no installation file) or the once-published default: exit 1 at once."""
+    missing = str(workdir / "no-such-secret")
+    published = "order-pipeline-dev-only-jwt-secret-do-not-use-in-production"
+    for secret, message in (("", "error: no JWT secret"), (published, "once published in this repository")):
+        env = gateway_environment(settings, PIPELINE_JWT_SECRET=secret, PIPELINE_JWT_SECRET_FILE=missing)
+        done = subprocess.run([PIPELINE, "gateway", "--port", str(free_port())], env=env, cwd=workdir,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_bodies_are_checked_and_answers_carry_their_headers(gateway: Gateway) -> None:
+    user = uid("u")
+    auth = gateway.auth(user)
+    as_text = http("POST", gateway.url + "/api/orders", body=order_body("SKU-T"),
+                   headers={**auth, "Content-Type": "text/plain"})  # fmt: skip
+    assert as_text.status == 415 and as_text.headers["Accept-Post"] == "application/json"
+    deep = http("POST", gateway.url + "/api/users", raw=b"[" * 10_000 + b"]" * 10_000, headers=auth)
+    assert (deep.status, deep.body) == (
+        400,
+        {"error": "JSON nested too deeply: at most 32 levels of objects and arrays"},
+    )
+    control = gateway.send("POST", "/api/users", {"username": "ada", "email": "ada\x82@example.com"}, subject=user)
+    assert control.status == 422 and control.body["details"] == [
+        {"field": "email", "message": "contains a control character (U+0082) at position 3"}
+    ]
+    escaped = b'{"username": "ada", "email": "ada@example.com", "profile": {"city": "\\ud800"}}'
+    surrogate = http("POST", gateway.url + "/api/users", raw=escaped, headers=auth)
+    assert surrogate.status == 422 and "unpaired surrogate (U+D800)" in surrogate.body["error"]
+    for answer in (as_text, deep, control, gateway.get("/api/dashboard", subject=user), gateway.get("/api/dashboard")):
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert answer.headers["Cache-Control"] == "no-store"
+        assert answer.headers["Server"] == "order-pipeline-gateway"
+    port = int(gateway.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"NOT HTTP\r\n\r\n")  # answered by aiohttp's parser, before any of the gateway's code
+        refused = sock.recv(4096).decode("latin-1")
+    assert " 400 " in refused.splitlines()[0] and "Server: order-pipeline-gateway" in refused
+    assert "aiohttp" not in refused and "Python" not in refused
+
+
 def test_a_placed_order_is_confirmed_and_shows_on_the_dashboard(
     gateway: Gateway,
     pipeline: Pipeline,
@@ -262,8 +321,9 @@ def test_a_placed_order_is_confirmed_and_shows_on_the_dashboard(
     wait_until(on_dashboard, timeout=60, what=lambda: f"order on the dashboard (last: {seen.get('board')})")
     assert seen["board"]["profile"]["user_id"] == user
 
-    # someone else may not read it
-    assert gateway.get(f"/api/orders/{order_id}", subject=uid("u")).status == 403
+    # someone else may not read it, nor learn that it exists
+    stranger = gateway.get(f"/api/orders/{order_id}", subject=uid("u"))
+    assert (stranger.status, stranger.body) == (404, {"error": f"Order {order_id} not found"})
 
     # the command carried the caller's trace on, with the gateway's own span
     [(message, value)] = [
@@ -381,6 +441,47 @@ def test_replicas_share_one_rate_limit_budget(settings: Settings, topics: None, 
             stop_gateway(replica)
 
 
+def test_clients_from_two_loopback_addresses_have_budgets_of_their_own(
+    settings: Settings, topics: None, workdir: Path, store: redis.Redis
+) -> None:
+    """Requests without a valid token are limited per client address: the TCP peer, or what a trusted proxy says.
+
+    127.0.0.2 is a client that invents X-Forwarded-For addresses (not believed: one budget), 127.0.0.3 another
+    client and, being listed in PIPELINE_GATEWAY_TRUSTED_PROXIES, a proxy whose forwarded clients count apart.
+    """
+    budget = {"PIPELINE_RATE_LIMIT_REQUESTS": "3", "PIPELINE_RATE_LIMIT_WINDOW_S": "60",
+              "PIPELINE_GATEWAY_TRUSTED_PROXIES": "127.0.0.3"}  # fmt: skip
+    gateway = start_gateway(settings, workdir, "gateway-loopback", **budget)
+    forwarded = [f"198.51.100.{n}" for n in (7, 8)]
+    for address in ("127.0.0.2", "127.0.0.3", *forwarded):
+        store.delete(f"gateway:ratelimit:ip:{address}")
+
+    async def statuses(source: str, headers: list[dict[str, str]]) -> list[int]:
+        connector = aiohttp.TCPConnector(local_addr=(source, 0))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            found = []
+            for extra in headers:
+                async with session.get(gateway.url + "/api/dashboard", headers=extra) as answer:
+                    found.append(answer.status)
+            return found
+
+    async def scenario() -> None:
+        spoofing = [{"X-Forwarded-For": f"203.0.113.{n}"} for n in range(4)]
+        assert await statuses("127.0.0.2", spoofing) == [401, 401, 401, 429]
+        assert await statuses("127.0.0.3", [{}]) == [401], "another address, another budget"
+        via_proxy = [{"X-Forwarded-For": f"203.0.113.1, {forwarded[0]}"}] * 4 + [{"X-Forwarded-For": forwarded[1]}]
+        assert await statuses("127.0.0.3", via_proxy) == [401, 401, 401, 429, 401]
+
+    try:
+        asyncio.run(scenario())
+        assert set(store.scan_iter("gateway:ratelimit:ip:*")) >= {
+            f"gateway:ratelimit:ip:{address}" for address in ("127.0.0.2", "127.0.0.3", *forwarded)
+        }
+        assert not any(store.scan_iter("gateway:ratelimit:ip:203.0.113.*")), "no invented address got a budget"
+    finally:
+        stop_gateway(gateway)
+
+
 def test_a_stopped_broker_is_503_and_nothing_is_half_written(
     settings: Settings, workdir: Path, store: redis.Redis
 ) -> None:
@@ -481,7 +582,7 @@ def test_fuzzing_every_operation_from_the_openapi_document_finds_no_server_error
 
     for operation in operations:
 
-        @settings(max_examples=25, deadline=None, database=None, derandomize=True,
+        @hypothesis_settings(max_examples=25, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))  # fmt: skip
         @given(case=operation.as_strategy())
         def no_server_error(case: Any) -> None:

@@ -26,10 +26,11 @@ from gateway.auth import (
     verify_token,
 )
 from gateway.tracing import TraceContext, parse_traceparent
+from tests.gateway_support import random_secret
 
 pytestmark = pytest.mark.unit
 
-SECRET = "unit-test-secret-long-enough-for-hs256-and-even-hs512-0123456789abcdef"
+SECRET = random_secret()  # 64 characters: long enough for HS512 too
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +168,16 @@ def test_audience_is_checked_only_when_configured() -> None:
 def test_a_short_hs256_secret_is_a_configuration_error() -> None:
     with pytest.raises(AuthConfigError, match="at least 32 bytes"):
         TokenPolicy.from_settings(Settings(jwt_secret="short"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("subject", ["u-\x00", "u\n1", "u-\x9b", "u-\ud800"])
+def test_a_subject_that_is_not_clean_text_is_invalid(subject: str) -> None:
+    """The subject becomes the customer and the Kafka key of the commands: no control characters in it."""
+    policy = TokenPolicy.from_settings(hs_settings())
+    payload = json.dumps(claims(sub=subject)).encode()  # \u escapes, as any JWT library writes them
+    signing_input = f"{b64(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64(payload)}".encode()
+    token = f"{signing_input.decode()}.{b64(hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest())}"
+    assert "sub claim contains" in reason_of(token, policy).reason
 
 
 # --- RS256 ---------------------------------------------------------------------------------------------------

@@ -7,13 +7,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from common.settings import Settings
 from gateway.app import ROUTES, create_app
 from gateway.models import PlaceOrderRequest, RegisterUserRequest, UpdateProfileRequest
 from gateway.openapi import OPERATIONS, build_document
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
-from tests.gateway_support import DictRedis, MemoryPublisher
+from tests.gateway_support import DictRedis, MemoryPublisher, gateway_settings
 
 pytestmark = pytest.mark.unit
 
@@ -99,7 +98,7 @@ def test_a_valid_request_always_encodes_as_its_command() -> None:
 
 
 def registered_routes() -> set[tuple[str, str]]:
-    app = create_app(Settings(), MemoryPublisher(), DictRedis(), checks=[])  # type: ignore[arg-type]
+    app = create_app(gateway_settings(), MemoryPublisher(), DictRedis(), checks=[])  # type: ignore[arg-type]
     return {
         (route.method.lower(), route.resource.canonical)
         for route in app.router.routes()
