@@ -1,4 +1,4 @@
-"""A SKU's state is two kinds of table entries (its levels, each order's hold) written together but not atomically.
+"""A SKU's state is table entries (its levels, each order's hold, its additions) written together but not atomically.
 
 Each entry goes to its own changelog record, and a worker killed while they are on their way may leave only
 one of them stored. The input is then replayed against that torn state; it must come out as if the crash
@@ -9,6 +9,7 @@ was stored, its hold record was not, and the replay reserved the units a second 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,9 +18,16 @@ import pytest
 
 from streams.domain import stock
 from streams.domain.core import SagaConfig, StepContext
-from streams.domain.messages import AddStock, CommitStock, Message, ReleaseStock, ReserveStock
+from streams.domain.messages import (
+    AddStock,
+    CommitStock,
+    Message,
+    ReleaseStock,
+    ReserveStock,
+    to_jsonable,
+)
 from streams.domain.stock import HoldStatus
-from streams.stores import StockStore, hold_key
+from streams.stores import StockStore, additions_key, hold_key
 
 pytestmark = pytest.mark.unit
 
@@ -128,3 +136,92 @@ def test_the_levels_entry_carries_only_the_last_changed_hold() -> None:
     assert sku.levels[SKU]["last_change"]["order_id"] == "o-2"
     assert sku.levels[SKU]["last_change"]["hold"] == sku.holds[hold_key(SKU, "o-2")]
     assert "orders" not in sku.levels[SKU] or not sku.levels[SKU]["orders"]
+
+
+# --- a SKU's additions: an entry of their own, read by AddStock only ------------------------------------------
+
+
+def _added(sku: Sku, n: int, first: int = 0) -> list[Message]:
+    events: list[Message] = []
+    for i in range(first, first + n):
+        events.extend(sku.handle(AddStock(sku=SKU, quantity=1, reason="restock"), message_id=f"add-{i:06d}"))
+    return events
+
+
+def test_a_sku_s_entries_stay_small_however_many_additions_it_took() -> None:
+    sku = Sku()
+    _added(sku, 2 * stock.REMEMBERED_ADDITIONS)
+    sku.handle(RESERVE)
+    sizes = {key: len(json.dumps(value)) for key, value in sku.levels.items()}
+
+    _added(sku, 500, first=2 * stock.REMEMBERED_ADDITIONS)
+    sku.handle(ReserveStock(order_id="o-2", sku=SKU, quantity=3, requested_at=T0))
+
+    now = {key: len(json.dumps(value)) for key, value in sku.levels.items()}
+    assert now[SKU] == pytest.approx(sizes[SKU], abs=8), "the levels entry carries no history"
+    assert len(sku.levels[additions_key(SKU)]["additions"]) == stock.REMEMBERED_ADDITIONS
+    assert now[additions_key(SKU)] - sizes[additions_key(SKU)] <= 2 * stock.REMEMBERED_ADDITIONS, (
+        "the additions entry grows only with the width of its numbers"
+    )
+    assert max(now.values()) <= 4096
+
+
+def test_a_reservation_neither_reads_nor_writes_the_additions() -> None:
+    sku = Sku()
+    _added(sku, 3)
+    window = sku.levels[additions_key(SKU)]
+    sku.levels[additions_key(SKU)] = "not read by a reservation"
+    sku.handle(RESERVE)
+    assert sku.levels[additions_key(SKU)] == "not read by a reservation"
+    sku.levels[additions_key(SKU)] = window
+
+
+def test_additions_replayed_after_a_crash_add_nothing_within_the_window() -> None:
+    sku = Sku()
+    first = _added(sku, stock.REMEMBERED_ADDITIONS)
+    entries = json.dumps(sku.levels, sort_keys=True)
+
+    assert _added(sku, stock.REMEMBERED_ADDITIONS) == first, "each answered as the first time"
+    assert json.dumps(sku.levels, sort_keys=True) == entries, "nothing written"
+
+
+@pytest.mark.parametrize("lost", ["levels", "additions"])
+def test_an_addition_half_stored_then_replayed_applies_once(lost: str) -> None:
+    sku = Sku()
+    _added(sku, 2)
+    before = dict(sku.levels)
+    first = sku.handle(AddStock(sku=SKU, quantity=5, reason="restock"), message_id="add-x")
+    after = sku.state()
+    key = SKU if lost == "levels" else additions_key(SKU)
+    sku.levels[key] = before[key]  # that record was lost, the other was stored
+
+    again = sku.handle(AddStock(sku=SKU, quantity=5, reason="restock"), message_id="add-x")
+
+    assert again == first and sku.state() == after
+    assert sku.levels[SKU]["total_added"] == 7
+    assert [a[0] for a in sku.levels[additions_key(SKU)]["additions"]] == ["add-000000", "add-000001", "add-x"]
+
+
+def test_a_levels_entry_of_the_older_shape_is_moved_and_its_additions_still_recognised() -> None:
+    sku = Sku()
+    first = sku.handle(AddStock(sku=SKU, quantity=5, reason="restock"), message_id="add-1")
+    (added,) = first
+    older = {**sku.levels[SKU], "orders": {}, "additions": [{"message_id": "add-1", "event": to_jsonable(added)}]}
+    older.pop("last_change")
+    sku.levels.clear()
+    sku.levels[SKU] = older
+
+    assert sku.handle(AddStock(sku=SKU, quantity=5, reason="restock"), message_id="add-1") == first
+    assert "additions" not in sku.levels[SKU] and sku.state() == (5, 0, 0, 1)
+    assert sku.handle(RESERVE) and sku.state() == (2, 3, 0, 2)
+
+
+def test_unreadable_additions_of_the_older_shape_are_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    sku = _stocked()
+    sku.levels[SKU] = {**sku.levels[SKU], "additions": [{"message_id": "add-1", "event": "garbage"}]}
+    sku.levels.pop(additions_key(SKU))
+
+    sku.handle(RESERVE)
+
+    assert sku.state() == (7, 3, 0, 2)
+    assert "unreadable" in caplog.text
