@@ -51,7 +51,7 @@ def _rates(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 @click.option(
     "--stages",
     callback=_stages,
-    default="raw,faust,pipeline,codec,query",
+    default="raw,faust,pipeline,codec,query,history",
     show_default=True,
     help="which stages to run, comma-separated",
 )
@@ -85,7 +85,8 @@ def _rates(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
     help="profile every worker with py-spy in an extra step at the saturation rate",
 )
 def bench(**options: Any) -> None:
-    """Measure the raw Kafka ceiling, the Faust ceiling, the pipeline, the codec and the gateway's reads.
+    """Measure the raw Kafka ceiling, the Faust ceiling, the pipeline, the codec, the gateway's reads and what
+    history costs a step.
 
     Prints a summary with the ratios between the layers and writes every figure to a JSON file and a plot of
     latency percentiles against the offered rate (PNG, with the optional `bench` dependency group).

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 RESULT_VERSION = 1
-STAGES = ("raw", "faust", "pipeline", "codec", "query")
+STAGES = ("raw", "faust", "pipeline", "codec", "query", "history")
 """The benchmark's stages, in the order they run."""
+BROKERLESS = frozenset({"codec", "history"})
+"""Stages that need no broker: run alone, they start no stack."""
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:
@@ -308,6 +310,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "pipeline": ("steps", "saturation_orders_per_s", "events_per_order", "busiest_worker_events_per_s"),
     "codec": ("iterations", "records"),
     "query": ("connections", "duration_s", "endpoints"),
+    "history": ("orders", "additions", "place_order_ratio", "largest_value_bytes"),
     "ratios": ("pipeline_over_faust", "faust_over_raw", "pipeline_over_raw"),
 }
 

@@ -148,6 +148,8 @@ def print_summary(doc: Mapping[str, Any], console: Console) -> None:
                 parts = ", ".join(f"{b['part']} {b['share']:.0%}" for b in f["profile"]["buckets"][:5])
                 console.print(f"profile gateway ({name}): {parts}")
 
+    _print_history(doc, console)
+
     ratios = doc.get("ratios") or {}
     table = Table(title="ratios")
     table.add_column("ratio")
@@ -172,3 +174,19 @@ def print_summary(doc: Mapping[str, Any], console: Console) -> None:
             f"profile {worker}: {_fmt(figures.get('cores'), 2)} cores, "
             f"{_fmt(figures.get('cpu_ms_per_event'), 2)} CPU ms/event; {parts}"
         )
+
+
+def _print_history(doc: Mapping[str, Any], console: Console) -> None:
+    """The history stage's table: each step for a new key against a long-standing one (nothing if not run)."""
+    history = doc.get("history") or {}
+    if not history:
+        return
+    table = Table(title=f"history: {history['orders']} orders of one customer, {history['additions']} additions "
+                        f"of one SKU (median µs over {history['samples']} turns)")  # fmt: skip
+    for column in ("step", "new key", "long-standing key", "ratio"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for name in ("place_order", "reserve_stock", "add_stock"):
+        us = history[f"{name}_us"]
+        table.add_row(name, _fmt(us["new"], 1), _fmt(us["long"], 1), _fmt(history[f"{name}_ratio"], 3))
+    console.print(table)
+    console.print(f"largest table value: {history['largest_value_bytes']} B ({history['largest_value_key']})")

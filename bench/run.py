@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from bench.figures import (
+    BROKERLESS,
     FULL_SCHEDULE,
     QUICK_SCHEDULE,
     RESULT_VERSION,
@@ -174,6 +175,9 @@ def _stack(
     from bench import stack as containers
 
     base = get_settings()
+    if set(options.stages) <= BROKERLESS:
+        meta.update(own_stack=False, skipped="no chosen stage needs a broker")
+        return base, None
     if options.bootstrap or options.redis_url:
         bootstrap = options.bootstrap or base.kafka_bootstrap
         redis_url = options.redis_url or base.redis_url
@@ -243,6 +247,12 @@ def _run_stages(
     if "query" in stages:
         console.rule("5. query side: the gateway's reads under load")
         doc["query"] = _query_stage(options, sizes, settings, workdir, console, orders_by_user)
+    if "history" in stages:
+        console.rule("6. history: what one customer's and one SKU's past costs a step (no broker)")
+        from bench.history import FULL_ENTRIES, QUICK_ENTRIES, run_history
+
+        with console.status("filling one customer and one SKU, then timing their steps"):
+            doc["history"] = run_history(QUICK_ENTRIES if options.quick else FULL_ENTRIES)
 
 
 def _raw_stage(

@@ -86,7 +86,7 @@ from streams.incoming import Incoming
 from streams.payment_provider import ProviderBehaviour, ProviderUnavailable, SimulatedPaymentProvider
 from streams.resilience import BreakerState, CircuitBreaker, CircuitOpen, RetryPolicy, retry
 from streams.runner import Step
-from streams.stores import StockStore
+from streams.stores import CustomerStore, StockStore
 
 T = TypeVar("T")
 
@@ -164,7 +164,8 @@ def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config
             del holds[user_id]
 
     admit = _step("admit_orders", ADMISSION, config, after_write=track_held_orders)
-    _add(built, codec, admit, (USER_EVENTS, ORDER_COMMANDS), "orders_customers")
+    customers = built.tables["orders_customers"] = new_table(built.app, table("orders", "orders_customers"))
+    register_step(built, admit, (USER_EVENTS, ORDER_COMMANDS), CustomerStore(customers), codec)
 
     deadlines = new_table(built.app, table("orders", "orders_deadlines"))
     built.tables["orders_deadlines"] = deadlines

@@ -14,6 +14,16 @@ very same event back. A command reusing an order id under a new idempotency key 
 that order too (its first event again, no second order): an order id names one order, and answering
 ``OrderRejected`` on that order's own stream would contradict the ``OrderPlaced`` already there. Order ids
 are checked per customer only, so the gateway must make them globally unique (UUIDs).
+
+What is remembered stays small per message: the answers are keyed by what the command carries (its order
+id and idempotency key), so the edge keeps each in a table entry of its own (:class:`streams.stores.
+CustomerStore`) and loads only those the message names; ``outcomes`` and ``order_keys`` hold that subset
+(or, kept whole in one value as the tests and the simulation do, everything). A PlaceOrder therefore costs
+the same for a customer's ten-thousandth order as for their first. An input that decides held orders is
+remembered with its answers among the customer's last :data:`REMEMBERED_RELEASES` such inputs: its events
+can be unsent only while the batch it came in is handled (a batch is decided, made durable, then sent),
+and a batch holds at most that many inputs (``PIPELINE_STREAM_BATCH_MAX``, 16 by default); an older one
+redelivered finds its orders decided and its user version seen, and changes nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +58,10 @@ order may be waiting for)."""
 HANDLES = frozenset(
     {"PlaceOrder", "ReleaseHeldOrders", "UserRegistered", "UserDeactivated", "UserReactivated", *ACTIVITY_EVENTS}
 )
+REMEMBERED_RELEASES = 16
+"""How many recent inputs that decided held orders a customer remembers, with their answers (see above)."""
+
+Answer = OrderPlaced | OrderRejected
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,25 +75,34 @@ class HeldOrder:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Release:
+    """An input (a user event or ReleaseHeldOrders, by its id) that decided held orders, and its answers."""
+
+    message_id: str
+    answers: tuple[Answer, ...]
+    keys: tuple[str, ...] = ()
+    """Each answer's idempotency key, in the same order (the edge also keeps each answer under its key)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class CustomerState(JsonState):
-    """What admission knows of one customer: whether they may order, and every order they asked for."""
+    """What admission knows of one customer: whether they may order, and the answers a message may repeat."""
 
     user_id: str
     known: bool = False
     active: bool = False
     user_version: int = 0
     """Version of the last user event applied; older or repeated ones are skipped."""
-    outcomes: dict[str, OrderPlaced | OrderRejected] = field(default_factory=dict)
-    """Idempotency key → the event answered the first time."""
+    outcomes: dict[str, Answer] = field(default_factory=dict)
+    """Idempotency key → the event answered the first time (split state: those of the message's key and
+    order id only)."""
     order_keys: dict[str, str] = field(default_factory=dict)
-    """Order id → the idempotency key it was first asked with."""
+    """Order id → the idempotency key it was first asked with (split state: as ``outcomes``)."""
     held: tuple[HeldOrder, ...] = ()
     """Orders waiting for a user event, oldest first."""
-    released_by: str = ""
-    """The id of the last input that decided held orders (a user event or ReleaseHeldOrders)…"""
-    released: tuple[str, ...] = ()
-    """…and the idempotency keys it decided: a redelivery of that input re-emits their answers. Only the last
-    such input can be redelivered with its events unsent (the edge sends an input's events before the next)."""
+    releases: tuple[Release, ...] = ()
+    """The last :data:`REMEMBERED_RELEASES` inputs that decided held orders, oldest first: a redelivery of one
+    re-emits its answers."""
 
     def hold_expires_at(self, hold: timedelta) -> datetime | None:
         """When the oldest held order is due to be decided anyway (None: nothing held)."""
@@ -88,8 +111,10 @@ class CustomerState(JsonState):
 
 def decide(state: CustomerState | None, message: Message, ctx: StepContext) -> Decision[CustomerState]:
     """Route ``message`` to its handler; anything else leaves the state as it is."""
-    if state is not None and ctx.message_id and ctx.message_id == state.released_by:
-        return Decision(state, tuple(state.outcomes[key] for key in state.released))
+    if state is not None and ctx.message_id:
+        for release in state.releases:
+            if release.message_id == ctx.message_id:
+                return Decision(state, release.answers)
     match message:
         case PlaceOrder():
             return on_place_order(state, message, ctx)
@@ -139,30 +164,34 @@ def on_release_held_orders(
 
 
 def _decide_held(state: CustomerState, ctx: StepContext, due: Callable[[HeldOrder], bool]) -> Decision[CustomerState]:
-    events: list[Message] = []
+    answers: list[Answer] = []
+    keys: list[str] = []
     traces: list[str] = []
     waiting: list[HeldOrder] = []
-    decided: list[str] = []
     for held in state.held:
         if due(held):
-            decision = _admit(replace(state, held=()), held.command, ctx)
-            assert decision.state is not None
-            state = replace(decision.state, held=state.held)
-            events.extend(decision.events)
-            traces.extend(held.trace for _ in decision.events)
-            decided.append(held.command.idempotency_key)
+            state, answer = _decided(state, held.command, ctx)
+            answers.append(answer)
+            keys.append(held.command.idempotency_key)
+            traces.append(held.trace)
         else:
             waiting.append(held)
     state = replace(state, held=tuple(waiting))
-    if decided:
-        state = replace(state, released_by=ctx.message_id, released=tuple(decided))
-    return Decision(state, tuple(events), traces=tuple(traces))
+    if answers and ctx.message_id:
+        release = Release(message_id=ctx.message_id, answers=tuple(answers), keys=tuple(keys))
+        state = replace(state, releases=(*state.releases, release)[-REMEMBERED_RELEASES:])
+    return Decision(state, tuple(answers), traces=tuple(traces))
 
 
 def _admit(state: CustomerState, command: PlaceOrder, ctx: StepContext) -> Decision[CustomerState]:
     """Decide ``command`` now: OrderPlaced, or OrderRejected with the reason; remembered for repeats."""
+    new, answer = _decided(state, command, ctx)
+    return Decision(new, (answer,))
+
+
+def _decided(state: CustomerState, command: PlaceOrder, ctx: StepContext) -> tuple[CustomerState, Answer]:
     reason = refusal(state, command)
-    event: OrderPlaced | OrderRejected
+    event: Answer
     if reason is not None:
         event = OrderRejected(order_id=command.order_id, user_id=command.user_id, reason=reason, rejected_at=ctx.now)
     else:
@@ -183,7 +212,7 @@ def _admit(state: CustomerState, command: PlaceOrder, ctx: StepContext) -> Decis
         outcomes={**state.outcomes, command.idempotency_key: event},
         order_keys={**state.order_keys, command.order_id: command.idempotency_key},
     )
-    return Decision(new, (event,))
+    return new, event
 
 
 def refusal(state: CustomerState, command: PlaceOrder) -> str | None:

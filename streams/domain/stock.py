@@ -12,12 +12,19 @@ ReserveStock is refused with ``order_released`` and never holds stock for a dead
 
 Redelivery: a command this SKU already answered for that order (same order, same kind) changes nothing and
 re-emits the stored answer, levels and version as they were then. AddStock has no id of its own, so it is
-recognised by the input's id (``StepContext.message_id``) among the last :data:`REMEMBERED_ADDITIONS`.
+recognised by the input's id (``StepContext.message_id``) among the SKU's last :data:`REMEMBERED_ADDITIONS`,
+each kept as the levels, version and time of the StockAdded it produced: the rest of that event (SKU,
+quantity, reason) is the command's, which a redelivery repeats, so the same event is re-emitted. A message
+is redelivered only until its offset is committed (every few seconds, and the watchdog stops a worker whose
+commits stand still), so the window is what a SKU can take in restocks between two commits; the edge keeps
+it in an entry of its own, read only for AddStock (:class:`streams.stores.StockStore`), so reservations
+never carry it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from enum import StrEnum
 from typing import TypedDict
 
@@ -41,7 +48,8 @@ HANDLES = frozenset({"AddStock", "ReserveStock", "ReleaseStock", "CommitStock"})
 INSUFFICIENT_STOCK = "insufficient_stock"
 ORDER_RELEASED = "order_released"
 INVALID_QUANTITY = "invalid_quantity"
-REMEMBERED_ADDITIONS = 100
+REMEMBERED_ADDITIONS = 32
+"""How many recent AddStock inputs a SKU remembers (see above); sized so their entry stays under 4 KiB."""
 
 
 class HoldStatus(StrEnum):
@@ -67,10 +75,14 @@ class OrderHold:
 
 @dataclass(frozen=True, kw_only=True)
 class StockAddition:
-    """A recent AddStock by input id, with the StockAdded it produced."""
+    """A recent AddStock by input id, with the levels, version and time of the StockAdded it produced."""
 
     message_id: str
-    event: StockAdded
+    available: int
+    reserved: int
+    sold: int
+    version: int
+    added_at: datetime
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +96,9 @@ class Stock(JsonState):
     total_added: int = 0
     version: int = 0
     orders: dict[str, OrderHold] = field(default_factory=dict)
+    """Order id → its hold (split state: the hold of the order the command names only)."""
     additions: tuple[StockAddition, ...] = ()
+    """The last :data:`REMEMBERED_ADDITIONS` additions, oldest first (split state: loaded for AddStock only)."""
 
     @property
     def consistent(self) -> bool:
@@ -113,7 +127,7 @@ def on_add_stock(state: Stock | None, command: AddStock, ctx: StepContext) -> De
     if ctx.message_id:
         for addition in state.additions:
             if addition.message_id == ctx.message_id:
-                return Decision(state, (addition.event,))
+                return Decision(state, (_added(state.sku, command, addition),))
     if command.quantity <= 0:
         return Decision(state)
     new = replace(
@@ -122,20 +136,31 @@ def on_add_stock(state: Stock | None, command: AddStock, ctx: StepContext) -> De
         total_added=state.total_added + command.quantity,
         version=state.version + 1,
     )
-    event = StockAdded(
-        sku=new.sku,
-        quantity=command.quantity,
-        reason=command.reason,
+    addition = StockAddition(
+        message_id=ctx.message_id,
         available=new.available,
         reserved=new.reserved,
         sold=new.sold,
-        stock_version=new.version,
+        version=new.version,
         added_at=ctx.now,
     )
     if ctx.message_id:
-        remembered = (*state.additions, StockAddition(message_id=ctx.message_id, event=event))
-        new = replace(new, additions=remembered[-REMEMBERED_ADDITIONS:])
-    return Decision(new, (event,))
+        new = replace(new, additions=(*state.additions, addition)[-REMEMBERED_ADDITIONS:])
+    return Decision(new, (_added(new.sku, command, addition),))
+
+
+def _added(sku: str, command: AddStock, addition: StockAddition) -> StockAdded:
+    """The StockAdded of ``command``, as applied (and remembered) in ``addition``."""
+    return StockAdded(
+        sku=sku,
+        quantity=command.quantity,
+        reason=command.reason,
+        available=addition.available,
+        reserved=addition.reserved,
+        sold=addition.sold,
+        stock_version=addition.version,
+        added_at=addition.added_at,
+    )
 
 
 def on_reserve_stock(state: Stock | None, command: ReserveStock, ctx: StepContext) -> Decision[Stock]:

@@ -8,6 +8,7 @@ replaced (see ``conftest.faust_service``): the sender, and the producer flush be
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import replace
@@ -17,9 +18,10 @@ import pytest
 
 from schemas.codec import MAGIC
 from streams.domain.messages import AddStock, OrderPlaced, ReserveStock, from_jsonable, from_record
-from streams.domain.stock import HoldStatus, OrderHold, Stock
+from streams.domain.stock import REMEMBERED_ADDITIONS, HoldStatus, OrderHold, Stock
 from streams.incoming import Incoming
 from streams.outbox import EVENT_ID_NAMESPACE, derived_event_id
+from streams.stores import additions_key, hold_key
 from tests.agents.harness import (
     CATALOG,
     T0,
@@ -112,7 +114,12 @@ async def test_state_is_written_and_made_durable_before_anything_is_sent(faust_s
     inventory.log_writes("inventory_stock")
     async with inventory.agent("keep_stock") as agent:
         await agent.deliver(ADD)
-        assert inventory.recorder.log == [("write", SKU), ("durable",), ("send", "inventory.stock.v1")]
+        assert inventory.recorder.log == [
+            ("write", SKU),
+            ("write", additions_key(SKU)),
+            ("durable",),
+            ("send", "inventory.stock.v1"),
+        ]
         inventory.recorder.clear()
         await agent.deliver(RESERVE)
         assert inventory.recorder.log == [("write", SKU), ("durable",), ("send", "inventory.events.v1")]
@@ -370,3 +377,37 @@ async def test_messages_arriving_while_the_agent_waits_for_the_broker_are_handle
     assert recorder.log[0] == ("durable",) and len(recorder.log) == durable_waits + len(skus)
     assert [s.key.decode() for s in recorder.sent] == skus
     assert all(Stock.from_json(inventory.table("inventory_stock")[sku]).available == 1 for sku in skus)
+
+
+async def test_additions_stay_out_of_the_levels_and_a_replay_of_the_window_adds_nothing(
+    faust_service: FaustServiceFactory,
+) -> None:
+    """A SKU restocked many times keeps a small levels entry (what a reservation reads and rewrites) and its last
+    additions in an entry of their own; a crash that redelivers those additions, in order, changes nothing."""
+    inventory = faust_service("inventory")
+    ids = [str(uuid.UUID(int=n + 1)) for n in range(3 * REMEMBERED_ADDITIONS)]
+    async with inventory.agent("keep_stock") as agent:
+        for event_id in ids:
+            await agent.deliver(ADD, event_id=event_id)
+        first_sent = list(inventory.recorder.sent[-REMEMBERED_ADDITIONS:])
+        inventory.log_writes("inventory_stock")
+        inventory.log_writes("inventory_holds")
+        inventory.recorder.clear()
+        await agent.deliver(RESERVE)
+        assert [entry for entry in inventory.recorder.log if entry[0] == "write"] == [
+            ("write", SKU),
+            ("write", hold_key(SKU, "o-1")),
+        ], "a reservation writes the levels and its hold, never the additions"
+        after = stock(inventory)
+        entries = dict(inventory.table("inventory_stock").items())
+        inventory.recorder.clear()
+        for event_id in ids[-REMEMBERED_ADDITIONS:]:
+            await agent.deliver(ADD, event_id=event_id)
+
+    assert [entry for entry in inventory.recorder.log if entry[0] == "write"] == [], "nothing written"
+    assert stock(inventory) == after and after.total_added == 5 * len(ids)
+    assert dict(inventory.table("inventory_stock").items()) == entries
+    for again, first in zip(inventory.recorder.sent, first_sent, strict=True):
+        assert again.ce_id == first.ce_id and again.same_message(first)
+    assert len(json.dumps(entries[SKU])) < 1024
+    assert max(len(json.dumps(value)) for value in entries.values()) <= 4096

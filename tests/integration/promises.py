@@ -392,8 +392,9 @@ def _unanswered_versions(
     """Versions of a SKU's levels that no stock addition and no order's hold accounts for.
 
     Every change of the levels is made by one command, and the hold of the order it served records the answer
-    with the levels and version after it (an addition records its event in the levels themselves). A version
-    no answer names is a levels write whose hold write was lost: a replay of that command then applies it again.
+    with the levels and version after it (an addition is recorded in the levels it changed, as their
+    ``last_change``). A version no answer names is a levels write whose hold write was lost: a replay of that
+    command then applies it again.
     """
     answered: set[int] = set()
     for key, history in holds.items():
@@ -409,7 +410,9 @@ def _unanswered_versions(
         if not record:
             continue
         version = int(record.get("version", 0))
-        added = {int(a["event"]["value"]["stock_version"]) for a in record.get("additions", [])}
+        added = {int(a["event"]["value"]["stock_version"]) for a in record.get("additions", [])}  # older shape
+        if (addition := (record.get("last_change") or {}).get("addition")) is not None:
+            added.add(int(addition[1]))  # [id, version, …]: the AddStock this levels record was written for
         if version not in answered and version not in added and (previous or {}).get("version") != version:
             before = {k: (previous or {}).get(k) for k in ("available", "reserved", "sold", "version")}
             after = {k: record.get(k) for k in ("available", "reserved", "sold", "version")}

@@ -238,6 +238,7 @@ def _document() -> dict[str, object]:
         },  # fmt: skip
         "codec": {"iterations": 1, "records": {}},
         "query": {"connections": 1, "duration_s": 1.0, "endpoints": {}},
+        "history": {"orders": 1, "additions": 1, "place_order_ratio": 1.0, "largest_value_bytes": 1},
         "ratios": ratios(raw_per_s=1.0, faust_per_s=1.0, pipeline_events_per_s=1.0),
     }
 
@@ -264,6 +265,6 @@ def test_only_the_stages_that_ran_are_required() -> None:
     meta = doc["meta"]
     assert isinstance(meta, dict)
     meta["stages"] = ["codec"]
-    for section in ("raw", "faust", "pipeline", "query"):
+    for section in ("raw", "faust", "pipeline", "query", "history"):
         del doc[section]
     assert check_result(doc) == []

@@ -10,7 +10,7 @@ import pytest
 
 from streams.domain import admission
 from streams.domain.admission import CustomerState, decide
-from streams.domain.core import SagaConfig, StepContext
+from streams.domain.core import Decision, SagaConfig, StepContext
 from streams.domain.messages import (
     OrderConfirmed,
     OrderLine,
@@ -254,3 +254,46 @@ def test_a_held_order_is_decided_in_its_own_trace_not_in_the_releasing_event_s()
     assert [type(e).__name__ for e in released.events] == ["OrderPlaced"] and released.traces == (order_trace,)
     refused = decide(held, release(), replace(DUE, trace=user_trace))
     assert [type(e).__name__ for e in refused.events] == ["OrderRejected"] and refused.traces == (order_trace,)
+
+
+def _held_then_released(state: CustomerState | None, order_id: str, version: int, message_id: str) -> Decision:
+    """Hold an order for user ``version``, then deliver that version's user event as input ``message_id``."""
+    held = decide(state, replace(place(order_id=order_id, key=f"k-{order_id}"), user_version=version), CTX).state
+    updated = UserProfileUpdated(user_id="u-1", version=version, changes={"pref.language": "en"}, updated_at=NOW)
+    return decide(held, updated, StepContext(now=LATER.now, message_id=message_id))
+
+
+def test_every_release_of_a_batch_re_emits_its_own_answers_when_the_batch_is_redelivered() -> None:
+    """A batch is decided whole before any of its events is sent: after a crash between the two, each input of
+    it is redelivered, and each must re-emit what it decided, not only the last one."""
+    first = _held_then_released(customer(), "o-1", 2, "user-event-2")
+    second = _held_then_released(first.state, "o-2", 3, "user-event-3")
+    assert [e.order_id for e in first.events + second.events] == ["o-1", "o-2"]  # type: ignore[attr-defined]
+
+    updated = UserProfileUpdated(user_id="u-1", version=2, changes={"pref.language": "en"}, updated_at=NOW)
+    again = decide(second.state, updated, StepContext(now=LATER.now, message_id="user-event-2"))
+
+    assert again.events == first.events and again.state == second.state
+
+
+def test_a_customer_remembers_the_last_releases_only() -> None:
+    state = customer()
+    for version in range(2, admission.REMEMBERED_RELEASES + 4):
+        state = _held_then_released(state, f"o-{version}", version, f"user-event-{version}").state
+    assert state is not None and len(state.releases) == admission.REMEMBERED_RELEASES
+    assert state.releases[0].message_id == "user-event-4"
+    assert state.releases[-1].keys == (f"k-o-{admission.REMEMBERED_RELEASES + 3}",)
+    forgotten = UserProfileUpdated(user_id="u-1", version=2, changes={}, updated_at=NOW)
+    redelivered = decide(state, forgotten, StepContext(now=LATER.now, message_id="user-event-2"))
+    assert redelivered.events == () and redelivered.state == state, "older than what a batch holds: seen, no-op"
+
+
+def test_a_repeat_is_recognised_from_its_own_answer_alone() -> None:
+    """The edge loads only the answers the command names (its order id's, its key's): that subset decides."""
+    first = decide(customer(), place(), CTX)
+    assert first.state is not None
+    (answer,) = first.events
+    split = replace(customer(), outcomes={"k-1": answer}, order_keys={"o-1": "k-1"})
+    assert decide(split, place(), LATER).events == (answer,)
+    assert decide(split, place(order_id="o-9"), LATER).events == (answer,), "by its key"
+    assert decide(split, place(key="k-9"), LATER).events == (answer,), "by its order id"

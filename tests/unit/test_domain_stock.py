@@ -244,3 +244,30 @@ def test_levels_are_never_negative_and_stock_is_conserved(commands: list[tuple[s
         held = sum(h.quantity for h in state.orders.values() if h.status is HoldStatus.RESERVED)
         sold = sum(h.quantity for h in state.orders.values() if h.status is HoldStatus.COMMITTED)
         assert (held, sold) == (state.reserved, state.sold)
+
+
+def test_a_redelivered_addition_re_emits_its_event_after_the_levels_moved_on() -> None:
+    """An addition is remembered by its levels and time; the rest of its event is the command's, which a
+    redelivery repeats, so the event re-emitted is the one first sent."""
+    add = AddStock(sku="a", quantity=4, reason="restock")
+    first = decide(stock(3), add, at(1, "add-1"))
+    moved_on = decide(first.state, reserve(quantity=5), at(2)).state
+    again = decide(moved_on, add, at(9, "add-1"))
+    assert again.events == first.events and again.state == moved_on
+
+
+def test_a_replay_of_every_remembered_addition_adds_nothing() -> None:
+    """A crash redelivers everything after the last committed offset, in order: within the window, each
+    addition is recognised and answered as before, and the levels do not move."""
+    state: Stock | None = stock(0)
+    sent = []
+    for n in range(REMEMBERED_ADDITIONS):
+        decision = decide(state, AddStock(sku="a", quantity=n + 1, reason="r"), at(n, f"m-{n}"))
+        state, sent = decision.state, [*sent, *decision.events]
+    replayed = []
+    for n in range(REMEMBERED_ADDITIONS):
+        decision = decide(state, AddStock(sku="a", quantity=n + 1, reason="r"), at(100 + n, f"m-{n}"))
+        assert decision.state == state
+        replayed.extend(decision.events)
+    assert replayed == sent
+    assert state is not None and state.total_added == sum(range(1, REMEMBERED_ADDITIONS + 1))
