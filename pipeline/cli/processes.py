@@ -86,11 +86,15 @@ def project(idle_exit: float | None) -> None:
 def gateway_command(host: str | None, port: int | None) -> None:
     """Run the HTTP API gateway until interrupted (SIGINT / SIGTERM finish in-flight requests first)."""
     from gateway.app import run
-    from gateway.auth import AuthConfigError
+    from gateway.auth import AuthConfigError, TokenPolicy
 
     settings = get_settings()
     if settings.service_name == "cli":  # ce_source of the commands it publishes: /order-pipeline/gateway
         settings = settings.model_copy(update={"service_name": "gateway"})
+    try:
+        TokenPolicy.from_settings(settings)  # a configuration error first: it will not pass by waiting
+    except AuthConfigError as exc:
+        raise CliError(str(exc)) from exc
     problems = unreachable(kafka_at(settings), redis_at(settings.redis_url))
     if problems:
         until = "they answer" if len(problems) > 1 else "it answers"
