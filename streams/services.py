@@ -208,7 +208,7 @@ def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config
             reports = [ReleaseHeldOrders(user_id=d.key, requested_at=now) for d in due]
             await _send_reports(outbox, reports, [f"admission-hold/{d.key}/{d.due_ms}" for d in due])
 
-        now_ms = _epoch_ms(now) or 0
+        now_ms = int(now.timestamp() * 1000)
         await report_due(due_sagas, now_ms, SWEEP_MAX_REPORTS, report_deadlines)
         await report_due(held, now_ms, SWEEP_MAX_REPORTS, release_held)
 
