@@ -253,7 +253,7 @@ async def test_a_sweep_reports_only_due_deadlines_of_open_sagas_without_listing_
     async with orders.agent("run_order_sagas") as agent:
         await agent.deliver(placed("o-due", DEADLINE))
         await agent.deliver(placed("o-ended", DEADLINE))
-        await agent.deliver(placed("o-later", DEADLINE + timedelta(hours=1)), partition=3)
+        await agent.deliver(placed("o-later", DEADLINE + timedelta(hours=1)))  # on its key's partition, 1
         await agent.deliver(PaymentFailed(order_id="o-ended", reason="card declined", failed_at=NOW))
         orders.recorder.clear()
         orders.monkeypatch.setattr(deadlines, "items", never_listed)
@@ -286,7 +286,7 @@ async def test_the_index_is_rebuilt_from_the_table_when_recovery_completes(faust
     sweep = orders.built.timers["sweep_deadlines"]
     deadlines = orders.table("orders_deadlines")
     async with orders.agent("run_order_sagas") as agent:
-        await agent.deliver(placed("o-kept", DEADLINE), partition=0)
+        await agent.deliver(placed("o-kept-1", DEADLINE), partition=1)
         await agent.deliver(placed("o-moved", DEADLINE), partition=3)
     deadlines.data["o-recovered"] = deadline_ms(DEADLINE)  # read back from the changelog by recovery
     orders.recorder.clear()
@@ -298,6 +298,6 @@ async def test_the_index_is_rebuilt_from_the_table_when_recovery_completes(faust
 
     await sweep(DEADLINE + timedelta(seconds=1))
     assert sorted(reported(orders)) == [
-        ("o-kept", "OrderDeadlineReached"),
+        ("o-kept-1", "OrderDeadlineReached"),
         ("o-recovered", "OrderDeadlineReached"),
     ], "partition 3 is another worker's now; what recovery brought back is due here"
