@@ -47,6 +47,9 @@ from streams.views.keys import order_key
 from tests.seeding import register_users
 from tests.stack import wait_until
 
+LOAD_DELIVERY_TIMEOUT_S = 180.0
+"""How long the test load's messages may wait for the broker: longer than a broker restart on a busy machine."""
+
 
 @dataclass
 class OrderLoad:
@@ -106,9 +109,15 @@ class OrderLoad:
         return commands
 
     def place(self, commands: list[tuple[str, dict[str, Any]]], *, rate: float | None = None) -> None:
-        """Send the PlaceOrder commands, all at once or paced at ``rate`` a second (a steady load)."""
+        """Send the PlaceOrder commands, all at once or paced at ``rate`` a second (a steady load).
+
+        The load outlasts a broker restart (the chaos runs restart it under this load): each message may wait for
+        the broker for up to :data:`LOAD_DELIVERY_TIMEOUT_S`, as a client configured for such outages would."""
         started = time.monotonic()
-        with EventPublisher.from_settings(self.settings, SchemaCatalog.load()) as publisher:
+        patient = self.settings.model_copy(
+            update={"delivery_timeout_s": max(self.settings.delivery_timeout_s, LOAD_DELIVERY_TIMEOUT_S)}
+        )
+        with EventPublisher.from_settings(patient, SchemaCatalog.load()) as publisher:
             for n, (user_id, value) in enumerate(commands):
                 if rate is not None:
                     ahead = started + n / rate - time.monotonic()
