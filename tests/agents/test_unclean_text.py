@@ -8,8 +8,12 @@ its reason (a rejection event, or a dead letter where the record has none) and n
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from consumers.deadletter import as_dead_letter, replay_headers
+from consumers.toolkit import Consumed
 from streams.domain.messages import AddStock, OrderLine, PaymentDetails, PlaceOrder, RegisterUser, ReserveStock
 from streams.domain.saga import ADMISSION, STOCK, USERS
 from tests.agents.harness import T0, Edge, incoming
@@ -33,6 +37,28 @@ async def test_an_addition_with_an_unclean_sku_is_dead_lettered_with_the_reason_
     edge.recorder.clear()
     await edge.runner.handle(incoming(AddStock(sku="sku-1", quantity=5, reason="restock"), offset=5))
     assert [s.topic for s in edge.recorder.sent] == ["inventory.stock.v1"], "the agent goes on"
+
+
+async def test_a_replayed_head_refused_for_its_text_releases_its_key_in_the_same_durable_write() -> None:
+    """An AddStock parked as its key's head (its step failed then), replayed once the step refuses it: the head is
+    popped and made durable before its new dead letter goes out, so the key's later messages flow again."""
+    edge = Edge.build("keep_stock", STOCK)
+    add = AddStock(sku="sku-1", quantity=5, reason="re\x00stock")
+    real_step = edge.runner.step
+    edge.runner.retry_policy = replace(edge.runner.retry_policy, attempts=1)
+    edge.runner.step = replace(real_step, decide=lambda *_: 1 / 0)
+    await edge.runner.handle(incoming(add, offset=2))
+    assert list(edge.parked) == ["keep_stock/sku-1"]
+    dead = edge.recorder.sent[-1]
+    letter = as_dead_letter(Consumed(dead.topic, 0, 0, 0, dead.key.decode(), dead.value, dead.headers, dead.key))
+    edge.runner.step = real_step
+    edge.recorder.clear()
+
+    raw = tuple((k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in replay_headers(letter))
+    await edge.runner.handle(incoming(add, offset=7, headers=raw))
+    assert edge.recorder.log == [("delete", "keep_stock/sku-1"), ("durable",), ("send", "inventory.commands.v1.dlq")]
+    assert edge.recorder.sent[0].header["dlq_error"].startswith("invalid_text: reason contains a control character")
+    assert edge.parked == {} and edge.table == {}
 
 
 async def test_a_reservation_with_an_unclean_sku_is_rejected_and_stores_nothing() -> None:
