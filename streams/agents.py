@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,8 @@ class ServiceApp:
     parked: DurableTable | None = None
     """The service's parked-keys table, shared by its agents (built with the first agent registered)."""
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    timers: dict[str, Callable[..., Awaitable[None]]] = field(default_factory=dict)
+    """Timer bodies by name, as Faust runs them every interval (tests and benchmarks call them directly)."""
     started_at: float = field(default_factory=time.monotonic)
     write_timeout_s: float = 30.0
     batch_max: int = 16

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -82,7 +82,9 @@ from streams.domain.saga import (
     USERS,
     Service,
 )
+from streams.due import Due, DueIndex, active_partitions, report_due, written_partition
 from streams.incoming import Incoming
+from streams.outbox import Outbox
 from streams.payment_provider import ProviderBehaviour, ProviderUnavailable, SimulatedPaymentProvider
 from streams.resilience import BreakerState, CircuitBreaker, CircuitOpen, RetryPolicy, retry
 from streams.runner import Step
@@ -91,7 +93,9 @@ from streams.stores import CustomerStore, StockStore
 T = TypeVar("T")
 
 DEADLINE_RESEND_S = 5.0
-"""A deadline already reported is reported again after this long if its saga is still open."""
+"""A parked charge already asked for again is asked for again after this long if it is still parked."""
+SWEEP_MAX_REPORTS = 2000
+"""Most deadlines (and most customers' held orders) one sweep reports; the rest are next, a sweep later."""
 
 
 def saga_config(settings: Settings) -> SagaConfig:
@@ -155,13 +159,16 @@ def wire(built: ServiceApp, settings: Settings, codec: AvroCodec) -> None:
 def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:
     holds = new_table(built.app, table("orders", "orders_admission_holds"))
     built.tables["orders_admission_holds"] = holds
+    held = DueIndex(holds)
 
     def track_held_orders(user_id: str, state: Any) -> None:
         due = state.hold_expires_at(config.admission_hold) if state is not None else None
-        if due is not None:
-            holds[user_id] = int(due.timestamp() * 1000)
+        due_ms = _epoch_ms(due)
+        if due_ms is not None:
+            holds[user_id] = due_ms
         elif user_id in holds:
             del holds[user_id]
+        held.track(user_id, due_ms, written_partition())
 
     admit = _step("admit_orders", ADMISSION, config, after_write=track_held_orders)
     customers = built.tables["orders_customers"] = new_table(built.app, table("orders", "orders_customers"))
@@ -169,51 +176,74 @@ def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config
 
     deadlines = new_table(built.app, table("orders", "orders_deadlines"))
     built.tables["orders_deadlines"] = deadlines
+    due_sagas = DueIndex(deadlines)
 
     def track_deadline(order_id: str, state: Any) -> None:
-        due = orders.pending_deadline(state)
-        if due is not None:
-            deadlines[order_id] = int(due.timestamp() * 1000)
+        due_ms = _epoch_ms(orders.pending_deadline(state))
+        if due_ms is not None:
+            deadlines[order_id] = due_ms
         elif order_id in deadlines:
             del deadlines[order_id]
+        due_sagas.track(order_id, due_ms, written_partition())
 
     saga = _step("run_order_sagas", ORDER_SAGA, config, after_write=track_deadline)
     _add(built, codec, saga, (ORDER_EVENTS, INVENTORY_EVENTS, PAYMENT_EVENTS, ORDER_DEADLINES), "orders_sagas")
 
-    reported: dict[str, float] = {}
+    for timer_table, index in ((deadlines, due_sagas), (holds, held)):
+        timer_table.on_recover(_rebuild_after_recovery(timer_table, index))
+
     outbox = built.outbox
 
-    @built.app.timer(interval=settings.deadline_sweep_s)  # type: ignore[untyped-decorator]
-    async def sweep_deadlines() -> None:
-        """Report every passed saga deadline and every customer whose held orders are due; the agents decide
-        (and ignore a report that is no longer true)."""
-        now = datetime.now(UTC)
+    async def sweep_deadlines(now: datetime | None = None) -> None:
+        """Report the passed saga deadlines and the customers whose held orders are due, the earliest first, at
+        most SWEEP_MAX_REPORTS of each; the agents decide (and ignore a report that is no longer true)."""
+        now = now or datetime.now(UTC)
+
+        async def report_deadlines(due: Sequence[Due]) -> None:
+            reports = [
+                OrderDeadlineReached(order_id=d.key, deadline_at=_from_epoch_ms(d.due_ms), observed_at=now) for d in due
+            ]
+            await _send_reports(outbox, reports, [f"deadline/{d.key}/{d.due_ms}" for d in due])
+
+        async def release_held(due: Sequence[Due]) -> None:
+            reports = [ReleaseHeldOrders(user_id=d.key, requested_at=now) for d in due]
+            await _send_reports(outbox, reports, [f"admission-hold/{d.key}/{d.due_ms}" for d in due])
+
         now_ms = int(now.timestamp() * 1000)
-        clock = time.monotonic()
-        for order_id, deadline_ms in list(deadlines.items()):
-            if deadline_ms > now_ms or clock - reported.get(order_id, -DEADLINE_RESEND_S) < DEADLINE_RESEND_S:
-                continue
-            reported[order_id] = clock
-            event = OrderDeadlineReached(
-                order_id=order_id,
-                deadline_at=datetime.fromtimestamp(deadline_ms / 1000, UTC),
-                observed_at=now,
-            )
-            await outbox.send_all(
-                [(event.record_name, to_record(event))], cause=None, cause_id=f"deadline/{order_id}/{deadline_ms}"
-            )
-        for order_id in [k for k in reported if k not in deadlines]:
-            del reported[order_id]
-        for user_id, due_ms in list(holds.items()):
-            if due_ms > now_ms or clock - reported.get(f"hold/{user_id}", -DEADLINE_RESEND_S) < DEADLINE_RESEND_S:
-                continue
-            reported[f"hold/{user_id}"] = clock
-            release = ReleaseHeldOrders(user_id=user_id, requested_at=now)
-            await outbox.send_all(
-                [(release.record_name, to_record(release))], cause=None, cause_id=f"admission-hold/{user_id}/{due_ms}"
-            )
-        for key in [k for k in reported if k.startswith("hold/") and k[5:] not in holds]:
-            del reported[key]
+        await report_due(due_sagas, now_ms, SWEEP_MAX_REPORTS, report_deadlines)
+        await report_due(held, now_ms, SWEEP_MAX_REPORTS, release_held)
+
+    built.timers["sweep_deadlines"] = sweep_deadlines
+
+    @built.app.timer(interval=settings.deadline_sweep_s, name="sweep_deadlines")  # type: ignore[untyped-decorator]
+    async def sweep_deadlines_now() -> None:  # no parameters: Faust would pass its app to a timer that takes one
+        await sweep_deadlines()
+
+
+def _rebuild_after_recovery(timer_table: Any, index: DueIndex) -> Callable[[], Awaitable[None]]:
+    async def rebuild() -> None:
+        """Recovery completed after a rebalance: the table holds this worker's partitions as they now stand."""
+        index.rebuild(active_partitions(timer_table))
+
+    return rebuild
+
+
+async def _send_reports(outbox: Outbox, reports: Sequence[Message], cause_ids: Sequence[str]) -> None:
+    """Send a timer's reports together: one wait for the broker, not one per report."""
+    prepared = [
+        message
+        for report, cause_id in zip(reports, cause_ids, strict=True)
+        for message in outbox.prepare([(report.record_name, to_record(report))], cause=None, cause_id=cause_id)
+    ]
+    await outbox.send_prepared(prepared)
+
+
+def _epoch_ms(when: datetime | None) -> int | None:
+    return None if when is None else int(when.timestamp() * 1000)
+
+
+def _from_epoch_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def _wire_inventory(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:

@@ -10,6 +10,22 @@ Events from different topics arrive in any order (a PaymentSucceeded may beat In
 OrderPlaced), so every step accepts its event in any state: it acts if the order is still open and only
 records it otherwise. A PaymentSucceeded after cancellation is not a confirmation (payments refunds it).
 
+The deadline: **a saga is never confirmed after its deadline; a charge that lands late is refunded.** The
+decision is made by the times the events carry, never by the moment the saga happens to read them, so a
+backlog of any size, or a replay of the log, decides the same:
+
+* a PaymentSucceeded whose ``charged_at`` is after the order's ``deadline_at`` cancels the order as
+  ``deadline_exceeded`` (payments refunds every charge of a cancelled order); one charged by the deadline
+  confirms, however late the saga reads it;
+* a PaymentSucceeded that arrives before OrderPlaced (so before the deadline is known) is recorded, and
+  OrderPlaced decides it;
+* OrderDeadlineReached (the orders worker's timer, ``observed_at`` at or after the deadline) cancels an order
+  still open when the saga reads it; a charge that arrives after that, on time or not, finds the order
+  cancelled and is refunded.
+
+Payments, for its part, does not charge an order whose stock was reserved only after its deadline (see
+:mod:`streams.domain.payments`); the deadline then cancels it with nothing to refund.
+
 Redelivery: each record type happens at most once in an order's story, so a second message of a type the
 saga already applied is a duplicate; it changes nothing and re-emits what the first one emitted
 (``outputs``). The deadline timer may repeat OrderDeadlineReached: the repeats re-emit the same OrderCancelled.
@@ -109,6 +125,8 @@ class OrderSaga(JsonState):
     placed_at: datetime | None = None
     deadline_at: datetime | None = None
     payment_id: str | None = None
+    charged_at: datetime | None = None
+    """When the charge PaymentSucceeded reports was taken (held until OrderPlaced tells the deadline)."""
     cancel_reason: str | None = None
     stock_reserved: bool = False
     stock_committed: bool = False
@@ -157,14 +175,15 @@ def decide(state: OrderSaga | None, message: Message, ctx: StepContext) -> Decis
 
 
 def on_order_placed(state: OrderSaga | None, event: OrderPlaced, ctx: StepContext) -> Decision[OrderSaga]:
-    """Start the saga, or fill in the order's details if other events got here first."""
+    """Start the saga, or fill in the order's details if other events got here first (a charge that came
+    first is decided now, against the deadline this event brings)."""
     current = state or OrderSaga(order_id=event.order_id)
     detail = (
         f"{len(event.lines)} line(s), {event.total_cents} {event.currency} cents, deadline {_iso(event.deadline_at)}"
     )
     if state is not None:
         detail += f" (arrived after the order was {state.status})"
-    return _record(
+    placed = _record(
         current,
         event,
         ctx,
@@ -177,6 +196,10 @@ def on_order_placed(state: OrderSaga | None, event: OrderPlaced, ctx: StepContex
         placed_at=event.placed_at,
         deadline_at=event.deadline_at,
     )
+    saga = placed.state
+    if saga is None or not saga.status.is_open or saga.payment_id is None or saga.charged_at is None:
+        return placed
+    return _settle(saga, event, ctx, saga.payment_id, saga.charged_at)
 
 
 def on_inventory_reserved(state: OrderSaga | None, event: InventoryReserved, ctx: StepContext) -> Decision[OrderSaga]:
@@ -207,28 +230,25 @@ def on_inventory_reservation_failed(
 
 
 def on_payment_succeeded(state: OrderSaga | None, event: PaymentSucceeded, ctx: StepContext) -> Decision[OrderSaga]:
-    """Payment is taken only after stock was reserved, so an open order is confirmed; a cancelled one is not."""
+    """Payment is taken only after stock was reserved: an open order is confirmed if it was charged by its
+    deadline and cancelled (``deadline_exceeded``) if not; a cancelled one is not confirmed (payments refunds)."""
     state = state or OrderSaga(order_id=event.order_id)
-    if state.status.is_open:
-        confirmed = OrderConfirmed(order_id=state.order_id, payment_id=event.payment_id, confirmed_at=ctx.now)
+    if not state.status.is_open:
         return _record(
             state,
             event,
             ctx,
-            "confirmed",
-            f"charge {event.payment_id} of {event.amount_cents} cents",
-            events=(confirmed,),
-            status=SagaStatus.CONFIRMED,
-            payment_id=event.payment_id,
+            "late_payment",
+            f"charge {event.payment_id} arrived after the order was {state.status}; payments refunds it",
+            payment_id=state.payment_id or event.payment_id,
+            charged_at=state.charged_at or event.charged_at,
         )
-    return _record(
-        state,
-        event,
-        ctx,
-        "late_payment",
-        f"charge {event.payment_id} arrived after the order was {state.status}; payments refunds it",
-        payment_id=state.payment_id or event.payment_id,
-    )
+    if state.deadline_at is None:
+        detail = f"charge {event.payment_id} at {_iso(event.charged_at)}; the order's deadline is not known yet"
+        return _record(
+            state, event, ctx, "payment_received", detail, payment_id=event.payment_id, charged_at=event.charged_at
+        )
+    return _settle(state, event, ctx, event.payment_id, event.charged_at)
 
 
 def on_payment_failed(state: OrderSaga | None, event: PaymentFailed, ctx: StepContext) -> Decision[OrderSaga]:
@@ -295,8 +315,34 @@ def on_payment_refund_failed(
     )
 
 
+def _settle(
+    state: OrderSaga, event: Message, ctx: StepContext, payment_id: str, charged_at: datetime
+) -> Decision[OrderSaga]:
+    """Confirm an open order charged by its deadline; cancel one charged after it (payments refunds the charge)."""
+    if state.deadline_at is not None and charged_at > state.deadline_at:
+        detail = (
+            f"charge {payment_id} at {_iso(charged_at)} landed after the deadline {_iso(state.deadline_at)};"
+            " payments refunds it"
+        )
+        return _cancel(
+            state, event, ctx, DEADLINE_EXCEEDED, "late_charge", detail, payment_id=payment_id, charged_at=charged_at
+        )
+    confirmed = OrderConfirmed(order_id=state.order_id, payment_id=payment_id, confirmed_at=ctx.now)
+    return _record(
+        state,
+        event,
+        ctx,
+        "confirmed",
+        f"charge {payment_id} at {_iso(charged_at)}",
+        events=(confirmed,),
+        status=SagaStatus.CONFIRMED,
+        payment_id=payment_id,
+        charged_at=charged_at,
+    )
+
+
 def _cancel(
-    state: OrderSaga, event: Message, ctx: StepContext, reason: str, step: str, detail: str
+    state: OrderSaga, event: Message, ctx: StepContext, reason: str, step: str, detail: str, **changes: Any
 ) -> Decision[OrderSaga]:
     cancelled = OrderCancelled(order_id=state.order_id, reason=reason, cancelled_at=ctx.now)
     return _record(
@@ -308,6 +354,7 @@ def _cancel(
         events=(cancelled,),
         status=SagaStatus.CANCELLED,
         cancel_reason=reason,
+        **changes,
     )
 
 

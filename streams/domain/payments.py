@@ -3,8 +3,14 @@
 The step never calls the provider: it returns effects (:class:`ChargePayment`, :class:`RefundPayment`) and
 the edge feeds the provider's answers back through :func:`on_charge_result` and :func:`on_refund_result`.
 
-* OrderPlaced (amount, currency, payment method and token) and InventoryReserved come from two topics in
-  either order; the charge is asked for once both are known, unless the order was cancelled by then.
+* OrderPlaced (amount, currency, payment method, token and deadline) and InventoryReserved come from two topics
+  in either order; the charge is asked for once both are known, unless the order was cancelled by then.
+* No charge after the deadline, when the records show it: stock reserved after the order's deadline
+  (``InventoryReserved.reserved_at`` > ``OrderPlaced.deadline_at``), or a parked charge asked for again after it
+  (``RetryPayment.requested_at``), is not charged (EXPIRED, nothing emitted): the saga's deadline cancels the
+  order with nothing to refund. Deciding by the records' own times, not by the clock, a replay decides the same
+  (a charge made before a crash is asked for again, with its idempotency key, never forgotten). A charge that
+  still lands after the deadline cancels the order (see :mod:`streams.domain.orders`) and is refunded.
 * At most one ChargePayment per order, always with ``idempotency_key = order_id``: repeating it (a replay,
   a crash before the answer was recorded) makes the provider answer what it answered the first time.
 * Every successful charge of a cancelled order is refunded, also when the cancellation overtook the charge
@@ -86,6 +92,8 @@ class ChargeStatus(StrEnum):
     """Parked: the provider did not take the charge; RetryPayment asks again."""
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+    EXPIRED = "EXPIRED"
+    """Not charged: the stock was reserved, or the parked charge asked for again, after the order's deadline."""
 
 
 class RefundStatus(StrEnum):
@@ -105,7 +113,11 @@ class PaymentState(JsonState):
     currency: str = ""
     payment_method: str = ""
     payment_token: str = ""
+    deadline_at: datetime | None = None
+    """The order's deadline (OrderPlaced): no charge is asked for after it."""
     stock_reserved: bool = False
+    reserved_at: datetime | None = None
+    """When the order's stock was reserved (InventoryReserved)."""
     cancelled: bool = False
     cancel_reason: str | None = None
     charge: ChargeStatus = ChargeStatus.NONE
@@ -148,6 +160,7 @@ def on_order_placed(state: PaymentState | None, event: OrderPlaced, ctx: StepCon
         currency=event.currency,
         payment_method=event.payment_method,
         payment_token=event.payment_token,
+        deadline_at=event.deadline_at,
     )
     return _maybe_charge(state, "OrderPlaced")
 
@@ -158,7 +171,7 @@ def on_inventory_reserved(
     """Stock is held: time to charge (once the order's amount is known)."""
     if state is not None and state.stock_reserved:
         return _replay(state, "InventoryReserved")
-    state = replace(state or PaymentState(order_id=event.order_id), stock_reserved=True)
+    state = replace(state or PaymentState(order_id=event.order_id), stock_reserved=True, reserved_at=event.reserved_at)
     return _maybe_charge(state, "InventoryReserved")
 
 
@@ -198,10 +211,13 @@ def on_charge_result(state: PaymentState | None, outcome: ChargeOutcome, ctx: St
 
 
 def on_retry_payment(state: PaymentState | None, command: RetryPayment, ctx: StepContext) -> Decision[PaymentState]:
-    """Ask for a parked charge again; anything else (a late or repeated retry) replays the charge chain."""
+    """Ask for a parked charge again (not after the deadline); anything else (a late or repeated retry) replays
+    the charge chain."""
     if state is None:
         return Decision(state)
     if state.charge is ChargeStatus.UNAVAILABLE and not state.cancelled:
+        if _past_deadline(state, command.requested_at):
+            return Decision(replace(state, charge=ChargeStatus.EXPIRED))
         state = replace(state, charge=ChargeStatus.REQUESTED)
         return Decision(state, (), (_charge_effect(state),))
     if state.charge is ChargeStatus.UNAVAILABLE:
@@ -259,9 +275,16 @@ def pending_effects(state: PaymentState | None) -> tuple[Effect, ...]:
 
 def _maybe_charge(state: PaymentState, trigger: str) -> Decision[PaymentState]:
     if state.placed and state.stock_reserved and not state.cancelled and state.charge is ChargeStatus.NONE:
+        if state.reserved_at is not None and _past_deadline(state, state.reserved_at):
+            return Decision(replace(state, charge=ChargeStatus.EXPIRED, charge_trigger=trigger))
         state = replace(state, charge=ChargeStatus.REQUESTED, charge_trigger=trigger)
         return Decision(state, (), (_charge_effect(state),))
     return Decision(state)
+
+
+def _past_deadline(state: PaymentState, when: datetime) -> bool:
+    """Whether ``when`` (a time a record carries) is after the order's deadline."""
+    return state.deadline_at is not None and when > state.deadline_at
 
 
 def _start_refund(state: PaymentState, trigger: str, events: tuple[Message, ...]) -> Decision[PaymentState]:
@@ -285,7 +308,7 @@ def _replay_charge(state: PaymentState) -> Decision[PaymentState]:
         effects = (_charge_effect(state),)
     elif state.charge_result is not None:
         events = (state.charge_result,)
-    elif state.charge is ChargeStatus.UNAVAILABLE and state.pending is not None:
+    elif state.charge in (ChargeStatus.UNAVAILABLE, ChargeStatus.EXPIRED) and state.pending is not None:
         events = (state.pending,)
     if state.refund_trigger == CHARGE_RESULT:
         refund_events, refund_effects = _refund_outputs(state)

@@ -14,6 +14,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from faust.types import TP
 
 from streams.domain.messages import (
     InventoryReservationFailed,
@@ -31,6 +32,7 @@ from streams.domain.messages import (
     UserRegistered,
 )
 from streams.domain.orders import OrderSaga, SagaStatus
+from streams.due import RESEND_S
 from streams.outbox import EVENT_ID_NAMESPACE
 from tests.agents.harness import FaustService, FaustServiceFactory
 
@@ -41,7 +43,7 @@ DEADLINE = NOW + timedelta(seconds=30)
 LINES = (OrderLine(sku="a", quantity=2, unit_price_cents=250),)
 
 
-def placed(order_id: str = "o-1") -> OrderPlaced:
+def placed(order_id: str = "o-1", deadline: datetime = DEADLINE) -> OrderPlaced:
     return OrderPlaced(
         order_id=order_id,
         user_id="u-1",
@@ -49,7 +51,7 @@ def placed(order_id: str = "o-1") -> OrderPlaced:
         total_cents=500,
         currency="EUR",
         placed_at=NOW,
-        deadline_at=DEADLINE,
+        deadline_at=deadline,
         payment_method="card",
         payment_token="tok",
     )
@@ -228,3 +230,74 @@ async def test_a_held_order_decided_later_continues_its_own_trace(faust_service:
     (placed,) = orders.recorder.sent
     assert placed.decoded().name == "OrderPlaced"
     assert placed.header["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+
+
+# --- the deadline sweep: a due-time index over orders_deadlines -----------------------------------------------
+
+
+def reported(orders: FaustService) -> list[tuple[str, str]]:
+    """The (order id, record) of each report the sweep sent, in order."""
+    return [(s.key.decode(), s.decoded().name) for s in orders.recorder.sent if s.topic == "orders.deadlines.v1"]
+
+
+def never_listed(*args: object) -> object:
+    raise AssertionError("a sweep must not list the table: its cost would grow with the open sagas")
+
+
+async def test_a_sweep_reports_only_due_deadlines_of_open_sagas_without_listing_the_table(
+    faust_service: FaustServiceFactory,
+) -> None:
+    orders = faust_service("orders")
+    sweep = orders.built.timers["sweep_deadlines"]
+    deadlines = orders.table("orders_deadlines")
+    async with orders.agent("run_order_sagas") as agent:
+        await agent.deliver(placed("o-due", DEADLINE))
+        await agent.deliver(placed("o-ended", DEADLINE))
+        await agent.deliver(placed("o-later", DEADLINE + timedelta(hours=1)))  # on its key's partition, 1
+        await agent.deliver(PaymentFailed(order_id="o-ended", reason="card declined", failed_at=NOW))
+        orders.recorder.clear()
+        orders.monkeypatch.setattr(deadlines, "items", never_listed)
+
+        await sweep(DEADLINE - timedelta(milliseconds=1))
+        assert reported(orders) == [], "nothing is due before its deadline"
+        await sweep(DEADLINE + timedelta(seconds=1))
+        assert reported(orders) == [("o-due", "OrderDeadlineReached")], "the ended saga is skipped, the later one waits"
+        (report,) = orders.recorder.sent
+        assert report.decoded().value["deadline_at"] == DEADLINE
+
+        orders.recorder.clear()
+        await sweep(DEADLINE + timedelta(seconds=2))
+        assert reported(orders) == [], "a report is not repeated at once"
+        await sweep(DEADLINE + timedelta(seconds=2 + RESEND_S))
+        assert reported(orders) == [("o-due", "OrderDeadlineReached")], "still open a while later: reported again"
+
+        orders.recorder.clear()
+        await agent.deliver(OrderDeadlineReached(order_id="o-due", deadline_at=DEADLINE, observed_at=DEADLINE))
+        assert saga(orders, "o-due").status is SagaStatus.CANCELLED
+        orders.recorder.clear()
+        await sweep(DEADLINE + timedelta(hours=2))
+        assert reported(orders) == [("o-later", "OrderDeadlineReached")], "the cancelled saga is not reported again"
+
+
+async def test_the_index_is_rebuilt_from_the_table_when_recovery_completes(faust_service: FaustServiceFactory) -> None:
+    """Another worker takes over: its table is filled by recovery from the changelog, not by its agent, and only
+    the partitions it is now active for count (the in-memory store keeps what was written for the others)."""
+    orders = faust_service("orders")
+    sweep = orders.built.timers["sweep_deadlines"]
+    deadlines = orders.table("orders_deadlines")
+    async with orders.agent("run_order_sagas") as agent:
+        await agent.deliver(placed("o-kept-1", DEADLINE), partition=1)
+        await agent.deliver(placed("o-moved", DEADLINE), partition=3)
+    deadlines.data["o-recovered"] = deadline_ms(DEADLINE)  # read back from the changelog by recovery
+    orders.recorder.clear()
+
+    changelog = deadlines.changelog_topic_name
+    actives = {TP(changelog, 0), TP(changelog, 1)}
+    orders.monkeypatch.setattr(orders.built.app.assignor, "assigned_actives", lambda: actives)
+    await deadlines.on_recovery_completed(actives, set())
+
+    await sweep(DEADLINE + timedelta(seconds=1))
+    assert sorted(reported(orders)) == [
+        ("o-kept-1", "OrderDeadlineReached"),
+        ("o-recovered", "OrderDeadlineReached"),
+    ], "partition 3 is another worker's now; what recovery brought back is due here"

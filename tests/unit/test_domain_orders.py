@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from itertools import permutations
 
 import pytest
 
-from streams.domain.core import Decision, StepContext
+from streams.domain import payments
+from streams.domain.core import ChargeOutcome, Decision, RefundPayment, StepContext
 from streams.domain.messages import (
     InventoryCommitted,
     InventoryReleased,
@@ -155,7 +157,8 @@ def test_a_payment_may_overtake_the_reservation_and_even_the_order() -> None:
     early, events = run(PAID, RESERVED, PLACED)
     assert [type(e) for e in events] == [OrderConfirmed] and early.status is SagaStatus.CONFIRMED
     assert early.deadline_at == DEADLINE and pending_deadline(early) is None
-    assert "arrived after the order was CONFIRMED" in early.timeline[-1].detail
+    assert [e.step for e in early.timeline] == ["payment_received", "stock_reserved", "placed", "confirmed"]
+    assert early.outputs["OrderPlaced"] == tuple(events), "OrderPlaced decided the charge: its redelivery re-emits"
 
 
 def test_a_reservation_failure_before_the_order_still_cancels() -> None:
@@ -214,3 +217,79 @@ def test_state_survives_json() -> None:
     state, _ = run(PLACED, RESERVED, TIMER, PAID)
     assert OrderSaga.from_json(json.loads(json.dumps(state.to_json()))) == state
     assert state.to_json()["status"] == "CANCELLED"
+
+
+# --- the deadline rule: decided by the times the events carry ---------------------------------------------------
+
+LATE_PAID = PaymentSucceeded(
+    order_id="o-1", payment_id="p-1", amount_cents=500, charged_at=DEADLINE + timedelta(milliseconds=1)
+)
+PAID_AT_DEADLINE = PaymentSucceeded(order_id="o-1", payment_id="p-1", amount_cents=500, charged_at=DEADLINE)
+
+
+def test_a_charge_after_the_deadline_cancels_the_order() -> None:
+    state, events = run(PLACED, RESERVED, LATE_PAID)
+    assert events == [OrderCancelled(order_id="o-1", reason="deadline_exceeded", cancelled_at=at(3).now)]
+    assert (state.status, state.cancel_reason, pending_deadline(state)) == (
+        SagaStatus.CANCELLED,
+        "deadline_exceeded",
+        None,
+    )
+    assert (state.payment_id, state.charged_at) == ("p-1", LATE_PAID.charged_at)
+    assert state.timeline[-1].step == "late_charge" and "payments refunds it" in state.timeline[-1].detail
+
+
+def test_a_late_charge_cancels_and_payments_refunds_it() -> None:
+    """The two steps together: the charge lands after the deadline; the saga's OrderCancelled makes payments refund."""
+    ctx = StepContext(now=DEADLINE + timedelta(milliseconds=1))
+    paying = payments.decide(payments.decide(None, PLACED, at(1)).state, RESERVED, at(2)).state
+    charge = payments.on_charge_result(paying, ChargeOutcome(ok=True, payment_id="p-1"), ctx)
+    (succeeded,) = charge.events
+    assert isinstance(succeeded, PaymentSucceeded) and succeeded.charged_at > DEADLINE
+    _, (cancelled,) = run(PLACED, RESERVED, succeeded)
+    assert isinstance(cancelled, OrderCancelled)
+    refund = payments.decide(charge.state, cancelled, ctx)
+    assert [type(e) for e in refund.effects] == [RefundPayment]
+    assert refund.effects[0].payment_id == "p-1" and refund.effects[0].reason == "order cancelled: deadline_exceeded"
+
+
+def test_a_charge_taken_by_the_deadline_confirms_however_late_it_is_read() -> None:
+    for paid in (PAID, PAID_AT_DEADLINE):
+        placed, _ = run(PLACED, RESERVED)
+        a_day_late = StepContext(now=DEADLINE + timedelta(days=1))
+        decision = decide(placed, paid, a_day_late)
+        assert decision.events == (OrderConfirmed(order_id="o-1", payment_id="p-1", confirmed_at=a_day_late.now),)
+        assert decision.state is not None and decision.state.status is SagaStatus.CONFIRMED
+
+
+def test_a_charge_that_comes_before_the_order_waits_for_its_deadline() -> None:
+    waiting, events = run(LATE_PAID)
+    assert events == [] and waiting.status is SagaStatus.PLACED and pending_deadline(waiting) is None
+    assert waiting.timeline[-1].step == "payment_received"
+    state, events = run(PLACED, state=waiting)
+    assert [(type(e), getattr(e, "reason", None)) for e in events] == [(OrderCancelled, "deadline_exceeded")]
+    assert state.status is SagaStatus.CANCELLED
+    assert decide(state, PLACED, at(9)).events == tuple(events), "a redelivered OrderPlaced re-emits the decision"
+
+
+def outcome(events: list[Message], state: OrderSaga) -> tuple[object, ...]:
+    """What was decided, without the moments it was decided at."""
+    return state.status, state.cancel_reason, tuple((e.record_name, getattr(e, "reason", None)) for e in events)
+
+
+@pytest.mark.parametrize("paid", [PAID, PAID_AT_DEADLINE, LATE_PAID], ids=["early", "at-deadline", "late"])
+def test_a_replay_decides_the_same_in_any_order_at_any_time(paid: PaymentSucceeded) -> None:
+    """The same inputs, in every order of arrival, read at once or a year later: the same outcome."""
+    expected = SagaStatus.CANCELLED if paid is LATE_PAID else SagaStatus.CONFIRMED
+    for inputs in permutations((PLACED, RESERVED, paid)):
+        outcomes = set()
+        for delay in (timedelta(0), timedelta(days=365)):
+            state: OrderSaga | None = None
+            emitted: list[Message] = []
+            for n, message in enumerate(inputs):
+                decision = decide(state, message, StepContext(now=T0 + delay + timedelta(seconds=n)))
+                state, emitted = decision.state, emitted + list(decision.events)
+            assert state is not None
+            outcomes.add(outcome(emitted, state))
+        (only,) = outcomes
+        assert only[0] is expected, (inputs, only)

@@ -254,3 +254,56 @@ def test_a_retry_for_a_charge_that_is_not_parked_only_replays() -> None:
     assert replay.state == done and replay.effects == ()
     assert [type(e) for e in replay.events] == [PaymentSucceeded]
     assert decide(None, RetryPayment(order_id="o-1", requested_at=at(9).now), at(9)).events == ()
+
+
+# --- no charge after the deadline, by the records' own times ----------------------------------------------------
+
+DEADLINE = PLACED.deadline_at
+RESERVED_LATE = InventoryReserved(
+    order_id="o-1", lines=(StockLine(sku="a", quantity=2),), reserved_at=DEADLINE + timedelta(milliseconds=1)
+)
+
+
+@pytest.mark.parametrize("first", ["placed", "reserved"])
+def test_stock_reserved_after_the_deadline_is_not_charged(first: str) -> None:
+    inputs = (PLACED, RESERVED_LATE) if first == "placed" else (RESERVED_LATE, PLACED)
+    state = None
+    for n, message in enumerate(inputs, start=1):
+        decision = decide(state, message, at(n))
+        assert decision.events == () and decision.effects == (), "no charge, nothing to say: the deadline cancels"
+        state = decision.state
+    assert state is not None and state.charge is ChargeStatus.EXPIRED
+    assert not payments.is_parked(state) and payments.pending_effects(state) == ()
+    assert decide(state, inputs[-1], at(9)) == Decision(state), "a redelivery asks for no charge either"
+    cancelled = decide(state, CANCELLED, at(10))
+    assert cancelled.events == () and cancelled.effects == (), "nothing was charged, so nothing is refunded"
+
+
+def test_stock_reserved_by_the_deadline_is_charged_however_late_the_step_runs() -> None:
+    on_time = InventoryReserved(order_id="o-1", lines=RESERVED.lines, reserved_at=DEADLINE)
+    a_day_late = StepContext(now=DEADLINE + timedelta(days=1), config=CONFIG)
+    asked = decide(decide(None, PLACED, a_day_late).state, on_time, a_day_late)
+    assert asked.effects == (CHARGE,), "decided by the records' times, not the clock: a replay decides the same"
+
+
+def test_a_parked_charge_is_not_retried_after_the_deadline() -> None:
+    late = decide(parked(), RetryPayment(order_id="o-1", requested_at=DEADLINE + timedelta(seconds=1)), at(9))
+    assert late.events == () and late.effects == ()
+    assert late.state is not None and late.state.charge is ChargeStatus.EXPIRED and not payments.is_parked(late.state)
+    pending = PaymentPending(order_id="o-1", reason="payment provider unavailable (503)", pending_at=at(3).now)
+    assert decide(late.state, RESERVED, at(10)).events == (pending,), "a redelivered trigger still re-announces it"
+    on_time = decide(parked(), RetryPayment(order_id="o-1", requested_at=DEADLINE), at(9))
+    assert on_time.effects == (CHARGE,)
+
+
+def test_a_charge_of_an_order_cancelled_meanwhile_is_refunded_whichever_comes_first() -> None:
+    """The saga cancels an order whose charge landed late: payments refunds it, the cancellation before or after
+    the charge's answer."""
+    late = StepContext(now=DEADLINE + timedelta(seconds=1), config=CONFIG)
+    answered_first = decide(on_charge_result(decide(decide(None, PLACED, at(1)).state, RESERVED, at(2)).state, OK,
+                                             late).state, CANCELLED, late)  # fmt: skip
+    assert [type(e) for e in answered_first.effects] == [RefundPayment]
+    asked = decide(decide(None, PLACED, at(1)).state, RESERVED, at(2)).state
+    cancelled_first = on_charge_result(decide(asked, CANCELLED, late).state, OK, late)
+    assert [type(e) for e in cancelled_first.events] == [PaymentSucceeded]
+    assert [type(e) for e in cancelled_first.effects] == [RefundPayment]

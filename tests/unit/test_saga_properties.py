@@ -6,7 +6,9 @@ holds, everything else interleaves as hypothesis chooses. Every published messag
 random, and the edge "crashes" at random after writing a state but before its sends went out (the input is
 then redelivered). Payment effects run against a fake provider (idempotent by key, outcomes chosen per order)
 at random moments, may be lost and are re-driven from ``payments.pending_effects``; the deadline timer fires
-at random, also late. At quiescence the design brief's promises must hold.
+at random, also late, and at a quiet point reports every deadline still open (as the real timer eventually does).
+The saga and payments steps are also asked to decide each input a day later: a replay decides the same. At
+quiescence the design brief's promises must hold.
 """
 
 from __future__ import annotations
@@ -264,6 +266,10 @@ class World:
         key = delivery.message.key
         state = self.state(service, key)
         decision = service.decide(state, delivery.message, self.ctx(delivery.event_id))
+        if service.name in TIME_BLIND:  # decided by the times the records carry, not by the moment it runs
+            later = StepContext(now=self.now + timedelta(days=1), config=CONFIG, message_id=delivery.event_id)
+            replayed = service.decide(state, delivery.message, later)
+            assert decided(replayed) == decided(decision), f"{service.name}: a day later {delivery.message} differs"
         # a duplicate of the same input, even much later, changes nothing and re-emits the same output
         self.tick()
         again = service.decide(decision.state, delivery.message, self.ctx(delivery.event_id))
@@ -325,6 +331,17 @@ class World:
         self.now = max(self.now, saga.deadline_at)
         self.publish(OrderDeadlineReached(order_id=saga.order_id, deadline_at=saga.deadline_at, observed_at=self.now))
 
+    def report_open_deadlines(self) -> bool:
+        """The timer at a quiet point: every saga still open has its deadline reported (the clock moves to it)."""
+        sagas = [self.state(self.services["order-saga"], k) for k in self.tables["order-saga"]]
+        due = [s for s in sagas if orders.pending_deadline(s) is not None]
+        for saga in due:
+            self.now = max(self.now, saga.deadline_at)
+            self.publish(
+                OrderDeadlineReached(order_id=saga.order_id, deadline_at=saga.deadline_at, observed_at=self.now)
+            )
+        return bool(due)
+
     def run(self) -> None:
         for step in range(MAX_STEPS):
             self.tick()
@@ -345,9 +362,23 @@ class World:
                 keys = list(self.queues)
                 brisk = [k for k in keys if (k[0], k[1]) not in self.slow]
                 self.deliver(self.rnd.choice(brisk if brisk and self.rnd.random() < 0.95 else keys))
-            elif not self.recover():
+            elif not self.recover() and not self.report_open_deadlines():
                 return
         raise AssertionError("the choreography did not settle")
+
+
+TIME_BLIND = frozenset({"order-saga", "payments"})
+"""Steps whose decisions must not depend on ``ctx.now`` (only the times they stamp on what they emit may)."""
+
+
+def decided(decision: Decision[Any]) -> tuple[object, ...]:
+    """What a step decided, without the moments it stamped on it."""
+    state = decision.state
+    return (
+        tuple(getattr(state, name, None) for name in ("status", "cancel_reason", "charge", "refund", "payment_id")),
+        tuple((e.record_name, getattr(e, "reason", None)) for e in decision.events),
+        decision.effects,
+    )
 
 
 # --- the promises -------------------------------------------------------------------------------------------
@@ -428,6 +459,11 @@ def check_promises(world: World, scenario: Scenario) -> None:
     for order_id in confirmed:
         assert world.provider.charged_orders[order_id] == 1, f"{order_id} confirmed without a charge"
     assert set(alerts) <= set(cancelled)
+
+    # 8. never confirmed on a charge taken after the deadline (such a charge is refunded: 3. above)
+    for order_id in confirmed:
+        (charge,) = succeeded[order_id]
+        assert charge.charged_at <= placed[order_id][0].deadline_at, f"{order_id} confirmed on a late charge"
 
     # 4. each user told once per finished order, the right user, the right kind
     for order_id in set(confirmed) | set(cancelled):
