@@ -9,7 +9,7 @@
   repository once published, it is refused (:func:`hs256_secret`) and the gateway does not start.
 * ``exp``, ``iss`` and ``sub`` are required; ``exp`` and ``iss`` are checked (a small leeway absorbs clock
   skew), ``aud`` only when an audience is configured (then it is required too). A ``sub`` that is not clean
-  text (:mod:`common.text`) is refused, since it becomes the key and the customer of the commands.
+  text (:mod:`streams.domain.text`) is refused, since it becomes the key and the customer of the commands.
 * Every failure reads the same to the client (``Invalid token``); the reason is kept for the log.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 import jwt
 
 from common.settings import Settings
-from common.text import text_problem
+from streams.domain.text import text_problem
 
 LEEWAY_S = 5
 """Clock skew tolerated on ``exp`` / ``nbf`` / ``iat``."""

@@ -3,8 +3,8 @@
 Requests are validated **strictly** (``"2"`` is not a quantity, ``true`` is not a number) and unknown fields
 are refused, before anything is encoded or published; the same models give the OpenAPI document its schemas.
 Bounds sit inside the Avro types (``quantity`` is an Avro ``int``), so a validated request always encodes.
-Every string of a request, profile keys included, must be clean text (:mod:`common.text`: no control character,
-no unpaired surrogate), or the request is a 422 naming the field.
+Every string of a request, profile keys included, must be clean text (:mod:`streams.domain.text`: no control
+character, no unpaired surrogate), or the request is a 422 naming the field.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
-from common.text import text_problem
+from streams.domain.text import text_problem
 
 _Strict = ConfigDict(strict=True, extra="forbid", frozen=True)
 

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from common.text import is_clean_text
 from gateway.errors import ApiError
 from gateway.service import GATEWAY
+from streams.domain.text import is_clean_text
 
 M = TypeVar("M", bound=BaseModel)
 

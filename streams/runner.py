@@ -5,7 +5,9 @@ payment provider and Kafka. The rules it keeps:
 
 * Values are decoded here, not by Faust, so a malformed message is dead-lettered with its reason
   (``<topic>.dlq``: original key, value and headers, plus ``dlq_*`` headers) and the partition flows on.
-  A step that raises (a bug) is dead-lettered the same way: Faust would otherwise ack and lose the event.
+  A step that raises (a bug) is dead-lettered the same way: Faust would otherwise ack and lose the event. So is
+  an input its step refuses outright (``Decision.refusal``, for an input that has no rejection record), without
+  parking its key and without a write.
 * Parking stands in front of deciding (:mod:`streams.parking`): each message is first sorted into to-decide,
   dead-lettered behind its key's parked head, or passed by, and only the first kind reaches the step. Sorting
   begins with the key contract (:mod:`streams.incoming`): a message without a key, with a key other than its
@@ -237,6 +239,9 @@ class StepRunner:
             span.record_exception(exc)
             reason = f"{type(exc).__name__} in {step.agent}: {exc}"
             return self._dead_letter(incoming, self.parking.park(sorted_, reason, self.retry_policy.attempts), span)
+        if decision.refusal is not None:  # the step refuses the input itself: a dead letter, nothing kept
+            refused = Parked(decoded.name, decision.refusal, None, written=self.parking.release(sorted_))
+            return self._dead_letter(incoming, refused, span)
         span.set_attribute("pipeline.emitted", [name for name, _ in records])
         changed = decision.state != state
         if changed:

@@ -1,6 +1,8 @@
 """Messages by hand: publish one validated record and wait for its ack; tail a topic as JSON lines.
 
-A publish that fails validation sends nothing, and is refused for that before the broker is asked anything.
+A publish that fails validation sends nothing, and is refused for that before the broker is asked anything. Every
+string it is given (the record's, map keys included, and the key and ids) must be clean text
+(:mod:`streams.domain.text`: no control character, no unpaired surrogate), as at the gateway.
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ def _parse_data(data: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CliError(f"--data must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def _refuse_unclean_text(value: dict[str, Any], options: dict[str, str | None]) -> None:
+    """Fail with one line naming the first option or field of the record that is not clean text."""
+    from streams.domain.text import text_problem, unclean_field
+
+    for option, given in options.items():
+        if given is not None and (problem := text_problem(given)) is not None:
+            raise CliError(f"{option} {problem}")
+    if (unclean := unclean_field(value)) is not None:
+        raise CliError(f"--data: {unclean}")
 
 
 @click.command()
@@ -55,6 +68,7 @@ def publish(
     value = _parse_data(sys.stdin.read() if data == "-" else data)
     if not key:
         raise CliError("--key must not be empty")
+    _refuse_unclean_text(value, {"--key": key, "--correlation-id": correlation_id, "--causation-id": causation_id})
     settings = get_settings()
     try:
         spec = find_topic(topic)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from common.settings import get_settings
-from common.text import text_problem
 from pipeline.cli.errors import CliError
+from streams.domain.text import text_problem
 
 
 @click.command("token")

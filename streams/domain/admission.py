@@ -24,6 +24,14 @@ remembered with its answers among the customer's last :data:`REMEMBERED_RELEASES
 can be unsent only while the batch it came in is handled (a batch is decided, made durable, then sent),
 and a batch holds at most that many inputs (``PIPELINE_STREAM_BATCH_MAX``, 16 by default); an older one
 redelivered finds its orders decided and its user version seen, and changes nothing.
+
+Text: every string of a PlaceOrder (order id, user id, SKUs, payment method and token, idempotency key) must be
+clean text (:mod:`streams.domain.text`: no control character, no unpaired surrogate). One that is not, as a
+command published straight to Kafka may carry, is refused at once, before any hold, with OrderRejected and the
+reason ``invalid_text: <field>`` (the field only: a rejection's reason is a metrics label, so its values stay
+few). The refusal is remembered as any answer is, unless the unclean string is the user id, the order id or the
+idempotency key: those name the customer's stored entries, so such a command is answered and nothing is kept (a
+redelivery is answered again, with its own time), and no stored key ever holds such a string.
 """
 
 from __future__ import annotations
@@ -47,10 +55,12 @@ from streams.domain.messages import (
     UserReactivated,
     UserRegistered,
 )
+from streams.domain.text import is_clean_text, unclean_field
 
 UNKNOWN_USER = "unknown_user"
 USER_INACTIVE = "user_inactive"
 INVALID_ORDER = "invalid_order"
+INVALID_TEXT = "invalid_text"
 
 ACTIVITY_EVENTS = frozenset({"UserProfileUpdated", "UserEmailChanged", "UserLoggedIn"})
 """User events that change nothing admission cares about but advance the user's version (which a held
@@ -132,9 +142,9 @@ def decide(state: CustomerState | None, message: Message, ctx: StepContext) -> D
     return Decision(state)
 
 
-def on_place_order(state: CustomerState | None, command: PlaceOrder, ctx: StepContext) -> Decision[CustomerState]:
+def on_place_order(given: CustomerState | None, command: PlaceOrder, ctx: StepContext) -> Decision[CustomerState]:
     """Admit, refuse or hold an order; a repeat (same idempotency key or order id) gets the first answer again."""
-    state = state or CustomerState(user_id=command.user_id)
+    state = given or CustomerState(user_id=command.user_id)
     earlier = state.outcomes.get(command.idempotency_key)
     if earlier is None and (first_key := state.order_keys.get(command.order_id)) is not None:
         earlier = state.outcomes[first_key]
@@ -143,6 +153,8 @@ def on_place_order(state: CustomerState | None, command: PlaceOrder, ctx: StepCo
     if any(h.command.idempotency_key == command.idempotency_key or h.command.order_id == command.order_id
            for h in state.held):  # fmt: skip
         return Decision(state)  # a repeat of an order still waiting: it is answered once, when decided
+    if (unclean := unclean_field(command)) is not None:
+        return _refuse_unclean(given, state, command, unclean.field, ctx)
     if waits_for_user(state, command):
         held = HeldOrder(command=command, held_at=ctx.now, trace=ctx.trace)
         return Decision(replace(state, held=(*state.held, held)))
@@ -189,6 +201,17 @@ def _admit(state: CustomerState, command: PlaceOrder, ctx: StepContext) -> Decis
     return Decision(new, (answer,))
 
 
+def _refuse_unclean(
+    given: CustomerState | None, state: CustomerState, command: PlaceOrder, field: str, ctx: StepContext
+) -> Decision[CustomerState]:
+    """Refuse a command holding a string that is not clean text; remembered only if its entries' names are clean."""
+    reason = f"{INVALID_TEXT}: {field}"
+    event = OrderRejected(order_id=command.order_id, user_id=command.user_id, reason=reason, rejected_at=ctx.now)
+    if is_clean_text(command.user_id) and is_clean_text(command.order_id) and is_clean_text(command.idempotency_key):
+        return Decision(_remembered(state, command, event), (event,))
+    return Decision(given, (event,))
+
+
 def _decided(state: CustomerState, command: PlaceOrder, ctx: StepContext) -> tuple[CustomerState, Answer]:
     reason = refusal(state, command)
     event: Answer
@@ -207,12 +230,16 @@ def _decided(state: CustomerState, command: PlaceOrder, ctx: StepContext) -> tup
             payment_method=command.payment.method,
             payment_token=command.payment.token,
         )
-    new = replace(
+    return _remembered(state, command, event), event
+
+
+def _remembered(state: CustomerState, command: PlaceOrder, answer: Answer) -> CustomerState:
+    """``state`` keeping ``answer`` for the command's idempotency key and order id (a repeat gets it again)."""
+    return replace(
         state,
-        outcomes={**state.outcomes, command.idempotency_key: event},
+        outcomes={**state.outcomes, command.idempotency_key: answer},
         order_keys={**state.order_keys, command.order_id: command.idempotency_key},
     )
-    return new, event
 
 
 def refusal(state: CustomerState, command: PlaceOrder) -> str | None:

@@ -159,3 +159,7 @@ class Decision(Generic[S]):
     traces: tuple[str, ...] = ()
     """Per event (in order; missing or "": the input's), the trace it continues: an order held at admission and
     decided later continues its PlaceOrder's trace, not that of the user event that released it."""
+    refusal: str | None = None
+    """Why the input is refused outright (None: it is not), for an input with no rejection record of its own (an
+    AddStock whose SKU is not clean text): the edge dead-letters it with this reason, parking nothing. A refusing
+    decision keeps the state it was given and emits nothing."""

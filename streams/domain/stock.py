@@ -19,6 +19,13 @@ is redelivered only until its offset is committed (every few seconds, and the wa
 commits stand still), so the window is what a SKU can take in restocks between two commits; the edge keeps
 it in an entry of its own, read only for AddStock (:class:`streams.stores.StockStore`), so reservations
 never carry it.
+
+Text: AddStock comes from outside the saga (an operator's restock), and it or a ReserveStock may be published
+straight to Kafka, so every string they carry must be clean text (:mod:`streams.domain.text`). A ReserveStock
+that breaks the rule is answered with StockLineRejected ``invalid_text: <field>``; an AddStock, which has no
+rejection record, is refused (``Decision.refusal``: dead-lettered with the reason). Either way nothing is stored:
+no SKU, hold or addition is ever named by such a string. ReleaseStock and CommitStock come only from the saga,
+for holds a ReserveStock made, and are not checked: a release must give stock back whatever its reason says.
 """
 
 from __future__ import annotations
@@ -42,12 +49,14 @@ from streams.domain.messages import (
     StockLineReleased,
     StockLineReserved,
 )
+from streams.domain.text import unclean_field
 
 HANDLES = frozenset({"AddStock", "ReserveStock", "ReleaseStock", "CommitStock"})
 
 INSUFFICIENT_STOCK = "insufficient_stock"
 ORDER_RELEASED = "order_released"
 INVALID_QUANTITY = "invalid_quantity"
+INVALID_TEXT = "invalid_text"
 REMEMBERED_ADDITIONS = 32
 """How many recent AddStock inputs a SKU remembers (see above); sized so their entry stays under 4 KiB."""
 
@@ -122,7 +131,10 @@ def decide(state: Stock | None, message: Message, ctx: StepContext) -> Decision[
 
 
 def on_add_stock(state: Stock | None, command: AddStock, ctx: StepContext) -> Decision[Stock]:
-    """Units arrive; a non-positive quantity is ignored (there is no rejection record for AddStock)."""
+    """Units arrive; a non-positive quantity is ignored, unclean text refused (there is no rejection record for
+    AddStock)."""
+    if (unclean := unclean_field(command)) is not None:
+        return Decision(state, refusal=f"{INVALID_TEXT}: {unclean}")
     state = state or Stock(sku=command.sku)
     if ctx.message_id:
         for addition in state.additions:
@@ -165,6 +177,10 @@ def _added(sku: str, command: AddStock, addition: StockAddition) -> StockAdded:
 
 def on_reserve_stock(state: Stock | None, command: ReserveStock, ctx: StepContext) -> Decision[Stock]:
     """Hold units for an order if there are enough, else refuse; never both, never twice."""
+    if (unclean := unclean_field(command)) is not None:  # refused, and nothing kept under what it names
+        return Decision(
+            state, (_rejected(state or Stock(sku=command.sku), command, f"{INVALID_TEXT}: {unclean.field}", ctx),)
+        )
     state = state or Stock(sku=command.sku)
     hold = state.orders.get(command.order_id)
     if hold is not None and hold.reserve_answer is not None:

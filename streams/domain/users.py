@@ -8,10 +8,12 @@ UserSnapshot plus the events after it, so it stays bounded. Whenever the version
 the tail starts empty again. Beside it: the e-mail claim in flight, and the inputs handled lately.
 
 **Commands** (``users.commands.v1``): each one is accepted or answered with UserCommandRejected, whose reason
-a person can read; a rejected command changes nothing but the memory of handled inputs. Checks, in order: the
-user exists (or, for RegisterUser, does not and has no registration in flight); ``expected_version``, when
-given, equals the version ("concurrency conflict", both versions in the rejection); then the command's own
-rules. A deactivated user accepts only ReactivateUser (and DeactivateUser is refused as "already").
+a person can read; a rejected command changes nothing but the memory of handled inputs. Checks, in order: every
+string of the command (user id, username, e-mail, profile keys and values, reason) is clean text
+(:mod:`streams.domain.text`; the rejection names the field and the character); the user exists (or, for
+RegisterUser, does not and has no registration in flight); ``expected_version``, when given, equals the version
+("concurrency conflict", both versions in the rejection); then the command's own rules. A deactivated user
+accepts only ReactivateUser (and DeactivateUser is refused as "already").
 
 **E-mail uniqueness** goes through :mod:`streams.domain.emails`, which owns each address. A valid
 RegisterUser or ChangeEmail does not produce its event at once: the step records a :class:`PendingClaim` and
@@ -28,7 +30,9 @@ claim in flight is stale and ignored. While a claim is in flight:
   deactivated meanwhile, the change is refused when the answer comes and a granted address is released.
 
 **Redelivery.** Every input with an id (``ctx.message_id``) that produced events is remembered with those
-events (the last ``ctx.users.remembered_inputs``): the same input again changes nothing and re-emits them.
+events (the last ``ctx.users.remembered_inputs``): the same input again changes nothing and re-emits them. A user
+id that is not clean text names no user: its command is rejected and nothing is kept under it (a redelivery is
+rejected again), so no stored key ever holds such a string.
 
 **Reactions** to the user's events (onboarding, notices) are not part of this step: see
 :mod:`streams.domain.user_reactions`.
@@ -63,6 +67,7 @@ from streams.domain.messages import (
     UserRegistered,
     UserSnapshot,
 )
+from streams.domain.text import is_clean_text, unclean_field
 from streams.domain.user_aggregate import User, UserEvent, apply, load, take_snapshot
 
 COMMANDS = frozenset(
@@ -88,6 +93,7 @@ EMAIL_UNCHANGED = "the new e-mail address is the current one"
 NO_REASON = "a deactivation needs a reason"
 EMAIL_CHANGED = "e-mail changed"
 CHANGE_ABANDONED = "e-mail change abandoned"
+INVALID_TEXT = "invalid text"
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 MAX_EMAIL_LENGTH = 254
@@ -174,6 +180,8 @@ def decide(state: UserHistory | None, message: Message, ctx: StepContext) -> Dec
             decision = on_email_claim_refused(history, message, ctx)
         case _:
             decision = on_command(history, message, ctx)
+    if not is_clean_text(message.key):  # names no user: answered (a rejection), nothing kept
+        return Decision(state, decision.events)
     new = decision.state or history
     if ctx.message_id and decision.events:
         remembered = (*new.handled, HandledInput(message_id=ctx.message_id, events=decision.events))
@@ -186,7 +194,7 @@ def decide(state: UserHistory | None, message: Message, ctx: StepContext) -> Dec
 def on_command(history: UserHistory, command: Message, ctx: StepContext) -> Decision[UserHistory]:
     """Check what every command needs (existence, no registration in flight, expected version), then route."""
     user = history.user
-    reason = _precondition_problem(history, user, command)
+    reason = _text_problem(command) or _precondition_problem(history, user, command)
     if reason is not None:
         return _reject(history, command, reason, ctx)
     match command:
@@ -328,6 +336,11 @@ def on_email_claim_refused(history: UserHistory, answer: EmailClaimRefused, ctx:
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
+
+
+def _text_problem(command: Message) -> str | None:
+    unclean = unclean_field(command)
+    return None if unclean is None else f"{INVALID_TEXT}: {unclean}"
 
 
 def _precondition_problem(history: UserHistory, user: User | None, command: Message) -> str | None:

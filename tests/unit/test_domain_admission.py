@@ -173,6 +173,61 @@ def test_unknown_user_is_checked_before_the_lines() -> None:
     assert isinstance(event, OrderRejected) and event.reason == "unknown_user"
 
 
+UNCLEAN = {
+    "sku": (replace(place(), lines=(OrderLine(sku="a\x82", quantity=1, unit_price_cents=1),)), "lines[0].sku"),
+    "second sku": (replace(place(), lines=(*place().lines, OrderLine(sku="c\n", quantity=1, unit_price_cents=1))),
+                   "lines[2].sku"),
+    "payment method": (replace(place(), payment=PaymentDetails(method="ca\x00rd", token="t")), "payment.method"),
+    "payment token": (replace(place(), payment=PaymentDetails(method="card", token="t\ud800")), "payment.token"),
+    "order id": (replace(place(), order_id="o-\x9f"), "order_id"),
+    "user id": (replace(place(), user_id="u-1\t"), "user_id"),
+    "idempotency key": (replace(place(), idempotency_key="k\x7f"), "idempotency_key"),
+}  # fmt: skip
+"""A PlaceOrder with one string that is not clean text, and the field the refusal names."""
+NAMES_AN_ENTRY = {"order id", "user id", "idempotency key"}
+
+
+@pytest.mark.parametrize("case", UNCLEAN, ids=UNCLEAN.keys())
+@pytest.mark.parametrize("known", [True, False], ids=["customer", "unknown customer"])
+def test_an_order_with_unclean_text_is_refused_at_once_naming_the_field(case: str, known: bool) -> None:
+    command, field = UNCLEAN[case]
+    state = customer() if known else None
+    decision = decide(state, command, CTX)
+    assert decision.events == (
+        OrderRejected(
+            order_id=command.order_id, user_id=command.user_id, reason=f"invalid_text: {field}", rejected_at=NOW
+        ),
+    ), "refused, never admitted, and never held for a user event"
+    if case in NAMES_AN_ENTRY:
+        assert decision.state == state, "nothing kept: the string would name a stored entry"
+    else:
+        assert decision.state is not None and decision.state.held == ()
+        assert decision.state.outcomes == {**(state.outcomes if state else {}), "k-1": decision.events[0]}
+        assert (decision.state.known, decision.state.active) == (known, known), "the customer is as it was"
+
+
+def test_a_refusal_for_unclean_text_is_the_order_s_answer_from_then_on() -> None:
+    command, _ = UNCLEAN["sku"]
+    refused = decide(customer(), command, CTX)
+    assert [type(event) for event in refused.events] == [OrderRejected]
+    assert decide(refused.state, command, LATER).events == refused.events, "a redelivery: the same event again"
+    cleaned = decide(refused.state, place(key="k-2"), LATER)
+    assert cleaned.events == refused.events, "the order id names the refused order: no OrderPlaced after it"
+
+
+def test_a_refusal_that_keeps_nothing_is_answered_again_on_redelivery() -> None:
+    command, _ = UNCLEAN["idempotency key"]
+    (first,) = decide(customer(), command, CTX).events
+    (again,) = decide(customer(), command, LATER).events
+    assert isinstance(again, OrderRejected) and again.reason == first.reason and again.rejected_at == LATER.now
+
+
+def test_a_repeat_of_an_admitted_order_with_unclean_text_is_the_admitted_order_again() -> None:
+    admitted = decide(customer(), place(), CTX)
+    repeat = decide(admitted.state, UNCLEAN["payment method"][0], LATER)
+    assert repeat.events == admitted.events and repeat.state == admitted.state
+
+
 def test_the_same_idempotency_key_gets_the_same_order_again() -> None:
     first = decide(customer(), place(), CTX)
     again = decide(first.state, place(order_id="o-other"), LATER)

@@ -24,6 +24,7 @@ from streams.domain.messages import (
     StockLineReserved,
 )
 from streams.domain.stock import REMEMBERED_ADDITIONS, HoldStatus, Stock, decide
+from streams.domain.text import text_problem
 
 pytestmark = pytest.mark.unit
 
@@ -271,3 +272,44 @@ def test_a_replay_of_every_remembered_addition_adds_nothing() -> None:
         replayed.extend(decision.events)
     assert replayed == sent
     assert state is not None and state.total_added == sum(range(1, REMEMBERED_ADDITIONS + 1))
+
+
+@pytest.mark.parametrize(
+    ("add", "field"),
+    [
+        (AddStock(sku="a\x00", quantity=3, reason="restock"), "sku"),
+        (AddStock(sku="\ud800", quantity=3, reason="restock"), "sku"),
+        (AddStock(sku="a", quantity=3, reason="re\x85stock"), "reason"),
+    ],
+)
+def test_an_addition_with_unclean_text_is_refused_with_the_reason_and_adds_nothing(add: AddStock, field: str) -> None:
+    before = stock(3)
+    for state in (before, None):
+        decision = decide(state, add, at(1, "add-1"))
+        assert decision == Decision(state, refusal=f"invalid_text: {field} {text_problem(getattr(add, field))}")
+
+
+@pytest.mark.parametrize(
+    ("command", "field"),
+    [
+        (ReserveStock(order_id="o-1", sku="a\x1b", quantity=1, requested_at=T0), "sku"),
+        (ReserveStock(order_id="o-1\x9c", sku="a", quantity=1, requested_at=T0), "order_id"),
+    ],
+)
+def test_a_reservation_with_unclean_text_is_rejected_and_holds_nothing(command: ReserveStock, field: str) -> None:
+    states = (None,) if field == "sku" else (stock(3), None)  # no SKU is ever stored under an unclean name
+    for state in states:
+        decision = decide(state, command, at(1))
+        (rejected,) = decision.events
+        assert isinstance(rejected, StockLineRejected)
+        assert (rejected.order_id, rejected.sku, rejected.reason) == (
+            command.order_id,
+            command.sku,
+            f"invalid_text: {field}",
+        )
+        assert (rejected.requested, rejected.available, rejected.stock_version) == (
+            1,
+            state.available if state else 0,
+            state.version if state else 0,
+        )
+        assert decision.state == state, "no hold and no SKU kept under what the command names"

@@ -231,6 +231,50 @@ def test_an_invalid_registration_is_rejected_and_keeps_nothing(command: Register
     assert [h.message_id for h in remembered.state.handled] == ["c-1"]
 
 
+UNCLEAN_COMMANDS = {
+    "username": (RegisterUser(user_id="u-1", username="an\x00n", email="a@x.io"), "username", 2),
+    "e-mail": (RegisterUser(user_id="u-1", username="ann", email="ann\x82@example.com"), "email", 3),
+    "profile value": (RegisterUser(user_id="u-1", username="ann", email="a@x.io", profile={"city": "\ud800"}),
+                      "profile.city", 0),
+    "profile key": (UpdateUserProfile(user_id="u-1", changes={"ci\x1bty": "x"}), "changes key 'ci\\x1bty'", 2),
+    "profile change": (UpdateUserProfile(user_id="u-1", changes={"a": "b", "home town": "x\n"}),
+                       "changes['home town']", 1),
+    "new e-mail": (ChangeEmail(user_id="u-1", new_email="new\u0085@x.io"), "new_email", 3),
+    "deactivation reason": (DeactivateUser(user_id="u-1", reason="spam\x7f"), "reason", 4),
+}  # fmt: skip
+"""A user command with one string that is not clean text: the field named, and the offending character's place."""
+
+
+@pytest.mark.parametrize("case", UNCLEAN_COMMANDS, ids=UNCLEAN_COMMANDS.keys())
+def test_a_command_with_unclean_text_is_rejected_naming_the_field_and_changes_nothing(case: str) -> None:
+    command, field, position = UNCLEAN_COMMANDS[case]
+    bus = registered_bus("u-9") if isinstance(command, RegisterUser) else registered_bus("u-1")
+    before = bus.users.get("u-1", UserHistory(user_id="u-1"))
+    events = bus.send(command)
+    rejected = rejection(events)
+    assert rejected.command == command.record_name
+    assert rejected.reason.startswith(f"invalid text: {field} contains ")
+    assert rejected.reason.endswith(f" at position {position}")
+    assert not any(isinstance(e, ClaimEmail) for e in events), "no address is claimed for it"
+    after = bus.users["u-1"]
+    assert replace(after, handled=()) == replace(before, handled=()), "nothing but the memory of handled inputs"
+
+
+def test_unclean_text_is_refused_before_the_user_s_existence_is_checked() -> None:
+    rejected = rejection(decide(None, DeactivateUser(user_id="u-9", reason="\x00"), at(1)).events)
+    assert rejected.reason == "invalid text: reason contains a control character (U+0000) at position 0"
+
+
+@pytest.mark.parametrize("user_id", ["u-\x00", "\x9b1", "u\udfff"])
+def test_a_user_id_that_is_not_clean_text_is_rejected_and_nothing_is_kept_under_it(user_id: str) -> None:
+    command = register(user_id)
+    decision = decide(None, command, at(1, "c-1"))
+    rejected = rejection(decision.events)
+    assert rejected.user_id == user_id and rejected.reason.startswith("invalid text: user_id contains ")
+    assert decision.state is None, "no entry under a key that names no user, not even the input's memory"
+    assert decide(None, command, at(2, "c-1")).events == (replace(rejected, rejected_at=T0 + timedelta(seconds=2)),)
+
+
 def test_registering_an_existing_user_id_is_rejected() -> None:
     bus = registered_bus("u-1")
     before = bus.users["u-1"]

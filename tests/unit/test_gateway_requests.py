@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from common.text import is_clean_text, text_problem
 from gateway.app import hide_server_version
 from gateway.parsing import MAX_JSON_DEPTH, json_depth_exceeds
 from tests.gateway_support import Client, Env
@@ -30,33 +29,6 @@ def env() -> Env:
     env = Env()
     env.put_user("u-1", 1)
     return env
-
-
-# --- the clean-text rule (common/text.py) ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "problem"),
-    [
-        ("a\x00b", "contains a control character (U+0000) at position 1"),
-        ("\tx", "contains a control character (U+0009) at position 0"),
-        ("line\n", "contains a control character (U+000A) at position 4"),
-        ("\x1f", "contains a control character (U+001F) at position 0"),
-        ("del\x7f", "contains a control character (U+007F) at position 3"),
-        ("ada\x82@example.com", "contains a control character (U+0082) at position 3"),
-        ("\x9f", "contains a control character (U+009F) at position 0"),
-        ("x\ud800", "contains an unpaired surrogate (U+D800) at position 1"),
-        ("\udfff", "contains an unpaired surrogate (U+DFFF) at position 0"),
-    ],
-)
-def test_control_characters_and_surrogates_are_not_clean_text(text: str, problem: str) -> None:
-    assert text_problem(text) == problem
-    assert not is_clean_text(text)
-
-
-@pytest.mark.parametrize("text", ["", "ada@example.com", "Zoë Ærø", "日本語", "🙂", "\xa0non-breaking", "tab\\t"])
-def test_printable_text_in_any_script_is_clean(text: str) -> None:
-    assert text_problem(text) is None and is_clean_text(text)
 
 
 # --- content type ------------------------------------------------------------------------------------------
