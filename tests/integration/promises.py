@@ -43,7 +43,7 @@ from streams.domain.reservations import HANDLES as RESERVATION_INPUTS
 from streams.payment_provider import LEDGER
 from streams.stores import hold_key
 from streams.views import read as views
-from streams.views.keys import order_key
+from streams.views.keys import BUILT_KEY, REBUILDING_KEY, order_key
 from tests.seeding import register_users
 from tests.stack import wait_until
 
@@ -155,6 +155,8 @@ class OrderLoad:
 
         def settled() -> bool:
             alive()
+            if not views_whole(store):
+                return False  # a rebuild is refilling the views: what they show is not the quiet point yet
             if self.terminal_count(store) < len(self.ordered):
                 return False
             if any(int((views.stock(store, s) or {}).get("reserved", -1)) != 0 for s in self.sku_ids):
@@ -514,9 +516,17 @@ def dump_views(client: redis.Redis) -> dict[str, Any]:
     return out
 
 
+def views_whole(store: redis.Redis) -> bool:
+    """The views are marked built and no rebuild is refilling them (a rebuild reads with no group, so the
+    projector's committed offsets can stand at the end while it still runs)."""
+    return bool(store.exists(BUILT_KEY)) and not store.exists(REBUILDING_KEY)
+
+
 def wait_fully_projected(settings: Settings, alive: Callable[[], None], timeout: float = 300) -> None:
     """Wait until nothing more is written to the projected topics and the live projector has read all of it:
-    its group's committed offsets equal the end offsets, which stay unchanged over three looks a second apart."""
+    its group's committed offsets equal the end offsets, which stay unchanged over three looks a second apart,
+    and no rebuild of the views is running."""
+    store = redis.Redis.from_url(settings.redis_url)
     consumer = Consumer(
         {"bootstrap.servers": settings.kafka_bootstrap, "group.id": PROJECTOR_GROUP, "enable.auto.commit": False,
          "logger": logging.getLogger(LIBRDKAFKA_LOGGER)}
@@ -536,7 +546,7 @@ def wait_fully_projected(settings: Settings, alive: Callable[[], None], timeout:
             alive()
             ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
             committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(parts, timeout=10)}
-            caught_up = all(end == 0 or committed.get(tp, -1) >= end for tp, end in ends.items())
+            caught_up = all(end == 0 or committed.get(tp, -1) >= end for tp, end in ends.items()) and views_whole(store)
             streak = streak + 1 if caught_up and ends == last else 0
             last = ends
             return streak >= 3
@@ -544,6 +554,7 @@ def wait_fully_projected(settings: Settings, alive: Callable[[], None], timeout:
         wait_until(quiet, timeout=timeout, what="the projected topics quiet and fully projected", interval=1.0)
     finally:
         consumer.close()
+        store.close()
 
 
 def scratch_redis(settings: Settings, db: int = 5) -> redis.Redis:
