@@ -166,10 +166,10 @@ def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float) -> 
 
 
 def worker_groups() -> list[str]:
-    """The consumer groups of the pipeline's own processes: one per service, plus the projector."""
+    """The consumer groups of the pipeline's own processes: one per service (the view service's included)."""
     from schemas.topics import APP_PREFIX, SERVICES
 
-    return [f"{APP_PREFIX}-{s}" for s in SERVICES] + ["order-pipeline-projector"]
+    return [f"{APP_PREFIX}-{s}" for s in SERVICES]
 
 
 def groups_not_ready(

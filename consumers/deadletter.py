@@ -39,7 +39,7 @@ from common.envelope import dead_letter_headers as envelope_dead_letter_headers
 from common.settings import Settings
 from consumers.toolkit import Consumed, ConsumeError, EventConsumer
 from producers.toolkit import producer_config
-from schemas.topics import SERVICES, TOPICS, UnknownTopic, parked_keys_table, topic
+from schemas.topics import SAGA_SERVICES, TOPICS, UnknownTopic, parked_keys_table, topic
 from streams.domain.parking import Position
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ ParkedQueues = dict[tuple[str, str], tuple[Position, ...]]
 
 def read_parked_keys(settings: Settings) -> ParkedQueues | None:
     """Every parked key of every service, read from the parked-keys changelogs (None: they cannot be read)."""
-    names = [parked_keys_table(service).changelog for service in SERVICES]
+    names = [parked_keys_table(service).changelog for service in SAGA_SERVICES]
     latest: dict[tuple[str, int, bytes], bytes | None] = {}
     try:
         with EventConsumer.reader(settings) as consumer:

@@ -166,6 +166,16 @@ USER_SNAPSHOTS = TopicSpec(
     key_field="user_id",
 )
 
+VIEWS_STOCK_LINES = TopicSpec(
+    "order-pipeline-views-stock-lines",
+    records=("StockLineReserved", "StockLineRejected", "StockLineReleased", "StockLineCommitted"),
+    description="The view service's own: the stock lines of inventory.events.v1 as they were (value and headers), "
+    "re-keyed by SKU so that each SKU's stock view is folded on one partition.",
+    key_field="sku",
+    retention_ms=DAY_MS,
+)
+"""Internal to the view service (not a public topic: no other service reads it)."""
+
 TOPICS: tuple[TopicSpec, ...] = (
     ORDER_COMMANDS,
     ORDER_EVENTS,
@@ -182,7 +192,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     USER_SNAPSHOTS,
 )
 
-_BY_NAME = {t.name: t for t in TOPICS}
+_BY_NAME = {t.name: t for t in (*TOPICS, VIEWS_STOCK_LINES)}
 
 
 class UnknownTopic(KeyError):
@@ -211,7 +221,7 @@ def dead_letter_topics() -> tuple[TopicSpec, ...]:
             retention_ms=30 * DAY_MS,
             dead_letter=False,
         )
-        for t in TOPICS
+        for t in (*TOPICS, VIEWS_STOCK_LINES)
         if t.dead_letter
     )
 
@@ -263,6 +273,10 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("users", "users_users", "each user's newest snapshot, events since, claim in flight (user id)"),
     TableSpec("users", "users_emails", "who owns each e-mail address (lower-cased address)"),
     TableSpec("users", "users_reactions", "the last user event each user's reactions answered (user id)"),
+    TableSpec("views", "views_orders", "each order's view with its timeline (order id)"),
+    TableSpec("views", "views_stock", "each SKU's stock view (SKU)"),
+    TableSpec("views", "views_users", "each user's view and newest rejected commands (user id)"),
+    TableSpec("views", "views_notices", "each user's newest notifications (user id)"),
     # every service: its agents' keys held back behind a dead letter (streams.domain.parking), "<agent>/<key>"
     *(
         TableSpec(s, f"{s}_parked_keys", "keys held back behind a dead letter, each with its queue (<agent>/<key>)")
@@ -270,7 +284,10 @@ TABLES: tuple[TableSpec, ...] = (
     ),
 )
 
-SERVICES: tuple[str, ...] = ("orders", "inventory", "payments", "notifications", "users")
+SAGA_SERVICES: tuple[str, ...] = ("orders", "inventory", "payments", "notifications", "users")
+"""The services that take part in the saga (their agents park keys behind dead letters)."""
+SERVICES: tuple[str, ...] = (*SAGA_SERVICES, "views")
+"""Each a Faust app and worker process of its own; ``views`` keeps the query side's views and mirrors them to Redis."""
 
 
 def parked_keys_table(service: str) -> TableSpec:
@@ -309,4 +326,4 @@ def internal_topics() -> tuple[TopicSpec, ...]:
         )
         for s in SERVICES
     )
-    return changelogs + leaders
+    return changelogs + leaders + (VIEWS_STOCK_LINES,)

@@ -44,6 +44,8 @@ class ServiceApp:
     tables: dict[str, Any] = field(default_factory=dict)
     parked: DurableTable | None = None
     """The service's parked-keys table, shared by its agents (built with the first agent registered)."""
+    views: list[Any] = field(default_factory=list)
+    """The view service's folding agents (:class:`streams.view_service.ViewAgent`); empty elsewhere."""
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     timers: dict[str, Callable[..., Awaitable[None]]] = field(default_factory=dict)
     """Timer bodies by name, as Faust runs them every interval (tests and benchmarks call them directly)."""

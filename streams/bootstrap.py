@@ -35,12 +35,13 @@ def create_app(service: str, settings: Settings) -> ServiceApp:
 def add_watchdog(built: ServiceApp, settings: Settings) -> Watchdog:
     """Stop this worker when it holds partitions with waiting messages and makes no progress (see watchdog)."""
     app = built.app
-    sources = {name for runner in built.runners.values() for name in runner.sources}
+    agents = [*built.runners.values(), *built.views]
+    sources = {name for agent in agents for name in agent.sources}
     watchdog = Watchdog(
         settings,
         app_id(built.name),
         sources=sources,
-        busy_for=lambda: max((r.busy_for() for r in built.runners.values()), default=0.0),
+        busy_for=lambda: max((agent.busy_for() for agent in agents), default=0.0),
         ready=lambda: bool(app.tables.recovery.completed.is_set()),  # type: ignore[attr-defined]
     )
 

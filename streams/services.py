@@ -89,6 +89,7 @@ from streams.payment_provider import ProviderBehaviour, ProviderUnavailable, Sim
 from streams.resilience import BreakerState, CircuitBreaker, CircuitOpen, RetryPolicy, retry
 from streams.runner import Step
 from streams.stores import CustomerStore, StockStore
+from streams.view_service import wire_views
 
 T = TypeVar("T")
 
@@ -152,8 +153,13 @@ def wire(built: ServiceApp, settings: Settings, codec: AvroCodec) -> None:
         "payments": _wire_payments,
         "notifications": _wire_notifications,
         "users": _wire_users,
+        "views": _wire_views,
     }
     wiring[built.name](built, settings, codec, config)
+
+
+def _wire_views(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:
+    wire_views(built, settings, codec)
 
 
 def _wire_orders(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:

@@ -178,6 +178,10 @@ class DictRedis:
             self.expiry.pop(key, None)
         return True
 
+    async def hlen(self, key: str) -> int:
+        self._check("HLEN")
+        return len(self.hashes.get(key, {}))
+
     async def exists(self, *keys: str) -> int:
         self._check("EXISTS")
         return sum(k in self.strings for k in keys)

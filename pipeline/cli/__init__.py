@@ -50,7 +50,6 @@ for command in (
     messages.publish,
     messages.tail,
     processes.worker,
-    processes.project,
     processes.gateway_command,
     queries.views,
     queries.order_view,

@@ -1,6 +1,6 @@
-"""The long-running processes: a service's Faust worker, the Redis projector and the HTTP gateway.
+"""The long-running processes: a service's Faust worker (the view service among them) and the HTTP gateway.
 
-A worker or the projector that cannot reach what it needs when it starts exits at once with one line saying
+A worker that cannot reach what it needs when it starts exits at once with one line saying
 so; its supervisor starts it again (compose's ``restart: unless-stopped``). The gateway starts either way, says
 in one line what it cannot reach, and answers 503 on ``/ready`` until it can: a front door that is down helps
 no client.
@@ -8,7 +8,6 @@ no client.
 
 from __future__ import annotations
 
-import json
 import logging
 
 import click
@@ -43,41 +42,6 @@ def worker(service: str) -> None:
     # while the broker is away aiokafka logs its reconnect attempts hundreds of times a second
     logging.getLogger("aiokafka").addFilter(RepeatedRecords(window_s=5.0))
     faust.Worker(built.app, loglevel=settings.worker_log_level, quiet=True).execute_from_commandline()
-
-
-@click.command()
-@click.option("--idle-exit", type=click.FloatRange(min=0), default=None, help="stop after S seconds without a message")
-def project(idle_exit: float | None) -> None:
-    """Run the Redis projector (group order-pipeline-projector) until interrupted; prints its counts on exit."""
-    settings = get_settings()
-    require(kafka_at(settings), redis_at(settings.redis_url))
-
-    import signal
-
-    from confluent_kafka import KafkaException
-
-    from common.telemetry import setup_tracing
-    from consumers.deadletter import DeadLetterFailed
-    from consumers.projector import GROUP_ID, PROJECTED_TOPICS, ProjectorWorker
-    from consumers.toolkit import ConsumeError
-    from schemas.errors import SchemaError
-
-    setup_tracing("projector", settings.otel_exporter, settings.otel_endpoint)
-    try:
-        worker = ProjectorWorker(settings)
-    except SchemaError as exc:
-        raise CliError(str(exc)) from exc
-    handlers = {sig: signal.signal(sig, lambda *_: worker.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    topics = ", ".join(t.name for t in PROJECTED_TOPICS)
-    click.echo(f"projecting {topics} into {settings.redis_url} (group {GROUP_ID})", err=True)
-    try:
-        stats = worker.run(idle_exit=idle_exit)
-    except (ConsumeError, DeadLetterFailed, KafkaException) as exc:
-        raise CliError(str(exc)) from exc
-    finally:
-        for sig, previous in handlers.items():
-            signal.signal(sig, previous)
-    click.echo(json.dumps(stats.as_dict()))
 
 
 @click.command("gateway")

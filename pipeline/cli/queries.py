@@ -31,48 +31,107 @@ def query_redis(settings: Settings, *also: Dependency) -> Any:
 
 
 def not_projected(what: str, settings: Settings) -> CliError:
-    return CliError(f"no {what} in the views at {redacted_url(settings.redis_url)} (is `pipeline project` running?)")
+    return CliError(
+        f"no {what} in the views at {redacted_url(settings.redis_url)} (is `pipeline worker views` running?)"
+    )
 
 
 @click.group()
 def views() -> None:
-    """The query side's Redis views (view:*), kept by `pipeline project`."""
+    """The query side's Redis views (view:*), mirrored from the view service's tables (`pipeline worker views`)."""
 
 
 @views.command("rebuild")
-@click.option("--idle-timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
-              help="give up on a partition that yields nothing for S seconds before its snapshot end")  # fmt: skip
+@click.option("--from-log", is_flag=True,
+              help="rebuild the view tables from the event topics (the view service must be stopped)")  # fmt: skip
+@click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
+              help="seconds to wait for the view service to re-mirror")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="print the counts as one JSON object")
-def views_rebuild(idle_timeout: float, as_json: bool) -> None:
-    """Drop every view:* key and re-project the topics from their start to their end offsets as of now.
+def views_rebuild(from_log: bool, timeout: float, as_json: bool) -> None:
+    """Drop every view:* key; the running view service writes them again from its tables (O(keys)).
 
-    Stop `pipeline project` first; start it again afterwards (its replays are no-ops).
+    With --from-log, reset the view service instead (stop `pipeline worker views` first): its consumer group and
+    table changelogs are deleted, so when it starts again it folds every event from the log into new tables and
+    mirrors them.
     """
-    from confluent_kafka import KafkaException
-
-    from consumers.projector import rebuild_views
-    from consumers.toolkit import ConsumeError
-    from schemas.errors import SchemaError
+    from consumers.view_log import count_views, drop_views
 
     settings = get_settings()
     client = query_redis(settings, kafka_at(settings))
-    try:
-        report = rebuild_views(settings, client, idle_timeout=idle_timeout)
-    except (ConsumeError, KafkaException, SchemaError) as exc:
-        raise CliError(str(exc)) from exc
-    counts = report.as_dict()
-    if as_json:
-        click.echo(json.dumps(counts))
-    else:
-        click.echo(f"dropped {report.dropped} view keys")
-        for name, per_topic in counts["topics"].items():
-            click.echo(f"{name:<28} " + " ".join(f"{k}={v}" for k, v in sorted(per_topic.items())))
-        click.echo(
-            f"rebuilt {report.keys} view keys from {counts['handled']} messages "
-            f"(applied {counts['applied']}, unchanged {counts['unchanged']}, skipped {counts['skipped']})"
-        )
-    if report.incomplete:
-        raise CliError(f"stopped before the snapshot end of {', '.join(report.incomplete)}")
+    if from_log:
+        reset = reset_view_service(settings)
+        dropped = drop_views(client)
+        counts = {"dropped_keys": dropped, **reset}
+        click.echo(json.dumps(counts) if as_json else (
+            f"dropped {dropped} view keys; deleted group {reset['group']} and {len(reset['topics'])} topics of the"
+            " view service; start `pipeline worker views`: it folds the log from the start and mirrors it"
+        ))  # fmt: skip
+        return
+    import time
+
+    from streams.views.read import views_whole
+
+    started = time.monotonic()
+    dropped = drop_views(client)
+    while not views_whole(client):
+        if time.monotonic() - started > timeout:
+            raise CliError(f"dropped {dropped} view keys, but no view service re-mirrored them within {timeout:.0f}s"
+                           " (is `pipeline worker views` running?)")  # fmt: skip
+        time.sleep(0.2)
+    counts = {
+        "dropped_keys": dropped,
+        "view_keys": count_views(client),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    click.echo(json.dumps(counts) if as_json else (
+        f"dropped {dropped} view keys; the view service re-mirrored {counts['view_keys']} in {counts['seconds']} s"
+    ))  # fmt: skip
+
+
+def reset_view_service(settings: Settings) -> dict[str, Any]:
+    """Delete the view service's consumer group and empty its own topics (table changelogs, stock lines).
+
+    Refused while the group has members: a running view service would write over what is reset."""
+    from confluent_kafka.admin import AdminClient
+
+    from common.admin import admin_client
+    from schemas.topics import TABLES, VIEWS_STOCK_LINES
+    from streams.app import app_id
+
+    group = app_id("views")
+    admin: AdminClient = admin_client(settings)
+    described = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+    if described.members:
+        raise CliError(f"the view service is running ({len(described.members)} members in {group}): stop it first")
+    topics = [t.changelog for t in TABLES if t.service == "views"] + [VIEWS_STOCK_LINES.name]
+    existing = set(admin.list_topics(timeout=10).topics)
+    if str(described.state).rsplit(".", 1)[-1] != "DEAD":
+        admin.delete_consumer_groups([group], request_timeout=10)[group].result()
+    doomed = [t for t in topics if t in existing]
+    for future in admin.delete_topics(doomed, operation_timeout=30).values():
+        future.result()
+    from common.admin import all_topics
+
+    specs = [spec for spec in all_topics() if spec.name in topics]
+    _recreate(admin, settings, specs)
+    return {"group": group, "topics": topics}
+
+
+def _recreate(admin: Any, settings: Settings, specs: list[Any]) -> None:
+    """Create the deleted topics again (the broker may take a moment to forget them)."""
+    import time
+
+    from common.admin import apply_topics
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            apply_topics(admin, settings, specs)
+            return
+        except Exception as exc:  # noqa: BLE001 - "marked for deletion" until the broker finished
+            if time.monotonic() > deadline:
+                raise CliError(f"could not create the view service's topics again: {exc}") from exc
+            time.sleep(0.5)
 
 
 @click.command("order")

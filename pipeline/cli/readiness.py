@@ -38,7 +38,7 @@ def wait_ready(timeout: float) -> None:
 @click.command("wait-workers")
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="seconds to wait at most")
 def wait_workers(timeout: float) -> None:
-    """Wait until every worker and the projector hold their partitions; exit 1 if not within the timeout."""
+    """Wait until every worker (the view service included) holds its partitions; exit 1 if not within the timeout."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 

@@ -1,7 +1,7 @@
 """The Redis key space of the read views: every key and prefix, named once.
 
-``view:*`` is :mod:`consumers.projector`'s alone (``pipeline views rebuild`` drops all of it); the two
-``views-meta:*`` marks sit outside it so that a rebuild keeps them. Times are event times in epoch milliseconds,
+``view:*`` is the view service's alone (:mod:`streams.view_service` mirrors its tables there; ``pipeline views
+rebuild`` drops all of it); the ``views-meta:*`` marks sit outside it. Times are event times in epoch milliseconds,
 JSON is canonical (sorted keys, no spaces), nothing records processing time:
 
 ==============================================  ======  =========================================================
@@ -33,7 +33,6 @@ key                                             type    content
                                                         ``order`` (the order view); removed once a
                                                         PaymentRefunded at or after the failure arrives
 ``view:notifications:{user_id}``                list    JSON NotificationSent values, newest first (100 kept)
-``view:notification-ids:{user_id}``             set     notification ids already taken (deduplication)
 ``view:user:{user_id}``                         string  JSON user view: ``user_id``, ``username``, ``email``,
                                                         ``profile`` (merged), ``active``,
                                                         ``deactivation_reason``, ``version`` (only newer applied),
@@ -44,20 +43,23 @@ key                                             type    content
 ``view:users:by-registered``                    zset    user ids scored by ``registered_at``
 ``view:user-rejections:{user_id}``              list    JSON UserCommandRejected values + ``event_id``, newest
                                                         first (20 kept)
-``view:user-rejection-ids:{user_id}``           set     rejection event ids already taken (deduplication)
 ==============================================  ======  =========================================================
 """
 
 from __future__ import annotations
 
 VIEW_PREFIX = "view:"
-REBUILDING_KEY = "views-meta:rebuilding"
-"""Set (outside ``view:*``, so the rebuild does not drop it) while ``pipeline views rebuild`` runs: readers
-mark what they show as stale. It expires on its own if a rebuild dies."""
-BUILT_KEY = "views-meta:built"
-"""Written (outside ``view:*``) once the views hold everything up to the projector's committed offsets: when the
-live projector or a rebuild made them. Redis lost or flushed loses it too, which is how the projector notices
-that its views are gone and rebuilds them from the log."""
+MIRRORED_KEY = "views-meta:mirrored"
+"""Hash (outside ``view:*``): one field per view table partition (:func:`mirrored_field`) whose entries Redis
+holds. The view service writes a field once it mirrored that partition whole; Redis flushed or replaced loses
+them all, which is how the view service notices what to re-mirror from its tables. The views are whole when
+every field is there (:data:`MIRRORED_FIELDS`)."""
+
+
+def mirrored_field(table: str, partition: int) -> str:
+    return f"{table}/{partition}"
+
+
 ATTENTION_KEY = "view:attention"
 SKUS_KEY = "view:skus"
 USERNAMES_KEY = "view:users:by-username"
@@ -86,10 +88,6 @@ def notifications_key(user_id: str) -> str:
     return f"view:notifications:{user_id}"
 
 
-def notification_ids_key(user_id: str) -> str:
-    return f"view:notification-ids:{user_id}"
-
-
 def user_key(user_id: str) -> str:
     return f"view:user:{user_id}"
 
@@ -100,7 +98,3 @@ def user_email_key(email: str) -> str:
 
 def user_rejections_key(user_id: str) -> str:
     return f"view:user-rejections:{user_id}"
-
-
-def user_rejection_ids_key(user_id: str) -> str:
-    return f"view:user-rejection-ids:{user_id}"

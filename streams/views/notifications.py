@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.views.events import HIDDEN_FIELDS, Event, Op, canonical_json, required_str
-from streams.views.keys import notification_ids_key, notifications_key
+from streams.views.events import HIDDEN_FIELDS, Event, required_str
 
 NOTIFICATIONS_KEPT = 100
 """How many notices a user's list keeps (the newest)."""
@@ -21,14 +20,3 @@ def notification_entry(event: Event) -> tuple[str, str, dict[str, Any]]:
     notification_id = required_str(event, "notification_id")
     entry = {k: v for k, v in event.value.items() if k not in HIDDEN_FIELDS}
     return user_id, notification_id, entry
-
-
-def notification_ops(event: Event) -> list[Op]:
-    """The writes that add a NotificationSent to its user's notices (the caller checks it was not taken yet)."""
-    user_id, notification_id, entry = notification_entry(event)
-    key = notifications_key(user_id)
-    return [
-        Op("SADD", notification_ids_key(user_id), (notification_id,)),
-        Op("LPUSH", key, (canonical_json(entry),)),
-        Op("LTRIM", key, (0, NOTIFICATIONS_KEPT - 1)),
-    ]

@@ -1,4 +1,4 @@
-"""Reading the query side's views (``view:*``, written by :mod:`consumers.projector`) for the gateway and the CLI.
+"""Reading the query side's views (``view:*``, mirrored by :mod:`streams.view_service`) for the gateway and the CLI.
 
 Every function takes a Redis client (bytes or ``decode_responses=True``, either works) and only reads.
 The ``*_async`` twins take a ``redis.asyncio`` client and return the same shapes.
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from streams.views.keys import (
     ATTENTION_KEY,
-    REBUILDING_KEY,
+    MIRRORED_KEY,
     REGISTERED_KEY,
     SKUS_KEY,
     USERNAMES_KEY,
@@ -26,6 +26,7 @@ from streams.views.keys import (
     user_rejections_key,
 )
 from streams.views.stock import STOCK_FIELDS
+from streams.views.tables import MIRRORED_FIELDS
 
 if TYPE_CHECKING:
     import redis
@@ -242,6 +243,12 @@ async def user_rejections_async(client: aioredis.Redis, user_id: str, limit: int
     return [json.loads(v) for v in await client.lrange(user_rejections_key(user_id), 0, limit - 1)]
 
 
+def views_whole(client: redis.Redis) -> bool:
+    """Whether Redis holds every view table partition (the view service marked each one mirrored)."""
+    return int(client.hlen(MIRRORED_KEY)) >= len(MIRRORED_FIELDS)
+
+
 async def rebuilding_async(client: aioredis.Redis) -> bool:
-    """True while ``pipeline views rebuild`` runs: the views may be missing or behind."""
-    return bool(await client.exists(REBUILDING_KEY))
+    """True while the views are not whole (Redis flushed and being re-mirrored, or being rebuilt): what they show
+    may be missing or behind."""
+    return int(await client.hlen(MIRRORED_KEY)) < len(MIRRORED_FIELDS)

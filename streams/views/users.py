@@ -14,8 +14,6 @@ from streams.views.keys import (
     USERNAMES_KEY,
     user_email_key,
     user_key,
-    user_rejection_ids_key,
-    user_rejections_key,
 )
 
 USER_RECORDS = frozenset(USER_EVENTS.records)
@@ -101,14 +99,3 @@ def user_ops(doc: Mapping[str, Any] | None, event: Event) -> list[Op]:
     if doc is None or doc.get("registered_at") != after["registered_at"]:
         ops.append(Op("ZADD", REGISTERED_KEY, (int(after["registered_at"]), user_id)))
     return ops
-
-
-def rejection_ops(user_id: str, event_id: str, event: Event) -> list[Op]:
-    """The writes that add a UserCommandRejected to its user's rejections (the caller checks it was not taken)."""
-    key = user_rejections_key(user_id)
-    entry = {k: v for k, v in event.value.items() if k != "user_id"} | {"event_id": event_id}
-    return [
-        Op("SADD", user_rejection_ids_key(user_id), (event_id,)),
-        Op("LPUSH", key, (canonical_json(entry),)),
-        Op("LTRIM", key, (0, REJECTIONS_KEPT - 1)),
-    ]

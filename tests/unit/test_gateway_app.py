@@ -21,6 +21,8 @@ from common.health import Check
 from gateway.ratelimit import RedisRateLimiter
 from schemas.errors import InvalidRecord
 from schemas.topics import TopicSpec
+from streams.views.keys import MIRRORED_KEY
+from streams.views.tables import MIRRORED_FIELDS
 from tests.gateway_support import Client, DictRedis, Env, MemoryPublisher, ok, token_for, until
 
 pytestmark = pytest.mark.unit
@@ -526,6 +528,7 @@ def test_the_dashboard_reads_its_three_views_concurrently(env: Env) -> None:
         "o-2": json.dumps({"order_id": "o-2", "status": "PLACED"}),
     }
     env.redis.lists["view:notifications:u-1"] = [json.dumps({"notification_id": "n-1", "order_id": "o-1"})]
+    env.redis.hashes[MIRRORED_KEY] = dict.fromkeys(MIRRORED_FIELDS, "1")  # the view service mirrored every table
     in_flight = {"now": 0, "max": 0}
     all_three = asyncio.Event()
     for name in ("get", "zrevrange", "lrange"):
@@ -552,7 +555,7 @@ def test_the_dashboard_reads_its_three_views_concurrently(env: Env) -> None:
         assert [o["order_id"] for o in body["orders"]] == ["o-2", "o-1"]
         assert body["notifications"] == [{"notification_id": "n-1", "order_id": "o-1"}]
         assert body["stale"] is False
-        env.redis.strings["views-meta:rebuilding"] = "1"  # `pipeline views rebuild` is running
+        del env.redis.hashes[MIRRORED_KEY][MIRRORED_FIELDS[0]]  # Redis lost a partition's views: being re-mirrored
         rebuilding = await (await client.get("/api/dashboard", headers=env.auth("u-1"))).json()
         assert rebuilding["stale"] is True
 

@@ -1,4 +1,5 @@
-"""The projector's pure decisions: order views as a fold of their events, stock by version, attention, notices."""
+"""The views' pure folds: order views as a fold of their events, stock by version, attention, notices; the tables
+they are kept in and the Redis writes that mirror them."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumers.projector import Projector
 from consumers.toolkit import Consumed
+from consumers.view_log import LogFold, event_of, fold_into
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.topics import (
@@ -25,7 +26,6 @@ from schemas.topics import (
 from streams.views.events import TIME_FIELDS, CannotProject, Event, Op, make_event
 from streams.views.keys import (
     ATTENTION_KEY,
-    notification_ids_key,
     notifications_key,
     order_key,
     stock_key,
@@ -34,8 +34,9 @@ from streams.views.keys import (
 )
 from streams.views.notifications import NOTIFICATIONS_KEPT
 from streams.views.orders import SAGA_ORDER, STATUS_BY_RECORD, apply_to_order, attention_entry
-from streams.views.projection import Reads, Snapshot, project, reads
 from streams.views.stock import STOCK_LINE_RECORDS, apply_to_stock
+from streams.views.tables import STOCK_VIEWS, VIEW_TABLES, mirror
+from streams.views.tables import fold as fold_views
 
 pytestmark = pytest.mark.unit
 
@@ -86,27 +87,34 @@ def fold(*events: Event, order_id: str = "o-1") -> dict[str, Any]:
 
 
 class FakeViews:
-    """The ops' Redis semantics in a dict, so whole sequences can be checked without Redis."""
+    """The view tables as dicts, and the ops' Redis semantics in a dict, so whole sequences can be checked without
+    Kafka or Redis. A stock line is folded twice, as the view service folds it: from the order-keyed topic and,
+    forwarded, keyed by its SKU."""
 
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
-
-    def snapshot(self, need: Reads) -> Snapshot:
-        order = self.data.get(order_key(need.order_id)) if need.order_id else None
-        stock = self.data.get(stock_key(need.sku)) if need.sku else None
-        seen = False
-        if need.notification is not None:
-            user_id, notification_id = need.notification
-            seen = notification_id in self.data.get(notification_ids_key(user_id), set())
-        return Snapshot(
-            order=json.loads(order) if order else None, stock=dict(stock) if stock else None, notification_seen=seen
-        )
+        self.tables: dict[str, dict[str, Any]] = {name: {} for name in VIEW_TABLES}
 
     def apply(self, event: Event) -> list[Op]:
-        ops = project(event, self.snapshot(reads(event)))
+        lookup = lambda table, key: self.tables[table].get(key)  # noqa: E731
+        changes = fold_views(event, lookup)
+        if event.record in STOCK_LINE_RECORDS:
+            changes += fold_views(event, lookup, as_stock=True)
+        ops = [op for change in changes for op in change.ops]
+        for change in changes:
+            self.tables[change.table][change.key] = change.after
         for op in ops:
             self._run(op)
         return ops
+
+    def remirrored(self) -> dict[str, Any]:
+        """What Redis holds when it is written again from the tables alone (a flushed Redis re-mirrored)."""
+        fresh = FakeViews()
+        for table, entries in self.tables.items():
+            for key, entry in entries.items():
+                for op in mirror(table, key, entry):
+                    fresh._run(op)
+        return fresh.data
 
     def _run(self, op: Op) -> None:
         args = [str(a) if not isinstance(a, int) else a for a in op.args]
@@ -124,10 +132,10 @@ class FakeViews:
                 self.data.get(op.key, {}).pop(args[0], None)
             case "SADD":
                 self.data.setdefault(op.key, set()).add(args[0])
-            case "LPUSH":
-                self.data.setdefault(op.key, []).insert(0, args[0])
-            case "LTRIM":
-                self.data[op.key] = self.data[op.key][int(args[0]) : int(args[1]) + 1]
+            case "DEL":
+                self.data.pop(op.key, None)
+            case "RPUSH":
+                self.data.setdefault(op.key, []).extend(args)
             case _:
                 raise AssertionError(op.command)
         self.data = {k: v for k, v in self.data.items() if v or isinstance(v, str)}
@@ -340,21 +348,21 @@ def test_of_events_reporting_one_version_the_earliest_stays_whatever_the_order()
 def test_stock_added_goes_to_the_stock_view_only() -> None:
     added = Event("StockAdded", {"sku": "SKU-9", "quantity": 5, "reason": "delivery", "available": 5,
                                  "reserved": 0, "sold": 0, "stock_version": 1}, "id-1", T0, "inventory")  # fmt: skip
-    assert reads(added) == Reads(sku="SKU-9")
-    ops = project(added, Snapshot())
-    assert {op.key for op in ops} == {stock_key("SKU-9"), "view:skus"}
-    assert project(added, Snapshot(stock={"stock_version": "1"})) == []
+    (change,) = fold_views(added, lambda table, key: None)
+    assert (change.table, change.key) == (STOCK_VIEWS, "SKU-9")
+    assert {op.key for op in change.ops} == {stock_key("SKU-9"), "view:skus"}
+    assert fold_views(added, lambda table, key: {"stock_version": "1"}) == []
 
 
 def test_stock_without_absolute_counts_cannot_be_projected() -> None:
     old_style = Event("StockAdded", {"sku": "SKU-9", "quantity": 5, "reason": "delivery"}, "id-1", T0)
     with pytest.raises(CannotProject, match="available"):
-        project(old_style, Snapshot())
+        fold_views(old_style, lambda table, key: None)
 
 
 def test_an_order_event_without_an_order_id_cannot_be_projected() -> None:
     with pytest.raises(CannotProject, match="order_id"):
-        reads(Event("OrderConfirmed", {"payment_id": "p"}, "x", T0))
+        fold_views(Event("OrderConfirmed", {"payment_id": "p"}, "x", T0), lambda table, key: None)
 
 
 # --- needs attention ----------------------------------------------------------------------------------------
@@ -410,11 +418,11 @@ def test_notifications_newest_first_deduplicated_and_bounded() -> None:
     views = FakeViews()
     for n in range(NOTIFICATIONS_KEPT + 5):
         views.apply(notice(n))
-    assert views.apply(notice(3)) == []  # the same notification again
+    assert views.apply(notice(NOTIFICATIONS_KEPT)) == []  # the same notification again, among the kept ones
     listed = [json.loads(v)["notification_id"] for v in views.data[notifications_key("u-1")]]
     assert len(listed) == NOTIFICATIONS_KEPT
     assert listed[0] == f"n-{NOTIFICATIONS_KEPT + 4}"
-    redelivered = Event("NotificationSent", dict(notice(1).value), "another-envelope-id", T0 + 1)
+    redelivered = Event("NotificationSent", dict(notice(50).value), "another-envelope-id", T0 + 50)
     assert views.apply(redelivered) == []
 
 
@@ -446,50 +454,28 @@ def test_the_views_name_only_records_the_topic_contract_declares() -> None:
     assert set(TIME_FIELDS) <= {record for topic in TOPICS for record in topic.records}
 
 
-# --- the projector's edge, with stand-ins for Redis and the dead-letter producer -----------------------------
-
-
-class RecordingStore:
-    def __init__(self) -> None:
-        self.views = FakeViews()
-
-    def apply(self, event: Event) -> list[Op]:
-        return self.views.apply(event)
-
-
-class RecordingDeadLetters:
-    def __init__(self) -> None:
-        self.sent: list[tuple[Consumed, str]] = []
-
-    def send(self, message: Consumed, error: str, *, attempts: int = 1) -> None:
-        self.sent.append((message, error))
+# --- messages as the folds take them (the view service's checks, in the same order) ---------------------------
 
 
 def consumed(value: bytes, offset: int = 0, headers: tuple[tuple[str, bytes], ...] = ()) -> Consumed:
-    return Consumed("orders.events.v1", 0, offset, T0, "o-1", value, headers)
+    return Consumed("orders.events.v1", 0, offset, T0, "o-1", value, headers, b"o-1")
 
 
-def test_projector_dead_letters_garbage_and_projects_the_rest() -> None:
-    catalog = SchemaCatalog.load()
-    codec = AvroCodec(catalog)
-    store, letters = RecordingStore(), RecordingDeadLetters()
-    projector = Projector(store, codec, dead_letters=letters)  # type: ignore[arg-type]
-    assert projector.handle(consumed(b"not avro")) == "dead-lettered"
-    assert letters.sent[0][1].startswith("NotSingleObjectEncoded")
+def test_garbage_cannot_be_folded_and_a_redelivery_changes_nothing() -> None:
+    from schemas.errors import DecodeError
+
+    codec = AvroCodec(SchemaCatalog.load())
+    with pytest.raises(DecodeError, match="NotSingleObjectEncoded|single-object"):
+        event_of(consumed(b"not avro"), codec)
     good = codec.encode("OrderConfirmed", {"order_id": "o-1", "payment_id": "p-1", "confirmed_at": T0})
-    headers = (("ce_id", b"e-1"), ("ce_source", b"/order-pipeline/orders"))
-    assert projector.handle(consumed(good, 1, headers)) == "applied"
-    assert projector.handle(consumed(good, 2, headers)) == "unchanged"  # same ce_id at another offset
-    doc = json.loads(store.views.data[order_key("o-1")])
-    assert doc["status"] == "CONFIRMED"
-    assert doc["timeline"][0]["id"] == "e-1" and doc["timeline"][0]["service"] == "orders"
-    assert projector.stats.positions == {("orders.events.v1", 0): 3}
-    assert dict(projector.stats.outcomes) == {"dead-lettered": 1, "applied": 1, "unchanged": 1}
-
-
-def test_rebuild_mode_skips_instead_of_dead_lettering() -> None:
-    projector = Projector(RecordingStore(), AvroCodec(SchemaCatalog.load()), dead_letters=None)  # type: ignore[arg-type]
-    assert projector.handle(consumed(b"\xc3\x01garbage!")) == "skipped"
+    headers = (("ce_id", b"e-1"), ("ce_source", b"/order-pipeline/orders"), ("ce_specversion", b"1.0"),
+               ("ce_type", b"OrderConfirmed"), ("ce_time", b"2026-01-01T00:00:00Z"))  # fmt: skip
+    views = LogFold()
+    fold_into(views, event_of(consumed(good, 1, headers), codec), stock_line=False)
+    fold_into(views, event_of(consumed(good, 2, headers), codec), stock_line=False)  # same ce_id at another offset
+    doc = views.tables["views_orders"]["o-1"]
+    assert doc["status"] == "CONFIRMED" and views.changed == 1
+    assert [entry["id"] for entry in doc["timeline"]] == [event_of(consumed(good, 1, headers), codec).event_id]
 
 
 def test_the_order_views_terminal_ranks_are_exactly_the_domains_terminal_statuses() -> None:
@@ -508,19 +494,24 @@ def test_the_order_views_terminal_ranks_are_exactly_the_domains_terminal_statuse
     ],
     ids=["missing key", "key differs", "wrong partition"],
 )
-def test_a_record_breaking_its_key_contract_is_dead_lettered_and_projects_nothing(
-    key: str | None, partition: int, error: str
-) -> None:
-    """What every agent refuses never reaches the views either (an unkeyed OrderConfirmed from kcat, say)."""
+def test_a_record_breaking_its_key_contract_cannot_be_folded(key: str | None, partition: int, error: str) -> None:
+    """What every agent refuses never reaches the views either (an unkeyed OrderConfirmed from kcat, say): the view
+    service dead-letters it with this reason, and a fold of the log skips it, so both build the same views."""
     codec = AvroCodec(SchemaCatalog.load())
-    store, letters = RecordingStore(), RecordingDeadLetters()
-    projector = Projector(store, codec, dead_letters=letters)  # type: ignore[arg-type]
     good = codec.encode("OrderConfirmed", {"order_id": "o-1", "payment_id": "p-1", "confirmed_at": T0})
     raw_key = None if key is None else key.encode()
     message = Consumed("orders.events.v1", partition, 7, T0, key, good, (("ce_id", b"e-1"),), raw_key)
-    assert projector.handle(message) == "dead-lettered"
-    assert letters.sent == [(message, error)]
-    assert store.views.data == {}, "nothing projected"
-    rebuilding = Projector(RecordingStore(), codec, dead_letters=None)  # type: ignore[arg-type]
-    assert rebuilding.handle(message) == "skipped", "a rebuild skips it too, so the views rebuild the same"
-    assert projector.handle(replace(message, partition=0, key="o-1", raw_key=b"o-1")) == "applied"
+    with pytest.raises(CannotProject) as refused:
+        event_of(message, codec)
+    assert str(refused.value) == error
+    assert event_of(replace(message, partition=0, key="o-1", raw_key=b"o-1"), codec).record == "OrderConfirmed"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.permutations(saga()))
+def test_a_redis_written_again_from_the_tables_equals_the_one_written_event_by_event(events: list[Event]) -> None:
+    """A flushed Redis re-mirrored from the tables (O(keys)) shows exactly what the live writes showed."""
+    views = FakeViews()
+    for event in events:
+        views.apply(event)
+    assert views.remirrored() == views.data

@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.views.events import Event, Op
-from streams.views.keys import USERNAMES_KEY, user_email_key, user_key, user_rejection_ids_key
-from streams.views.projection import Reads, Snapshot, project, reads
+from streams.views.keys import USERNAMES_KEY, user_email_key, user_key, user_rejections_key
+from streams.views.tables import USER_VIEWS
+from streams.views.tables import fold as fold_views
 from streams.views.users import apply_to_user, username_member
 
 pytestmark = pytest.mark.unit
@@ -75,26 +76,27 @@ def test_onboarding_is_stamped_once() -> None:
 
 def test_an_email_change_moves_only_this_user_between_address_sets() -> None:
     before = fold(REGISTERED)
-    ops = project(
-        ev("UserEmailChanged", 2, old_email="ada@example.com", new_email="ADA@new.org"), Snapshot(user=before)
-    )
+    changed = ev("UserEmailChanged", 2, old_email="ada@example.com", new_email="ADA@new.org")
+    (change,) = fold_views(changed, lambda table, key: {"user": before, "rejections": []})
+    ops = change.ops
     assert Op("SREM", user_email_key("ada@example.com"), ("u-1",)) in ops
     assert Op("SADD", user_email_key("ada@new.org"), ("u-1",)) in ops
     assert not any(op.command == "DEL" for op in ops), "another user may own the old address by now"
 
 
 def test_registration_indexes_username_and_time() -> None:
-    ops = project(REGISTERED, Snapshot())
+    (change,) = fold_views(REGISTERED, lambda table, key: None)
+    ops = change.ops
     assert ops[0].command == "SET" and ops[0].key == user_key("u-1")
     assert Op("ZADD", USERNAMES_KEY, (0, username_member("Ada", "u-1"))) in ops
 
 
 def test_rejections_are_listed_once() -> None:
     rejected = ev("UserCommandRejected", None, event_id="r-1", command="ChangeEmail", reason="concurrency conflict")
-    assert reads(rejected) == Reads(rejection=("u-1", "r-1"))
-    ops = project(rejected, Snapshot())
-    assert [op.command for op in ops] == ["SADD", "LPUSH", "LTRIM"] and ops[0].key == user_rejection_ids_key("u-1")
-    assert project(rejected, Snapshot(rejection_seen=True)) == []
+    (change,) = fold_views(rejected, lambda table, key: None)
+    assert (change.table, change.key) == (USER_VIEWS, "u-1") and change.after["rejections"][0]["event_id"] == "r-1"
+    assert [op.command for op in change.ops] == ["DEL", "RPUSH"] and change.ops[0].key == user_rejections_key("u-1")
+    assert fold_views(rejected, lambda table, key: change.after) == [], "a redelivered rejection changes nothing"
 
 
 HISTORY = [
