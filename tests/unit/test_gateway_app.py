@@ -563,6 +563,7 @@ def test_the_dashboard_reads_its_three_views_concurrently(env: Env) -> None:
     assert in_flight["max"] >= 3  # the profile, orders and notices reads were in flight together
 
     empty = Env()
+    empty.redis.hashes[MIRRORED_KEY] = dict.fromkeys(MIRRORED_FIELDS, "1")
 
     async def nobody(client: Client) -> None:
         body = await (await client.get("/api/dashboard", headers=empty.auth("u-new"))).json()
