@@ -195,7 +195,7 @@ def running_pipeline(
     workers_per_service: int = 1,
     **env_overrides: str,
 ) -> Iterator[Pipeline]:
-    """Start every service's worker(s) and the projector; stop them all afterwards (logs kept in ``workdir``).
+    """Start every service's worker(s), the view service's included; stop them all afterwards (logs kept in ``workdir``).
 
     With ``workers_per_service`` N, each service runs N processes in its one consumer group, each with its own
     data dir (``workdir/faust``, ``workdir/faust.1`` …) and log (``orders.log``, ``orders.1.log`` …). With
@@ -213,7 +213,6 @@ def running_pipeline(
                 pipeline.http_ports[name] = free_port()
                 own["PIPELINE_WORKER_HTTP_PORT"] = str(pipeline.http_ports[name])
             pipeline.processes[name] = Process(name, [PIPELINE, "worker", service], own, workdir / f"{name}.log")
-    pipeline.processes["projector"] = Process("projector", [PIPELINE, "project"], env, workdir / "projector.log")
     try:
         for process in pipeline.processes.values():
             process.start()
@@ -224,7 +223,7 @@ def running_pipeline(
                 pipeline.assert_alive()
                 return ready()
 
-            wait_until(all_ready, timeout=180, what="workers and projector holding their partitions", interval=0.5)
+            wait_until(all_ready, timeout=180, what="workers holding their partitions", interval=0.5)
         yield pipeline
     finally:
         for process in pipeline.processes.values():

@@ -23,9 +23,8 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from common.settings import LIBRDKAFKA_LOGGER, Settings
-from consumers.projector import GROUP_ID as PROJECTOR_GROUP
-from consumers.projector import PROJECTED_TOPICS
 from consumers.toolkit import EventConsumer
+from consumers.view_log import PROJECTED_TOPICS
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
@@ -36,14 +35,17 @@ from schemas.topics import (
     ORDER_DEADLINES,
     ORDER_EVENTS,
     PAYMENT_EVENTS,
+    VIEWS_STOCK_LINES,
     table,
 )
+from streams.app import app_id
 from streams.domain.orders import TERMINAL_STATUSES
 from streams.domain.reservations import HANDLES as RESERVATION_INPUTS
 from streams.payment_provider import LEDGER
 from streams.stores import hold_key
 from streams.views import read as views
-from streams.views.keys import BUILT_KEY, REBUILDING_KEY, order_key
+from streams.views.keys import order_key
+from streams.views.read import views_whole as views_mirrored
 from tests.seeding import register_users
 from tests.stack import wait_until
 
@@ -156,7 +158,7 @@ class OrderLoad:
         def settled() -> bool:
             alive()
             if not views_whole(store):
-                return False  # a rebuild is refilling the views: what they show is not the quiet point yet
+                return False  # the views are being re-mirrored: what they show is not the quiet point yet
             if self.terminal_count(store) < len(self.ordered):
                 return False
             if any(int((views.stock(store, s) or {}).get("reserved", -1)) != 0 for s in self.sku_ids):
@@ -516,23 +518,25 @@ def dump_views(client: redis.Redis) -> dict[str, Any]:
     return out
 
 
+VIEWS_GROUP = app_id("views")
+
+
 def views_whole(store: redis.Redis) -> bool:
-    """The views are marked built and no rebuild is refilling them (a rebuild reads with no group, so the
-    projector's committed offsets can stand at the end while it still runs)."""
-    return bool(store.exists(BUILT_KEY)) and not store.exists(REBUILDING_KEY)
+    """Redis holds every view table partition: none is lost (flushed) or being re-mirrored."""
+    return views_mirrored(store)
 
 
 def wait_fully_projected(settings: Settings, alive: Callable[[], None], timeout: float = 300) -> None:
-    """Wait until nothing more is written to the projected topics and the live projector has read all of it:
-    its group's committed offsets equal the end offsets, which stay unchanged over three looks a second apart,
-    and no rebuild of the views is running."""
+    """Wait until nothing more is written to the projected topics and the view service has read all of it: its
+    group's committed offsets equal the end offsets (its own stock-lines topic included), which stay unchanged over
+    three looks a second apart, and Redis holds every view partition."""
     store = redis.Redis.from_url(settings.redis_url)
     consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": PROJECTOR_GROUP, "enable.auto.commit": False,
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": VIEWS_GROUP, "enable.auto.commit": False,
          "logger": logging.getLogger(LIBRDKAFKA_LOGGER)}
     )  # fmt: skip
     try:
-        names = [t.name for t in PROJECTED_TOPICS]
+        names = [t.name for t in (*PROJECTED_TOPICS, VIEWS_STOCK_LINES)]
         parts = [
             TopicPartition(n, p)
             for n in names

@@ -2,7 +2,7 @@
 
 The orders come as a steady load (``PIPELINE_TEST_CHAOS_RATE`` a second). The faults come from a seeded plan
 (printed; ``PIPELINE_TEST_CHAOS_SEED`` replays one): six SIGKILLs of random processes (any service's worker or
-the projector), one restart of the broker container and one ``FLUSHDB`` of the query side's Redis, each when
+the view service), one restart of the broker container and one ``FLUSHDB`` of the query side's Redis, each when
 a random share of the orders is terminal. The test acts as compose's supervisor does (``restart:
 unless-stopped``): a process that exits for any reason is started again, and the exits are counted.
 Afterwards every promise of the design holds (one terminal state per order, stock conserved, no double
@@ -26,7 +26,7 @@ import redis
 
 from common.admin import admin_client, apply_topics
 from common.settings import Settings
-from consumers.projector import rebuild_views
+from consumers.view_log import fold_log, write_views
 from schemas.topics import SERVICES
 from tests.integration.promises import OrderLoad, dump_views, scratch_redis, wait_fully_projected
 from tests.stack import KafkaNode, wait_until
@@ -51,7 +51,7 @@ class Fault:
 
 def chaos_plan(rng: random.Random) -> list[Fault]:
     """The seeded faults, in the order they strike."""
-    processes = [*SERVICES, "projector"]
+    processes = list(SERVICES)
     faults = [Fault(round(rng.uniform(0.05, 0.9), 2), f"kill:{rng.choice(processes)}") for _ in range(KILLS)]
     faults.append(Fault(round(rng.uniform(0.2, 0.7), 2), "broker"))
     faults.append(Fault(round(rng.uniform(0.2, 0.8), 2), "flush"))
@@ -139,14 +139,15 @@ def test_two_thousand_orders_through_kills_a_broker_restart_and_a_redis_flush(
     outcomes = load.check_promises(store)
     assert sum(outcomes.values()) == ORDERS
 
-    # the views are exactly the log's: what the live projector ended with equals a rebuild from scratch
+    # the views are exactly the log's: what the view service ended with equals the log folded from scratch
     wait_fully_projected(settings, supervise)
     live = dump_views(store)
     scratch = scratch_redis(settings)
-    report = rebuild_views(settings, scratch)
-    assert not report.incomplete
+    folded = fold_log(settings)
+    assert not folded.incomplete
+    write_views(scratch, folded.tables)
     rebuilt = dump_views(scratch)
     differ = sorted(k for k in set(live) | set(rebuilt) if live.get(k) != rebuilt.get(k))
     assert not differ, f"{len(differ)} view keys differ from a rebuild, e.g. {differ[:5]}"
-    healed = pipeline.processes["projector"].log_path.read_text(errors="replace").count("views rebuilt")
-    print(f"view keys {len(live)}; the projector rebuilt its views {healed} time(s) on its own")
+    healed = pipeline.processes["views"].log_path.read_text(errors="replace").count("re-mirrored")
+    print(f"view keys {len(live)}; the view service re-mirrored {healed} table partition(s) on its own")

@@ -368,13 +368,13 @@ def test_a_placed_order_is_confirmed_and_shows_on_the_dashboard(
             names_up.append(span["name"])
         return names_up
 
-    [confirmed_projection] = [span for span in spans if span["name"] == "project OrderConfirmed"]
+    [confirmed_projection] = [span for span in spans if span["name"] == "fold_order_views OrderConfirmed"]
     hops = chain(confirmed_projection)
     assert hops[-1] == "POST /api/orders" and len(hops) >= 5, hops
     assert {"admit_orders PlaceOrder", "run_order_sagas PaymentSucceeded"} <= set(hops), hops
     assert {span["service"] for span in spans} >= {
         "order-pipeline-gateway", "order-pipeline-orders", "order-pipeline-inventory", "order-pipeline-payments",
-        "order-pipeline-projector",
+        "order-pipeline-views",
     }  # fmt: skip
     [admitted] = [span for span in spans if span["name"] == "admit_orders PlaceOrder"]
     assert admitted["attributes"]["pipeline.event_id"] == envelope.event_id

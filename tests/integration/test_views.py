@@ -1,13 +1,13 @@
-"""The projector on a real broker and Redis: saga events in, views out, garbage dead-lettered, rebuild identical."""
+"""The view service on a real broker and Redis: saga events in, views folded into its tables and mirrored to
+Redis, garbage dead-lettered; Redis flushed is re-mirrored from the tables; the log folded again gives the same."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,9 +18,8 @@ from confluent_kafka import Producer
 from common.admin import admin_client, apply_topics
 from common.envelope import Envelope
 from common.settings import Settings
-from consumers import projector as projector_module
-from consumers.projector import PROJECTED_TOPICS, ProjectorWorker, rebuild_views
 from consumers.toolkit import EventConsumer
+from consumers.view_log import PROJECTED_TOPICS, fold_log, write_views
 from producers.toolkit import EventPublisher, producer_config
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
@@ -33,10 +32,11 @@ from schemas.topics import (
     TopicSpec,
 )
 from streams.views import read as views
-from streams.views.keys import ATTENTION_KEY, BUILT_KEY, order_key
-from tests.integration.promises import dump_views
-from tests.stack import KafkaNode, wait_until
-from tests.workers import run_cli
+from streams.views.keys import ATTENTION_KEY, MIRRORED_KEY, order_key
+from streams.views.read import views_whole
+from tests.integration.promises import dump_views, scratch_redis, wait_fully_projected
+from tests.stack import wait_until
+from tests.workers import PIPELINE, Process, run_cli, worker_env
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,27 @@ def dead_letters(settings: Settings, topic: str, key: str) -> list[Any]:
         return [message for message in consumer.messages(idle_timeout=5) if message.key == key]
 
 
-def test_projector_builds_views_dead_letters_garbage_and_rebuild_is_identical(
-    settings: Settings, topics_ready: None, client: redis.Redis[Any], cli_env: dict[str, str]
+def view_service(settings: Settings, workdir: Path, name: str = "views") -> Process:
+    """A view service worker process (``pipeline worker views``), started."""
+    process = Process(
+        name, [PIPELINE, "worker", "views"], worker_env(settings, workdir / name), workdir / f"{name}.log"
+    )
+    process.start()
+    return process
+
+
+def running(process: Process) -> Any:
+    """A check for bounded waits: raises once ``process`` has died (its log tail says why)."""
+
+    def check() -> None:
+        if not process.alive():
+            raise AssertionError(f"{process.name} exited:\n{process.log_tail(60)}")
+
+    return check
+
+
+def test_the_view_service_folds_mirrors_dead_letters_re_mirrors_and_rebuilds_the_same_views(
+    settings: Settings, topics_ready: None, client: redis.Redis[Any], cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     run = uuid.uuid4().hex[:8]
     user_a, user_b, sku = f"u-{run}-a", f"u-{run}-b", f"SKU-{run}"
@@ -327,25 +346,18 @@ def test_projector_builds_views_dead_letters_garbage_and_rebuild_is_identical(
     assert raw.flush(30) == 0
     ends = end_offsets(settings)
 
-    worker = ProjectorWorker(settings, client, group_id=f"projector-test-{run}")
-    thread = threading.Thread(target=worker.run, name="projector", daemon=True)
-    thread.start()
+    worker = view_service(settings, tmp_path)
     try:
-
-        def caught_up() -> bool:
-            positions = worker.stats.positions
-            return all(high <= low or positions.get(tp, low) >= high for tp, (low, high) in ends.items())
-
-        wait_until(caught_up, timeout=120, what="the projector reaching the end offsets")
+        wait_fully_projected(settings, running(worker), timeout=240)
         wait_until(
             lambda: (views.get_order(client, confirmed) or {}).get("status") == "CONFIRMED",
             timeout=30,
             what="confirmed order view",
         )
-    finally:
+    except BaseException:
+        print(worker.log_tail(80))
         worker.stop()
-        thread.join(timeout=30)
-    assert not thread.is_alive()
+        raise
 
     # --- the views ---
     order = views.get_order(client, confirmed)
@@ -432,12 +444,11 @@ def test_projector_builds_views_dead_letters_garbage_and_rebuild_is_identical(
     assert [n["notification_id"] for n in notes] == [f"n-{run}-1"]  # sent twice, listed once
     assert notes[0]["message"] == "Your order is confirmed"
 
-    assert worker.stats.outcomes["dead-lettered"] >= 1
     parked = dead_letters(settings, ORDER_EVENTS.dead_letter_name, garbage_key)
     assert len(parked) == 1
     headers = parked[0].headers
-    assert headers["dlq_error"].startswith("NotSingleObjectEncoded")
-    assert headers["dlq_agent"] == "projector"
+    assert "NotSingleObjectEncoded" in headers["dlq_error"]
+    assert headers["dlq_agent"] == "fold_order_views"
     assert headers["dlq_attempts"] == "1"
     assert headers["dlq_source_topic"] == ORDER_EVENTS.name
     assert int(headers["dlq_source_offset"]) >= 0 and "dlq_source_partition" in headers
@@ -460,201 +471,50 @@ def test_projector_builds_views_dead_letters_garbage_and_rebuild_is_identical(
     stock_line = run_cli(cli_env, "stock", sku)
     assert stock_line.returncode == 0 and "available=8 reserved=0 sold=2" in stock_line.stdout
 
-    # --- rebuild from the log: exactly what the live projector built ---
-    before = dump_views(client)
-    assert before
-    rebuilt = run_cli(cli_env, "views", "rebuild")
-    assert rebuilt.returncode == 0, rebuilt.stderr
-    assert f"rebuilt {len(before)} view keys" in rebuilt.stdout
-    assert not client.exists("views-meta:rebuilding"), "readers stop marking views stale once the rebuild is done"
-    after = dump_views(client)
-    assert len(views.dump_views(client)) == len(after)
-    assert sorted(after) == sorted(before)
-    assert after == before
-
-    # and a projector that replays the whole log over the views changes nothing either
-    again = run_cli(cli_env, "project", "--idle-exit", "5")
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["handled"] >= len(s.sent)
-    assert dump_views(client) == before
-    assert client.hexists(ATTENTION_KEY, stuck)
-
-
-def test_views_lost_with_redis_are_rebuilt_by_the_running_projector(
-    settings: Settings, topics_ready: None, client: redis.Redis[Any]
-) -> None:
-    """Redis flushed under a running projector: it notices, rebuilds the views from the log and goes on, and
-    what it ends with is exactly what a rebuild from the log gives."""
-    run = uuid.uuid4().hex[:8]
-    order, later, user, sku = f"o-{run}-1", f"o-{run}-2", f"u-{run}", f"SKU-{run}"
-    t = int(time.time() * 1000)
-    s = Scenario(settings)
-
-    def placed(order_id: str, at: int) -> dict[str, Any]:
-        return {
-            "order_id": order_id, "user_id": user, "lines": [{"sku": sku, "quantity": 1, "unit_price_cents": 900}],
-            "total_cents": 900, "currency": "EUR", "placed_at": at, "deadline_at": at + 30_000, "channel": "web",
-            "note": None, "payment_method": "card", "payment_token": "tok",
-        }  # fmt: skip
-
-    s.emit("orders", ORDER_EVENTS, "OrderPlaced", placed(order, t))
-    s.emit("inventory", INVENTORY_STOCK, "StockAdded",
-           {"sku": sku, "quantity": 5, "reason": "initial", "available": 5, "reserved": 0, "sold": 0,
-            "stock_version": 1, "added_at": t})  # fmt: skip
-    s.flush()
-    worker = ProjectorWorker(settings, client, group_id=f"projector-heal-{run}")
-    thread = threading.Thread(target=worker.run, name="projector", daemon=True)
-    thread.start()
     try:
-        # a projector that finds no views mark first rebuilds from the log (the whole log of this test session)
-        wait_until(lambda: client.exists(BUILT_KEY) and views.get_order(client, order) is not None, timeout=300,
-                   what="the order's view, and the views marked whole")  # fmt: skip
-        rebuilds = worker.rebuilds
+        before = dump_views(client)
+        assert before and client.hexists(ATTENTION_KEY, stuck)
 
-        assert client.flushdb()  # the query side's Redis loses everything
-        s.emit("payments", PAYMENT_EVENTS, "PaymentSucceeded",
-               {"order_id": order, "payment_id": f"p-{run}", "amount_cents": 900, "charged_at": t + 10})  # fmt: skip
-        s.emit("orders", ORDER_EVENTS, "OrderConfirmed",
-               {"order_id": order, "payment_id": f"p-{run}", "confirmed_at": t + 20})  # fmt: skip
-        s.emit("orders", ORDER_EVENTS, "OrderPlaced", placed(later, t + 30))
-        s.flush()
+        # --- Redis flushed: the running view service re-mirrors its tables (O(keys)), nothing replayed ---
+        client.flushdb()
+        flushed = time.monotonic()
+        wait_until(lambda: views_whole(client), timeout=60, what="the views re-mirrored after a flush")
+        print(f"re-mirrored {len(before)} view keys in {time.monotonic() - flushed:.2f}s")
+        assert dump_views(client) == before
+        assert "re-mirrored" in worker.log_path.read_text(errors="replace")
 
-        def healed() -> bool:
-            view = views.get_order(client, order) or {}
-            events = [e["event"] for e in view.get("timeline", [])]
-            return (
-                events == ["OrderPlaced", "PaymentSucceeded", "OrderConfirmed"]
-                and view.get("lines") is not None
-                and views.get_order(client, later) is not None
-                and (views.stock(client, sku) or {}).get("available") == 5
-            )
-
-        wait_until(lambda: healed() and worker.rebuilds > rebuilds, timeout=300,
-                   what="the views before and after the flush, all back, by a rebuild")  # fmt: skip
-        assert [o["order_id"] for o in views.recent_orders(client, user, 10)] == [later, order]
+        # --- `views rebuild`: the view keys dropped and written again from the tables ---
+        rebuilt = run_cli(cli_env, "views", "rebuild", "--json")
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert dump_views(client) == before
     finally:
         worker.stop()
-        thread.join(timeout=30)
-    assert not thread.is_alive()
 
-    live = dump_views(client)
-    rebuild_views(settings, client)
-    assert dump_views(client) == live, "the healed views are exactly the log's"
-
-
-def test_a_rebuild_outlasting_max_poll_interval_across_a_broker_restart_leaves_the_projector_projecting(
-    settings: Settings, topics_ready: None, client: redis.Redis[Any], kafka: KafkaNode, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The views vanish under a running projector; its rebuild takes longer than the group allows between polls
-    (``max.poll.interval.ms``, lowered here) and the broker restarts meanwhile. Afterwards the projector is a
-    member of its group again and projects what was published during and after the rebuild."""
-    run = uuid.uuid4().hex[:8]
-    group = f"projector-held-{run}"
-    user, sku = f"u-{run}", f"SKU-{run}"
-    t = int(time.time() * 1000)
-    s = Scenario(settings)
-
-    def placed(order_id: str, at: int) -> dict[str, Any]:
-        return {
-            "order_id": order_id, "user_id": user, "lines": [{"sku": sku, "quantity": 1, "unit_price_cents": 900}],
-            "total_cents": 900, "currency": "EUR", "placed_at": at, "deadline_at": at + 30_000, "channel": "web",
-            "note": None, "payment_method": "card", "payment_token": "tok",
-        }  # fmt: skip
-
-    max_poll_ms = 8000
-    held, release = threading.Event(), threading.Event()
-    real_rebuild = projector_module.rebuild_views
-
-    def held_rebuild(*args: Any, **kwargs: Any) -> Any:
-        held.set()
-        assert release.wait(timeout=300), "the test never released the rebuild"
-        return real_rebuild(*args, **kwargs)
-
-    monkeypatch.setattr(projector_module, "rebuild_views", held_rebuild)
-    client.set(BUILT_KEY, json.dumps({"built_at": t, "by": "test"}))  # whole: the worker starts by consuming
-    worker = ProjectorWorker(
-        settings, client, group_id=group,
-        consumer_overrides={"max.poll.interval.ms": max_poll_ms, "session.timeout.ms": 6000},
-    )  # fmt: skip
-    thread = threading.Thread(target=worker.run, name="projector", daemon=True)
-    thread.start()
-    admin = admin_client(settings)
-
-    def members() -> int:
-        described = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=10)
-        return len(described.members)
-
+    # --- `views rebuild --from-log`: the view service reset, its tables folded again from the topics ---
+    refused_while_running = None
+    again = view_service(settings, tmp_path, "views-again")
     try:
-        s.emit("orders", ORDER_EVENTS, "OrderPlaced", placed(f"o-{run}-before", t))
-        s.flush()
-        wait_until(lambda: views.get_order(client, f"o-{run}-before") is not None, timeout=120,
-                   what="the first order projected by the live consumer")  # fmt: skip
-
-        client.delete(BUILT_KEY)  # the views are gone: the projector starts a rebuild, held by the test
-        assert held.wait(timeout=60), "the projector never began its rebuild"
-        held_at = time.monotonic()
-        s.emit("orders", ORDER_EVENTS, "OrderPlaced", placed(f"o-{run}-during", t + 10))
-        s.flush()
-        kafka.stop_broker()
-        kafka.start_broker()
-        # the rebuild outlasts max.poll.interval.ms, measured from when it began
-        wait_until(lambda: time.monotonic() - held_at > max_poll_ms / 1000 + 2, timeout=120,
-                   what="the rebuild held past max.poll.interval.ms")  # fmt: skip
-        release.set()
-
-        wait_until(lambda: client.exists(BUILT_KEY) and worker.rebuilds >= 1, timeout=300,
-                   what="the held rebuild done")  # fmt: skip
-        s.emit("orders", ORDER_EVENTS, "OrderPlaced", placed(f"o-{run}-after", t + 20))
-        s.flush()
-        wait_until(lambda: all(views.get_order(client, f"o-{run}-{when}") is not None
-                               for when in ("before", "during", "after")), timeout=120,
-                   what="the orders published before, during and after the rebuild, projected")  # fmt: skip
-        wait_until(lambda: members() == 1, timeout=60, what="the projector a member of its group")
-        assert thread.is_alive()
+        wait_until(lambda: views_whole(client), timeout=120, what="a second view service up")
+        refused_while_running = run_cli(cli_env, "views", "rebuild", "--from-log")
     finally:
-        release.set()
-        worker.stop()
-        thread.join(timeout=30)
-    assert not thread.is_alive()
-
-
-def test_a_projector_whose_consumer_never_joins_its_group_notices_the_stall_and_subscribes_a_fresh_one(
-    settings: Settings, topics_ready: None, client: redis.Redis[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The stall seen after a Redis flush and a broker restart: the process polled on, idle, while its group had
-    no member and thousands of messages waited. Here the first consumer never joins (its subscription is lost);
-    the projector must notice that nothing moves while its group lags, and carry on with a fresh consumer."""
-    run = uuid.uuid4().hex[:8]
-    order = f"o-{run}"
-    t = int(time.time() * 1000)
-    s = Scenario(settings)
-    s.emit("orders", ORDER_EVENTS, "OrderPlaced", {
-        "order_id": order, "user_id": f"u-{run}", "lines": [{"sku": f"SKU-{run}", "quantity": 1,
-        "unit_price_cents": 900}], "total_cents": 900, "currency": "EUR", "placed_at": t, "deadline_at": t + 30_000,
-        "channel": "web", "note": None, "payment_method": "card", "payment_token": "tok",
-    })  # fmt: skip
-    s.flush()
-
-    lost: list[bool] = []
-    real_subscribe = EventConsumer.subscribe
-
-    def subscription_lost_once(self: EventConsumer, topics: Any) -> None:
-        if not lost:
-            lost.append(True)  # this member polls on but never joins: it holds nothing, its group stays empty
-            return
-        real_subscribe(self, topics)
-
-    monkeypatch.setattr(EventConsumer, "subscribe", subscription_lost_once)
-    client.set(BUILT_KEY, json.dumps({"built_at": t, "by": "test"}))  # whole: no rebuild, straight to consuming
-    worker = ProjectorWorker(settings.model_copy(update={"stall_timeout_s": 6.0}), client, group_id=f"stalled-{run}")
-    thread = threading.Thread(target=worker.run, name="projector", daemon=True)
-    thread.start()
+        again.stop()
+    assert refused_while_running.returncode == 1 and "stop it first" in refused_while_running.stderr
+    wait_until(
+        lambda: run_cli(cli_env, "views", "rebuild", "--from-log").returncode == 0,
+        timeout=60,
+        what="the view service's group empty, so that it can be reset",
+    )
+    assert not client.exists(MIRRORED_KEY) and not client.exists(order_key(confirmed))
+    fresh = view_service(settings, tmp_path, "views-fresh")
     try:
-        wait_until(lambda: views.get_order(client, order) is not None, timeout=120,
-                   what="the order projected by the projector's second consumer")  # fmt: skip
-        assert lost == [True]
-        assert worker.reconnects == 1
+        wait_fully_projected(settings, running(fresh), timeout=240)
+        assert dump_views(client) == before
     finally:
-        worker.stop()
-        thread.join(timeout=30)
-    assert not thread.is_alive()
+        fresh.stop()
+
+    # --- the log folded in one pass, outside the service, gives the same views ---
+    scratch = scratch_redis(settings)
+    folded = fold_log(settings)
+    assert not folded.incomplete
+    write_views(scratch, folded.tables)
+    assert dump_views(scratch) == before
