@@ -195,7 +195,7 @@ def running_pipeline(
     workers_per_service: int = 1,
     **env_overrides: str,
 ) -> Iterator[Pipeline]:
-    """Start every service's worker(s), the view service's included; stop them all afterwards (logs kept in ``workdir``).
+    """Start every service's worker(s), the view service's included; stop them all afterwards (logs in ``workdir``).
 
     With ``workers_per_service`` N, each service runs N processes in its one consumer group, each with its own
     data dir (``workdir/faust``, ``workdir/faust.1`` …) and log (``orders.log``, ``orders.1.log`` …). With

@@ -15,11 +15,11 @@ import redis
 import redis.asyncio as aioredis
 from confluent_kafka import Producer
 
-from common.admin import admin_client, apply_topics
+from common.admin import admin_client, apply_topics, groups_not_ready
 from common.envelope import Envelope
 from common.settings import Settings
 from consumers.toolkit import EventConsumer
-from consumers.view_log import PROJECTED_TOPICS, fold_log, write_views
+from consumers.view_log import fold_log, write_views
 from producers.toolkit import EventPublisher, producer_config
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
@@ -34,7 +34,7 @@ from schemas.topics import (
 from streams.views import read as views
 from streams.views.keys import ATTENTION_KEY, MIRRORED_KEY, order_key
 from streams.views.read import views_whole
-from tests.integration.promises import dump_views, scratch_redis, wait_fully_projected
+from tests.integration.promises import VIEWS_GROUP, dump_views, scratch_redis, wait_fully_projected
 from tests.stack import wait_until
 from tests.workers import PIPELINE, Process, run_cli, worker_env
 
@@ -85,11 +85,6 @@ class Scenario:
         assert raw.flush(30) == 0
 
 
-def end_offsets(settings: Settings) -> dict[tuple[str, int], tuple[int, int]]:
-    with EventConsumer.reader(settings) as consumer:
-        return consumer.assign_from_beginning([t.name for t in PROJECTED_TOPICS])
-
-
 def dead_letters(settings: Settings, topic: str, key: str) -> list[Any]:
     with EventConsumer.reader(settings) as consumer:
         consumer.assign_all(topic, from_beginning=True)
@@ -109,7 +104,7 @@ def running(process: Process) -> Any:
     """A check for bounded waits: raises once ``process`` has died (its log tail says why)."""
 
     def check() -> None:
-        if not process.alive():
+        if not process.alive:
             raise AssertionError(f"{process.name} exited:\n{process.log_tail(60)}")
 
     return check
@@ -344,7 +339,6 @@ def test_the_view_service_folds_mirrors_dead_letters_re_mirrors_and_rebuilds_the
     raw = Producer(producer_config(settings))
     raw.produce(ORDER_EVENTS.name, key=garbage_key.encode(), value=b"this is not avro", headers=[("origin", b"test")])
     assert raw.flush(30) == 0
-    ends = end_offsets(settings)
 
     worker = view_service(settings, tmp_path)
     try:
@@ -494,7 +488,8 @@ def test_the_view_service_folds_mirrors_dead_letters_re_mirrors_and_rebuilds_the
     refused_while_running = None
     again = view_service(settings, tmp_path, "views-again")
     try:
-        wait_until(lambda: views_whole(client), timeout=120, what="a second view service up")
+        admin = admin_client(settings)
+        wait_until(lambda: not groups_not_ready(admin, [VIEWS_GROUP]), timeout=120, what="a view service in its group")
         refused_while_running = run_cli(cli_env, "views", "rebuild", "--from-log")
     finally:
         again.stop()
