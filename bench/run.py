@@ -343,7 +343,7 @@ def _pipeline_stage(
             if busy:
                 raise RuntimeError(f"workers already run against this stack ({', '.join(busy)}): "
                                    "stop them or pass --external-workers")  # fmt: skip
-            with console.status("starting the workers and the projector (pipeline worker …, pipeline project)"):
+            with console.status("starting the workers (pipeline worker …, the view service's too)"):
                 workers = stack.enter_context(running_workers(settings, workdir, **PIPELINE_ENV))
         publisher = stack.enter_context(EventPublisher.from_settings(settings, SchemaCatalog.load()))
         store = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
@@ -416,7 +416,7 @@ def _profiles(outputs: dict[str, Path], step: dict[str, Any], rate: float) -> di
         if not path.exists():
             continue
         profile = summarise_profile(path.read_text(errors="replace").splitlines())
-        group = f"{APP_PREFIX}-{name}"  # the projector's group is order-pipeline-projector too
+        group = f"{APP_PREFIX}-{name}"
         events = consumed.get(group, 0)
         cores = cpu["process_cores"].get(name)
         workers[name] = {

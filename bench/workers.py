@@ -1,6 +1,6 @@
-"""The pipeline's own processes for the benchmark: real ``pipeline worker`` and ``pipeline project`` processes.
+"""The pipeline's own processes for the benchmark: real ``pipeline worker`` processes.
 
-The minimum of tests/workers.py: start every service's worker and the projector as OS processes against the
+The minimum of tests/workers.py: start every service's worker (the view service's too) as OS processes against the
 benchmark's stack (their pids are what py-spy and the CPU figures look at), wait until their consumer groups
 hold their partitions, stop them afterwards. A worker its watchdog stopped (exit 75) is restarted and counted.
 """
@@ -91,12 +91,11 @@ def worker_env(settings: Settings, workdir: Path, **overrides: str) -> dict[str,
 
 @contextmanager
 def running_workers(settings: Settings, workdir: Path, **env_overrides: str) -> Iterator[Workers]:
-    """Every service's worker and the projector, holding their partitions; stopped on exit (logs in ``workdir``)."""
+    """Every service's worker (the view service's too), holding their partitions; stopped on exit (logs in workdir)."""
     env = worker_env(settings, workdir, **env_overrides)
     workers = Workers()
     for service in SERVICES:
         workers.processes[service] = Process(service, [PIPELINE, "worker", service], env, workdir / f"{service}.log")
-    workers.processes["projector"] = Process("projector", [PIPELINE, "project"], env, workdir / "projector.log")
     try:
         for process in workers.processes.values():
             process.start()
@@ -106,7 +105,7 @@ def running_workers(settings: Settings, workdir: Path, **env_overrides: str) -> 
             workers.check()
             return not groups_not_ready(admin, worker_groups())
 
-        wait_until(ready, timeout=180, what="workers and projector holding their partitions", interval=0.5)
+        wait_until(ready, timeout=180, what="workers holding their partitions", interval=0.5)
         yield workers
     finally:
         for process in workers.processes.values():

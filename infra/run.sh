@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: Kafka (KRaft) and Redis up, topics created, the workers and the projector started, then a
+# The main job: Kafka (KRaft) and Redis up, topics created, the workers (the view service among them) started, then a
 # stream of sample orders through the saga with a closing summary. Everything stays up afterwards for kcat,
 # the CLI and orders published by hand; `make down` stops it. Arguments go to `pipeline demo`.
 set -euo pipefail
@@ -23,7 +23,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "checking schema compatibility"
 $pipeline schemas check
-step "starting Kafka, Redis, the topics, ${PIPELINE_WORKERS_PER_SERVICE:-1} worker(s) per service and the projector (compose.yaml, profile app)"
+step "starting Kafka, Redis, the topics, ${PIPELINE_WORKERS_PER_SERVICE:-1} worker(s) per service, the view service included (compose.yaml, profile app)"
 infra/compose.sh --profile app up -d "${scale[@]}"
 $pipeline wait-ready --timeout 180
 # on a cluster, librdkafka's admin client can abort (SIGABRT, exit 134) while group coordinators settle
