@@ -348,7 +348,7 @@ def test_a_placed_order_is_confirmed_and_shows_on_the_dashboard(
 
     wanted = {
         "POST /api/orders", "admit_orders PlaceOrder", "reserve_inventory OrderPlaced", "keep_stock ReserveStock",
-        "settle_payments InventoryReserved", "run_order_sagas PaymentSucceeded", "project OrderConfirmed",
+        "settle_payments InventoryReserved", "run_order_sagas PaymentSucceeded", "fold_order_views OrderConfirmed",
     }  # fmt: skip
 
     def missing() -> str:
