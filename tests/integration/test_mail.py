@@ -20,7 +20,7 @@ from aiosmtpd.controller import Controller
 
 from common.admin import admin_client, apply_topics
 from common.settings import Settings
-from consumers.deadletter import read_dead_letters, replay
+from consumers.deadletter import DeadLetter, read_dead_letters, replay
 from producers.toolkit import EventPublisher
 from schemas.topics import INVENTORY_COMMANDS, NOTIFICATION_EVENTS, ORDER_COMMANDS, USER_COMMANDS
 from streams.domain.mail import message_id
@@ -32,6 +32,7 @@ from tests.workers import Pipeline, running_pipeline
 SENDER = "shop@pipeline.test"
 BOUNCING = "bounce-"
 """Addresses starting so are refused by the server (550) while it refuses them."""
+BREAKER_RESET_S = 1.0
 
 
 @dataclass
@@ -60,16 +61,37 @@ class Inbox:
             return [(to, m) for to, m in self.received if m["X-Pipeline-Notification-Id"] == notification_id]
 
 
+@dataclass
+class MailServer:
+    """The SMTP server on 127.0.0.1:``port``, which a test may stop and start again."""
+
+    inbox: Inbox
+    port: int
+    controller: Controller | None = None
+
+    def start(self) -> None:
+        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+
 @pytest.fixture(scope="module")
-def inbox() -> Iterator[tuple[Inbox, int]]:
-    handler = Inbox()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
+def mail_server() -> Iterator[MailServer]:
+    server = MailServer(Inbox(), free_port())
+    server.start()
     try:
-        yield handler, port
+        yield server
     finally:
-        controller.stop()
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def inbox(mail_server: MailServer) -> tuple[Inbox, int]:
+    return mail_server.inbox, mail_server.port
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +107,7 @@ def pipeline(
         PIPELINE_SMTP_FROM=SENDER,
         PIPELINE_SMTP_TLS="none",
         PIPELINE_SMTP_RETRY_BASE_S="0.05",
+        PIPELINE_SMTP_BREAKER_RESET_S=str(BREAKER_RESET_S),
     ) as running:
         yield running
 
@@ -105,6 +128,14 @@ def notice(publisher: EventPublisher, user_id: str, notification_id: str, email:
                       {"notification_id": notification_id, "user_id": user_id, "order_id": None, "kind": "test",
                        "message": f"A test notice for {user_id}.", "sent_at": now_ms(), "email": email})  # fmt: skip
     publisher.flush()
+
+
+def dead_letters_of(settings: Settings, user_id: str) -> list[DeadLetter]:
+    return [
+        letter
+        for letter in read_dead_letters(settings, [NOTIFICATION_EVENTS.dead_letter_name])
+        if letter.key_text == user_id
+    ]
 
 
 def wait_mail(pipeline: Pipeline, inbox: Inbox, notification_id: str) -> tuple[list[str], EmailMessage]:
@@ -170,13 +201,8 @@ def test_a_refused_notice_is_dead_lettered_without_holding_later_ones_and_replay
 
     def dead_lettered() -> bool:
         pipeline.assert_alive()
-        letters = [
-            letter
-            for letter in read_dead_letters(settings, [NOTIFICATION_EVENTS.dead_letter_name])
-            if letter.key_text == bouncing
-        ]
-        found["letters"] = letters
-        return bool(letters)
+        found["letters"] = dead_letters_of(settings, bouncing)
+        return bool(found["letters"])
 
     wait_until(dead_lettered, timeout=90, what=f"{bouncing}'s welcome dead-lettered", interval=0.5)
     (letter,) = found["letters"]
@@ -195,3 +221,43 @@ def test_a_refused_notice_is_dead_lettered_without_holding_later_ones_and_replay
     to, welcome = wait_mail(pipeline, server, f"{bouncing}:welcome")
     assert to == [f"{BOUNCING}{bouncing}@example.com"]
     assert welcome["Message-ID"] == message_id(f"{bouncing}:welcome", "pipeline.test")
+
+
+def test_with_the_mail_server_down_notices_are_still_recorded_and_those_not_mailed_are_kept(
+    pipeline: Pipeline,
+    publisher: EventPublisher,
+    settings: Settings,
+    store: redis.Redis,
+    mail_server: MailServer,
+) -> None:
+    user_id = uid("down")
+    mail_server.stop()
+    try:
+        register(publisher, user_id, f"{user_id}@example.com")
+
+        def recorded_and_dead_lettered() -> bool:
+            pipeline.assert_alive()
+            projected = any(n["notification_id"] == f"{user_id}:welcome" for n in views.notifications(store, user_id))
+            return projected and bool(dead_letters_of(settings, user_id))
+
+        wait_until(recorded_and_dead_lettered, timeout=90, what=f"{user_id}'s welcome projected and dead-lettered")
+        (letter,) = dead_letters_of(settings, user_id)
+        assert "mail server unavailable" in letter.error, letter.error
+    finally:
+        mail_server.start()
+
+    # the breaker lets a probe through BREAKER_RESET_S after it opened: notices keep coming until one is mailed
+    probes: list[str] = []
+
+    def probe_mailed() -> bool:
+        pipeline.assert_alive()
+        if any(mail_server.inbox.mails_of(p) for p in probes):
+            return True
+        probes.append(f"{user_id}:probe-{len(probes)}")
+        notice(publisher, user_id, probes[-1])
+        return False
+
+    wait_until(probe_mailed, timeout=90, what="a notice mailed once the server is back", interval=0.5)
+    assert replay(settings, [letter]) == 1
+    to, _ = wait_mail(pipeline, mail_server.inbox, f"{user_id}:welcome")
+    assert to == [f"{user_id}@example.com"]
