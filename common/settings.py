@@ -78,6 +78,30 @@ class Settings(BaseSettings):
     payment_seed: int = Field(default=7, description="seed that makes provider outcomes deterministic")
     payment_slow_s: float = Field(default=5.0, ge=0, description="latency of a charge with the tok_slow token")
 
+    # e-mail delivery of notices by the notifications worker; off while smtp_host is unset
+    smtp_host: str | None = Field(
+        default=None, description="mail server the notices are e-mailed through; unset: no e-mail is sent"
+    )
+    smtp_port: int = Field(default=25, ge=1, le=65535, description="its port (465 with smtp_tls=tls, 587 starttls)")
+    smtp_from: str = Field(
+        default="order-pipeline@localhost", description="From address; its domain ends every Message-ID"
+    )
+    smtp_username: str | None = Field(default=None, description="login at the mail server, if it wants one")
+    smtp_password: SecretStr = Field(default=SecretStr(""), description="password of smtp_username")
+    smtp_tls: Literal["auto", "starttls", "tls", "none"] = Field(
+        default="auto",
+        description="auto: STARTTLS when the server offers it; starttls: required; tls: implicit TLS; none: plain",
+    )
+    smtp_timeout_s: float = Field(default=5.0, gt=0, description="longest one hand-over of a mail may take")
+    smtp_attempts: int = Field(default=3, ge=1, description="tries per mail on a transient failure")
+    smtp_retry_base_s: float = Field(default=0.5, gt=0, description="first backoff between tries (jittered)")
+    smtp_breaker_reset_s: float = Field(
+        default=10.0, gt=0, description="after a mail failed every try, others are not tried for this long"
+    )
+    smtp_max_age_s: float = Field(
+        default=86400.0, gt=0, description="a notice older than this when read is not mailed; sent-marks kept this long"
+    )
+
     # the HTTP API gateway (gateway/)
     gateway_host: str = Field(default="127.0.0.1", description="address the gateway listens on")
     gateway_port: int = Field(default=8080, ge=0, le=65535, description="port the gateway listens on")
@@ -123,6 +147,28 @@ class Settings(BaseSettings):
             return data
         secret = read_secret_file(str(data.get("jwt_secret_file") or JWT_SECRET_FILE))
         return {**data, "jwt_secret": secret} if secret else data
+
+    @model_validator(mode="after")
+    def _mail_within_the_watchdog(self) -> Settings:
+        """A mail server that hangs must not hold the notifications worker past its watchdog's patience."""
+        if self.smtp_host and "@" not in self.smtp_from:
+            raise ValueError(f"smtp_from {self.smtp_from!r} is not an e-mail address")
+        if self.smtp_host and self.smtp_worst_case_s >= self.stall_timeout_s:
+            raise ValueError(
+                f"smtp_attempts x (smtp_timeout_s + backoff) = {self.smtp_worst_case_s:.1f} s must stay under "
+                f"stall_timeout_s ({self.stall_timeout_s} s), or a hanging mail server stops the notifications worker"
+            )
+        return self
+
+    @property
+    def smtp_retry_cap_s(self) -> float:
+        """The longest backoff between two tries of one mail."""
+        return 4 * self.smtp_retry_base_s
+
+    @property
+    def smtp_worst_case_s(self) -> float:
+        """How long one mail may take at most: every try timing out, with the longest backoffs between them."""
+        return self.smtp_attempts * self.smtp_timeout_s + (self.smtp_attempts - 1) * self.smtp_retry_cap_s
 
     @field_validator("gateway_forwarded_header", mode="before")
     @classmethod

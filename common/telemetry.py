@@ -83,6 +83,11 @@ PARKED_KEYS = Gauge(
     "Keys an agent holds back behind a dead letter (partitions this worker holds).",
     ["agent"],
 )
+MAILS = Counter(
+    "pipeline_mails_total",
+    "Notices handed to the mail server, by kind and outcome: sent, or undeliverable (dead-lettered with the reason).",
+    ["kind", "outcome"],
+)
 HTTP_REQUESTS = Counter(
     "pipeline_http_requests_total", "Gateway requests by method, route and status.", ["method", "route", "status"]
 )

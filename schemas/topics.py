@@ -270,6 +270,11 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("payments", "payments_payments", "each order's charge and refunds (order id)"),
     TableSpec("payments", "payments_parked", "charges parked while the provider is down, since when (order id)"),
     TableSpec("notifications", "notifications_notices", "which notices each order has had (order id)"),
+    TableSpec(
+        "notifications",
+        "notifications_mailboxes",
+        "each user's address, notices waiting for one, recent sent-marks (user id); with PIPELINE_SMTP_HOST only",
+    ),
     TableSpec("users", "users_users", "each user's newest snapshot, events since, claim in flight (user id)"),
     TableSpec("users", "users_emails", "who owns each e-mail address (lower-cased address)"),
     TableSpec("users", "users_reactions", "the last user event each user's reactions answered (user id)"),

@@ -13,6 +13,8 @@ inventory      keep_stock           inventory.commands.v1                       
 payments       settle_payments      orders.events.v1, inventory.events.v1,          payments_payments
                                     payments.commands.v1 (its timer's retries)      + payments_parked
 notifications  notify_customers     orders.events.v1                                notifications_notices
+notifications  deliver_notices      notifications.events.v1, users.events.v1        notifications_mailboxes
+               (only with PIPELINE_SMTP_HOST set: e-mails the notices)          (user)
 users          handle_user_commands users.commands.v1 (commands and claim answers)  users_users (user)
 users          own_emails           users.emails.v1                                 users_emails (e-mail)
 users          react_to_user_events users.events.v1                                 users_reactions (user)
@@ -38,6 +40,7 @@ from schemas.codec import AvroCodec
 from schemas.topics import (
     INVENTORY_COMMANDS,
     INVENTORY_EVENTS,
+    NOTIFICATION_EVENTS,
     ORDER_COMMANDS,
     ORDER_DEADLINES,
     ORDER_EVENTS,
@@ -62,6 +65,7 @@ from streams.domain.core import (
     StepContext,
     UsersConfig,
 )
+from streams.domain.mail import MailConfig
 from streams.domain.messages import (
     Message,
     OrderDeadlineReached,
@@ -72,6 +76,7 @@ from streams.domain.messages import (
 )
 from streams.domain.saga import (
     ADMISSION,
+    DELIVERIES,
     EMAILS,
     NOTIFICATIONS,
     ORDER_SAGA,
@@ -84,6 +89,7 @@ from streams.domain.saga import (
 )
 from streams.due import Due, DueIndex, active_partitions, report_due, written_partition
 from streams.incoming import Incoming
+from streams.mailer import MailDelivery
 from streams.outbox import Outbox
 from streams.payment_provider import ProviderBehaviour, ProviderUnavailable, SimulatedPaymentProvider
 from streams.resilience import BreakerState, CircuitBreaker, CircuitOpen, RetryPolicy, retry
@@ -117,12 +123,19 @@ def _step(
     run_effects: Callable[..., Any] | None = None,
     after_write: Callable[[str, Any], None] | None = None,
     users: UsersConfig | None = None,
+    mail: MailConfig | None = None,
 ) -> Step:
     users_config = users or UsersConfig()
+    mail_config = mail or MailConfig()
 
     def context(incoming: Incoming, trace: str) -> StepContext:
         return StepContext(
-            now=datetime.now(UTC), config=config, message_id=incoming.event_id, users=users_config, trace=trace
+            now=datetime.now(UTC),
+            config=config,
+            message_id=incoming.event_id,
+            users=users_config,
+            mail=mail_config,
+            trace=trace,
         )
 
     return Step(
@@ -318,8 +331,10 @@ def _wire_payments(built: ServiceApp, settings: Settings, codec: AvroCodec, conf
             effect = effects.pop(0)
             if isinstance(effect, ChargePayment):
                 outcome = payments.on_charge_result(state, await charge(effect), replace(ctx, now=datetime.now(UTC)))
-            else:
+            elif isinstance(effect, RefundPayment):
                 outcome = payments.on_refund_result(state, await refund(effect), replace(ctx, now=datetime.now(UTC)))
+            else:
+                raise TypeError(f"payments cannot run {type(effect).__name__}")
             state = outcome.state
             events.extend(outcome.events)
             effects.extend(outcome.effects)
@@ -362,6 +377,21 @@ def _wire_payments(built: ServiceApp, settings: Settings, codec: AvroCodec, conf
 
 def _wire_notifications(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:
     _add(built, codec, _step("notify_customers", NOTIFICATIONS, config), (ORDER_EVENTS,), "notifications_notices")
+    if settings.smtp_host:
+        _wire_mail(built, settings, codec, config)
+
+
+def mail_config(settings: Settings) -> MailConfig:
+    return MailConfig(sender=settings.smtp_from, max_age=timedelta(seconds=settings.smtp_max_age_s))
+
+
+def _wire_mail(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:
+    """E-mail the notices: an agent of its own, so a slow or absent mail server never holds ``notify_customers``
+    (nor the projector, another group); see :mod:`streams.mailer`."""
+    delivery = MailDelivery.from_settings(settings)
+    built.breakers[delivery.breaker.name] = delivery.breaker
+    step = _step("deliver_notices", DELIVERIES, config, run_effects=delivery.run_effects, mail=mail_config(settings))
+    _add(built, codec, step, (NOTIFICATION_EVENTS, USER_EVENTS), "notifications_mailboxes")
 
 
 def _wire_users(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:

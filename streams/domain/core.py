@@ -1,8 +1,9 @@
 """What every step takes and returns: the context of a step, its decision, and the payment effects.
 
 A step is ``decide(state, message, ctx) -> Decision``: pure, deterministic given its arguments, and the only
-clock it reads is ``ctx.now``. Effects are requests for I/O the edge performs (a charge, a refund); their
-outcomes come back through ``payments.on_charge_result`` / ``payments.on_refund_result``.
+clock it reads is ``ctx.now``. Effects are requests for I/O the edge performs (a charge, a refund, an e-mail);
+their outcomes come back through ``payments.on_charge_result`` / ``payments.on_refund_result`` /
+``deliveries.on_mail_result``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
+from streams.domain.mail import Mail, MailConfig
 from streams.domain.messages import Message, utc_millis
 
 S = TypeVar("S")
@@ -87,6 +89,8 @@ class StepContext:
     service use it to recognise a redelivery."""
     users: UsersConfig = field(default_factory=UsersConfig)
     """The user service's tunables; other steps ignore them."""
+    mail: MailConfig = field(default_factory=MailConfig)
+    """E-mail delivery's tunables; other steps ignore them."""
     trace: str = ""
     """Where the input's trace goes on (a W3C ``traceparent``), opaque to steps: one that puts work off keeps it,
     so the work, when done, continues the trace it belongs to (see :attr:`Decision.traces`)."""
@@ -125,7 +129,14 @@ class RefundPayment:
     idempotency_key: str
 
 
-Effect = ChargePayment | RefundPayment
+@dataclass(frozen=True, kw_only=True)
+class SendMail:
+    """Effect: hand one e-mail to the mail server (its Message-ID is the notice's, so a resend is the same mail)."""
+
+    mail: Mail
+
+
+Effect = ChargePayment | RefundPayment | SendMail
 
 
 @dataclass(frozen=True)
@@ -147,6 +158,14 @@ class RefundOutcome:
     ok: bool
     reason: str = ""
     attempt: int | None = None
+
+
+@dataclass(frozen=True)
+class MailOutcome:
+    """What became of a :class:`SendMail`: taken by the mail server, or not (``reason``) after the edge's retries."""
+
+    ok: bool
+    reason: str = ""
 
 
 @dataclass(frozen=True)

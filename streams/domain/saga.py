@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from streams.domain import (
     admission,
+    deliveries,
     emails,
     notifications,
     orders,
@@ -70,6 +71,12 @@ NOTIFICATIONS = Service(
     notifications.HANDLES,
     notifications.decide,
 )
+
+DELIVERIES = Service(
+    "mail-deliveries", "notifications_mailboxes", "user id", deliveries.Mailbox, deliveries.HANDLES, deliveries.decide
+)
+"""E-mail delivery of notices (only where a mail server is configured): notifications.events.v1 and
+users.events.v1 in; notices that waited for an address back to notifications.events.v1; mail out."""
 
 SERVICES: tuple[Service[Any], ...] = (ADMISSION, ORDER_SAGA, RESERVATIONS, STOCK, PAYMENTS, NOTIFICATIONS)
 

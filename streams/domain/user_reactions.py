@@ -13,9 +13,11 @@
 * anything else (UserProfileUpdated included: the search index is the Redis projector's job) → nothing.
 
 Notices have deterministic ids (``<user id>:welcome``, ``<user id>:email_changed:<version>``), so a sender can
-drop copies. :func:`decide` wraps :func:`react` as a step for the edge: user events arrive in version order
-(one topic, keyed by user id), so remembering the last version reacted to, with what it emitted, is enough to
-answer a redelivery with the very same records and to ignore older events.
+drop copies, and carry the address they are for (``email``: the registered one, the new one), so the e-mail goes
+where the event meant, whatever the mail sender has seen of the user since. :func:`decide` wraps :func:`react` as
+a step for the edge: user events arrive in version order (one topic, keyed by user id), so remembering the last
+version reacted to, with what it emitted, is enough to answer a redelivery with the very same records and to
+ignore older events.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def on_user_registered(event: UserRegistered, ctx: StepContext) -> tuple[Message
         kind=WELCOME,
         message=f"Welcome, {event.username}! Your account is ready.",
         sent_at=ctx.now,
+        email=event.email,
     )
     defaults = {key: value for key, value in ctx.users.default_preferences if key not in event.profile}
     if not defaults:
@@ -75,6 +78,7 @@ def on_user_email_changed(event: UserEmailChanged, ctx: StepContext) -> tuple[Me
         message=f"Please confirm your new e-mail address {event.new_email}; "
         f"if you did not change it from {event.old_email}, contact support.",
         sent_at=ctx.now,
+        email=event.new_email,
     )
     return (notice,)
 

@@ -651,6 +651,7 @@ def test_a_registration_starts_onboarding_welcomes_and_asks_for_default_preferen
     assert started == UserOnboardingStarted(user_id="u-1", started_at=at(5).now)
     assert isinstance(welcome, NotificationSent) and welcome.kind == "welcome"
     assert welcome.notification_id == "u-1:welcome" and welcome.user_id == "u-1" and "ann" in welcome.message
+    assert welcome.email == "a@x.io", "the welcome names the address it is for"
     assert preferences == UpdateUserProfile(
         user_id="u-1", expected_version=1, changes={"pref.newsletter": "false", "pref.notifications": "email"}
     )
@@ -685,6 +686,7 @@ def test_an_e_mail_change_asks_to_confirm_the_new_address_and_profile_updates_ca
     (notice,) = user_reactions.react(changed, at(1))
     assert isinstance(notice, NotificationSent) and notice.notification_id == "u-1:email_changed:4"
     assert "b@x.io" in notice.message and notice.kind == "email_changed"
+    assert notice.email == "b@x.io", "the confirmation goes to the new address"
     assert user_reactions.react(UserProfileUpdated(user_id="u-1", version=2, changes={}, updated_at=T0), at(1)) == ()
     assert user_reactions.react(HISTORY[4], at(1)) == ()
 

@@ -21,3 +21,5 @@ class NotificationSent(Message):
     kind: str
     message: str
     sent_at: datetime
+    email: str | None = None
+    """Where to e-mail the notice, when its producer knew the address (v2); None: the user's latest known one."""
