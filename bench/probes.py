@@ -129,3 +129,47 @@ def read_offsets(admin: AdminClient, topics: Iterable[str], groups: Iterable[str
 
 def deltas(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+VIEW_COUNTERS = {
+    "pipeline_view_batches_total": "batches",
+    "pipeline_view_redis_round_trips_total": "redis_round_trips",
+    "pipeline_view_redis_commands_total": "redis_commands",
+}
+
+
+def view_counters(port: int, timeout: float = 5.0) -> dict[str, float]:
+    """The view service's batch and Redis counters from its ``/metrics`` (empty when it has no endpoint)."""
+    import urllib.request
+
+    if not port:
+        return {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:  # noqa: S310
+            text = response.read().decode()
+    except OSError:
+        return {}
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        metric = name.split("{", 1)[0]
+        if metric in VIEW_COUNTERS:
+            totals[VIEW_COUNTERS[metric]] = totals.get(VIEW_COUNTERS[metric], 0.0) + float(value)
+    return totals
+
+
+def view_costs(
+    before: Mapping[str, float], after: Mapping[str, float], events: int, cpu_s: float | None
+) -> dict[str, Any] | None:
+    """What the view service spent on a step: CPU per event and Redis round trips per batch and per event."""
+    if not before and not after:
+        return None
+    delta = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in VIEW_COUNTERS.values()}
+    trips, batches = delta["redis_round_trips"], delta["batches"]
+    return {
+        "events": events,
+        **{name: int(value) for name, value in delta.items()},
+        "cpu_ms_per_event": round(cpu_s * 1000 / events, 3) if cpu_s is not None and events else None,
+        "redis_round_trips_per_batch": round(trips / batches, 3) if batches else None,
+        "redis_round_trips_per_event": round(trips / events, 3) if events else None,
+    }

@@ -357,6 +357,7 @@ def _pipeline_stage(
             check_alive=workers.check if workers else (lambda: None),
             pids=workers.pids if workers else dict,
             containers=containers,
+            views_port=workers.views_port if workers else 0,
         )
         seed(ctx)
         steps = run_schedule(

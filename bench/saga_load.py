@@ -27,16 +27,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from bench.figures import is_saturated, latency_growth, latency_summary, per_second, send_offsets
-from bench.probes import CpuSnapshot, Offsets, deltas, read_offsets
+from bench.probes import CpuSnapshot, Offsets, deltas, read_offsets, view_costs, view_counters
 from bench.stack import wait_until
 from common.admin import worker_groups
 from producers.orders import place_order, random_order
 from producers.toolkit import EventPublisher
-from schemas.topics import INVENTORY_COMMANDS, TOPICS, USER_COMMANDS, internal_topics
+from schemas.topics import INVENTORY_COMMANDS, TOPICS, USER_COMMANDS, VIEWS_STOCK_LINES, internal_topics
 from streams.domain.orders import TERMINAL_STATUSES
 from streams.views.keys import order_key
 
 POLL_S = 0.05
+VIEWS_GROUP = "order-pipeline-views"
+"""The view service's consumer group (its Faust app id)."""
 """How often pending orders' views are read (the resolution of the view latency)."""
 
 
@@ -69,6 +71,8 @@ class LoadContext:
     check_alive: Callable[[], None] = lambda: None
     pids: Callable[[], dict[str, int]] = dict
     containers: dict[str, str] = field(default_factory=dict)
+    views_port: int = 0
+    """The view service's endpoint (its batch and Redis counters); 0: not read."""
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     customers: list[str] = field(default_factory=list)
     skus: list[str] = field(default_factory=list)
@@ -139,7 +143,7 @@ def _poll(ctx: LoadContext, pending: dict[str, Placed]) -> int:
 
 def groups_and_topics() -> tuple[list[str], list[str], list[str]]:
     groups = worker_groups()
-    topics = [t.name for t in TOPICS]
+    topics = [t.name for t in (*TOPICS, VIEWS_STOCK_LINES)]
     changelogs = [t.name for t in internal_topics() if t.name.endswith("-changelog")]
     return groups, topics, changelogs
 
@@ -162,6 +166,7 @@ def run_step(
     """Offer ``rate`` orders/s for ``duration_s``; wait up to ``settle_s`` after the last one for the rest."""
     before = wait_quiet(ctx)
     cpu_before = CpuSnapshot.take(ctx.pids(), ctx.containers)
+    views_before = view_counters(ctx.views_port)
     offsets = send_offsets(rate, duration_s)
     placed: dict[str, Placed] = {}
     pending: dict[str, Placed] = {}
@@ -204,9 +209,15 @@ def run_step(
             time.sleep(POLL_S)
     cpu_after = CpuSnapshot.take(ctx.pids(), ctx.containers)
     after = wait_quiet(ctx)
+    views_after = view_counters(ctx.views_port)
     if record:
         ctx.orders.update(placed)
-    return summarise_step(rate, duration_s, placed, before, after, cpu_after.since(cpu_before))
+    step = summarise_step(rate, duration_s, placed, before, after, cpu_after.since(cpu_before))
+    cpu = step["cpu"]
+    views_cores = cpu.get("process_cores", {}).get("views")
+    views_cpu_s = views_cores * cpu["wall_s"] if views_cores is not None and cpu.get("wall_s") else None
+    step["views"] = view_costs(views_before, views_after, step["consumed_per_group"].get(VIEWS_GROUP, 0), views_cpu_s)
+    return step
 
 
 def summarise_step(

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.stack import ROOT, wait_until
+from bench.stack import ROOT, free_port, wait_until
 from common.admin import admin_client, groups_not_ready, worker_groups
 from common.settings import Settings
 from schemas.topics import SERVICES
@@ -59,6 +59,8 @@ class Process:
 class Workers:
     processes: dict[str, Process] = field(default_factory=dict)
     watchdog_restarts: int = 0
+    views_port: int = 0
+    """The view service's endpoint port (0: none)."""
 
     def pids(self) -> dict[str, int]:
         return {name: pid for name, p in self.processes.items() if (pid := p.pid) is not None}
@@ -95,7 +97,11 @@ def running_workers(settings: Settings, workdir: Path, **env_overrides: str) -> 
     env = worker_env(settings, workdir, **env_overrides)
     workers = Workers()
     for service in SERVICES:
-        workers.processes[service] = Process(service, [PIPELINE, "worker", service], env, workdir / f"{service}.log")
+        own = dict(env)
+        if service == "views":  # its /metrics count the Redis round trips and batches (bench.probes.view_counters)
+            workers.views_port = free_port()
+            own["PIPELINE_WORKER_HTTP_PORT"] = str(workers.views_port)
+        workers.processes[service] = Process(service, [PIPELINE, "worker", service], own, workdir / f"{service}.log")
     try:
         for process in workers.processes.values():
             process.start()

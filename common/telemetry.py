@@ -88,6 +88,12 @@ MAILS = Counter(
     "Notices handed to the mail server, by kind and outcome: sent, or undeliverable (dead-lettered with the reason).",
     ["kind", "outcome"],
 )
+VIEW_BATCHES = Counter("pipeline_view_batches_total", "Batches the view service folded, per agent.", ["agent"])
+VIEW_REDIS_ROUND_TRIPS = Counter(
+    "pipeline_view_redis_round_trips_total",
+    "Round trips the view service made to Redis to mirror its tables (one MULTI/EXEC per batch that changed a view).",
+)
+VIEW_REDIS_COMMANDS = Counter("pipeline_view_redis_commands_total", "Redis writes the view service mirrored.")
 HTTP_REQUESTS = Counter(
     "pipeline_http_requests_total", "Gateway requests by method, route and status.", ["method", "route", "status"]
 )

@@ -37,7 +37,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.settings import Settings
-from common.telemetry import EVENTS, STEP_SECONDS, context_from, tracer
+from common.telemetry import (
+    EVENTS,
+    STEP_SECONDS,
+    VIEW_BATCHES,
+    VIEW_REDIS_COMMANDS,
+    VIEW_REDIS_ROUND_TRIPS,
+    context_from,
+    tracer,
+)
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
 from schemas.topics import (
@@ -96,6 +104,8 @@ class RedisMirror:
                     await pipe.execute()
                 self.round_trips += 1
                 self.writes += len(ops)
+                VIEW_REDIS_ROUND_TRIPS.inc()
+                VIEW_REDIS_COMMANDS.inc(len(ops))
                 self.waiting_since = None
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -316,6 +326,7 @@ async def _fold_batch(
         agent.busy_since = None
         agent.last_progress = done
         agent.batches += 1
+        VIEW_BATCHES.labels(agent.name).inc()
     return handled
 
 

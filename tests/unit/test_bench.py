@@ -268,3 +268,21 @@ def test_only_the_stages_that_ran_are_required() -> None:
     for section in ("raw", "faust", "pipeline", "query", "history"):
         del doc[section]
     assert check_result(doc) == []
+
+
+def test_the_view_service_costs_are_per_event_and_per_batch() -> None:
+    from bench.probes import view_costs
+
+    before = {"batches": 10.0, "redis_round_trips": 8.0, "redis_commands": 100.0}
+    after = {"batches": 110.0, "redis_round_trips": 98.0, "redis_commands": 1300.0}
+    costs = view_costs(before, after, events=400, cpu_s=0.1)
+    assert costs == {
+        "events": 400,
+        "batches": 100,
+        "redis_round_trips": 90,
+        "redis_commands": 1200,
+        "cpu_ms_per_event": 0.25,
+        "redis_round_trips_per_batch": 0.9,
+        "redis_round_trips_per_event": 0.225,
+    }
+    assert view_costs({}, {}, events=0, cpu_s=None) is None
