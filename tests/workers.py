@@ -1,4 +1,4 @@
-"""The pipeline's own processes for integration tests: real `pipeline worker` and `pipeline project` processes.
+"""The pipeline's own processes for integration tests: real `pipeline worker` processes (the view service's too).
 
 They run as separate OS processes against the testcontainers broker and Redis, exactly as a person starts
 them, so the tests can kill them with real signals. Readiness is observed, not assumed: a worker is ready

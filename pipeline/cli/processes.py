@@ -23,7 +23,9 @@ from schemas.topics import SERVICES as WORKER_SERVICES
 def worker(service: str) -> None:
     """Run the Faust worker of SERVICE (its agents, tables and timers) until interrupted."""
     settings = get_settings()
-    require(kafka_at(settings))  # the payment provider's Redis is an outside system: its breaker waits for it
+    # the payment provider's Redis is an outside system: its breaker waits for it; the views' Redis is the view
+    # service's own store, which it cannot start without
+    require(kafka_at(settings), *((redis_at(settings.redis_url),) if service == "views" else ()))
 
     import faulthandler
 

@@ -104,7 +104,7 @@ NEEDS_BROKER_OR_REDIS = [
     pytest.param([*PUBLISH, "-k", "o-1", "-d", CONFIRMED], {KAFKA}, id="publish"),
     pytest.param(["tail", "orders.events.v1", "--max", "1"], {KAFKA}, id="tail"),
     pytest.param(["worker", "orders"], {KAFKA}, id="worker"),
-    pytest.param(["project", "--idle-exit", "1"], {KAFKA, REDIS}, id="project"),
+    pytest.param(["worker", "views"], {KAFKA, REDIS}, id="worker-views"),
     pytest.param(["views", "rebuild"], {KAFKA, REDIS}, id="views-rebuild"),
     pytest.param(["order", "o-1"], {REDIS}, id="order"),
     pytest.param(["trace", "o-1"], {REDIS}, id="trace"),
@@ -140,7 +140,7 @@ def test_a_command_names_what_it_cannot_reach_in_one_line(closed: Stack, args: l
             id="publish",
         ),
         pytest.param(["order", "o-1"], "Redis at {redis} (no answer within", id="order"),
-        pytest.param(["project"], "Redis at {redis} (no answer within", id="project"),
+        pytest.param(["worker", "views"], "Redis at {redis} (no answer within", id="worker-views"),
     ],
 )
 def test_a_dependency_that_never_answers_costs_seconds_not_minutes(silent: Stack, args: list[str], says: str) -> None:
