@@ -24,6 +24,7 @@ from fastavro.validation import ValidationError, validate
 from schemas.catalog import SchemaCatalog, SchemaVersion
 from schemas.errors import (
     CorruptPayload,
+    DecodeError,
     IncompatibleReader,
     InvalidRecord,
     NotSingleObjectEncoded,
@@ -128,6 +129,20 @@ class AvroCodec:
         if not isinstance(value, dict):
             raise CorruptPayload(f"{writer.label}: decoded to {type(value).__name__}, not a record")
         return Decoded(writer.name, writer.full_name, writer.version, reader.version, value)
+
+    def record_name(self, data: bytes | bytearray | memoryview) -> str | None:
+        """The short name of the record ``data`` holds, read off its fingerprint without decoding the body; None
+        when the bytes are not single-object encoded or the fingerprint is unknown (:meth:`decode` says why)."""
+        if len(data) < HEADER_SIZE or data[:2] != MAGIC:
+            return None
+        fp = bytes(data[2:HEADER_SIZE])
+        pair = self._pairs.get((fp, None))
+        if pair is not None:
+            return pair[0].name
+        try:
+            return self._pair(fp, None)[0].name
+        except DecodeError:
+            return None
 
     def _pair(self, fp: bytes, reader_version: int | None) -> tuple[SchemaVersion, SchemaVersion]:
         """Find writer and reader schema for a fingerprint once; later calls hit the cache."""

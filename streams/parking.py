@@ -55,6 +55,10 @@ class ParkedKeys:
         self.agent = agent
         self._prefix = f"{agent}/"
 
+    def parked(self, key: str | None) -> bool:
+        """Whether ``key`` has a queue (one table read, nothing parsed)."""
+        return key is not None and self.table.get(self._prefix + key) is not None
+
     def queue(self, key: str | None) -> Queue:
         stored = self.table.get(self._prefix + key) if key is not None else None
         return tuple(ParkedMessage.from_json(m) for m in (stored or {}).get("queue", ()))

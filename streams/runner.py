@@ -155,8 +155,12 @@ class StepRunner:
         """Decide one message and make its writes; what to confirm and send comes back.
 
         Each message is one span, a child of the span that sent it (the ``traceparent`` header), and the
-        parent of everything it causes."""
+        parent of everything it causes; but a record the step does not handle is passed by before any span or
+        decoding when nothing about it needs more (:meth:`_passes_by`)."""
         started = time.monotonic()
+        if self._passes_by(incoming):
+            EVENTS.labels(self.step.agent, "?", "ignored").inc()
+            return Staged(started=started)
         envelope = incoming.envelope
         attributes: dict[str, str | int] = {
             "messaging.system": "kafka",
@@ -176,6 +180,19 @@ class StepRunner:
             staged = await self._handle(incoming, span)
         staged.started = started
         return staged
+
+    def _passes_by(self, incoming: Incoming) -> bool:
+        """Whether ``incoming`` holds a record of its topic this step does not handle (read off the writer's
+        fingerprint, not a header a producer could get wrong), well placed, no replay, its key not parked: the sort
+        (:class:`~streams.parking.KeyParking`) would pass it by unchanged, and it costs neither a span nor a
+        decode. Anything else takes the full path: a misplaced record is dead-lettered there, a parked key's
+        queue may be waiting on it."""
+        name = self._codec.record_name(incoming.value or b"")
+        if name is None or name in self.step.handles or incoming.replay_of is not None:
+            return False
+        if name not in topic(incoming.topic).records:
+            return False  # a record its topic does not carry: dead-lettered on the full path
+        return incoming.misplaced is None and not self.parking.keys.parked(incoming.arrival.key)
 
     async def _handle(self, incoming: Incoming, span: Span) -> Staged:
         """Sort the message (parking stands in front), then decide it, or dead-letter or pass it as sorted."""

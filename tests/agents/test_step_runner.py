@@ -70,6 +70,42 @@ async def test_a_record_the_step_does_not_handle_is_passed_by() -> None:
     assert (edge.runner.processed, edge.runner.dead_lettered) == (0, 0)
 
 
+async def test_a_record_the_step_does_not_handle_costs_no_decode_and_no_span_unless_its_key_is_parked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """About a third of what an agent is handed are records it ignores: they are recognised by the writer's
+    fingerprint, before any span or decode, unless their key is parked (its queue may be waiting on them)."""
+    from streams import runner as runner_module
+
+    edge = Edge.build("reserve_inventory", RESERVATIONS)
+    rejected = OrderRejected(order_id="o-1", user_id="u-1", reason="unknown_user", rejected_at=T0)
+    decoded: list[str] = []
+    spans: list[str] = []
+    real_decode, real_tracer = edge.runner._decode, runner_module.tracer
+    monkeypatch.setattr(edge.runner, "_decode", lambda i: decoded.append(i.topic) or real_decode(i))
+
+    def counting_tracer() -> object:
+        tracer = real_tracer()
+
+        class Counting:
+            def start_as_current_span(self, name: str, **kwargs: object) -> object:
+                spans.append(name)
+                return tracer.start_as_current_span(name, **kwargs)
+
+        return Counting()
+
+    monkeypatch.setattr(runner_module, "tracer", counting_tracer)
+    await edge.runner.handle(incoming(rejected))
+    assert (decoded, spans, edge.recorder.log) == ([], [], [])
+
+    edge.runner.parking.keys.save("o-1", ())  # nothing parked: still passed by
+    await edge.runner.handle(incoming(rejected, offset=1))
+    assert (decoded, spans) == ([], [])
+    edge.runner.parking.keys.table["reserve_inventory/o-1"] = {"agent": "reserve_inventory", "key": "o-1", "queue": []}
+    await edge.runner.handle(incoming(rejected, offset=2))
+    assert decoded and spans, "a parked key's records take the full path"
+
+
 async def test_a_message_without_an_envelope_gets_ids_from_its_position() -> None:
     """kcat input has no headers: its position is its id, so a redelivery (same offset) re-emits the same ids."""
     edge = Edge.build("keep_stock", STOCK)
