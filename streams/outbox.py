@@ -1,9 +1,10 @@
 """Encodes what a step decided, stamps its envelope and sends it; dead letters go the same way.
 
 Every output carries the envelope: a deterministic ``ce_id`` (:func:`derived_event_id`), ``ce_causationid`` = the
-input's id, ``ce_correlationid`` = the order id, and the input's ``traceparent``. It is checked against its topic,
-encoded and stamped by :class:`common.encoding.RecordEncoder`, the producers' path too. Sends are awaited until
-the broker acknowledged them, so an input is acked only once its events are stored.
+input's id (or the command a step names instead: :attr:`streams.domain.core.Decision.causes`),
+``ce_correlationid`` = the order id, and the input's ``traceparent``. It is checked against its topic, encoded and
+stamped by :class:`common.encoding.RecordEncoder`, the producers' path too. Sends are awaited until the broker
+acknowledged them, so an input is acked only once its events are stored.
 """
 
 from __future__ import annotations
@@ -76,16 +77,19 @@ class Outbox:
         cause_id: str,
         traceparent: str | None = None,
         traces: Sequence[str] = (),
+        causes: Sequence[str] = (),
     ) -> list[Outgoing]:
         """Encode ``(record name, value)`` pairs and stamp their envelopes; raises before any I/O if one is bad.
 
         Each goes to the one topic that carries its record, keyed by the record's key field, in ``traceparent``'s
-        trace unless ``traces`` names another for it (same position)."""
+        trace unless ``traces`` names another for it, and caused by ``cause_id`` unless ``causes`` names another
+        (same position; the event's id is derived from ``cause_id`` all the same)."""
         prepared = []
         for index, (name, value) in enumerate(records):
             spec = topic_for_record(name)
             key = str(value[spec.key_field])
             correlation = value.get("order_id") or (cause.envelope.correlation_id if cause and cause.envelope else None)
+            named = causes[index] if index < len(causes) else ""
             encoded = self._encoder.encode(
                 spec,
                 name,
@@ -93,7 +97,7 @@ class Outbox:
                 value,
                 event_id=derived_event_id(cause_id, index, name, value, key),
                 correlation_id=correlation or key,
-                causation_id=cause_id if cause is not None else None,
+                causation_id=(named or cause_id) if cause is not None else None,
                 traceparent=(traces[index] if index < len(traces) and traces[index] else None) or traceparent,
             )
             prepared.append(Outgoing(encoded.topic, key.encode(), encoded.value, encoded.envelope.to_headers()))

@@ -242,6 +242,7 @@ class StepRunner:
                 cause_id=incoming.event_id,
                 traceparent=traceparent_of(span),
                 traces=decision.traces,
+                causes=decision.causes,
             )
             return key, state, message, decision, records, outgoing
 

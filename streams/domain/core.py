@@ -178,6 +178,11 @@ class Decision(Generic[S]):
     traces: tuple[str, ...] = ()
     """Per event (in order; missing or "": the input's), the trace it continues: an order held at admission and
     decided later continues its PlaceOrder's trace, not that of the user event that released it."""
+    causes: tuple[str, ...] = ()
+    """Per event (in order; missing or "": the input's id), the id of the input the event answers, its
+    ``ce_causationid``: a registration or an e-mail change put off until its address is claimed ends in an event
+    that names the command it finishes, not the claim's answer that let it finish (the command-status view,
+    :mod:`streams.views.commands`, finds a command's outcome by it)."""
     refusal: str | None = None
     """Why the input is refused outright (None: it is not), for an input with no rejection record of its own (an
     AddStock whose SKU is not clean text): the edge dead-letters it with this reason, parking nothing. A refusing

@@ -29,6 +29,11 @@ claim in flight is stale and ignored. While a claim is in flight:
   accepted, so the change lands at whatever version the aggregate has when the answer comes). If the user was
   deactivated meanwhile, the change is refused when the answer comes and a granted address is released.
 
+**Outcomes name their command.** Every command ends in exactly one event on ``users.events.v1``, the fact it
+asked for or UserCommandRejected, and that event's cause (``ce_causationid``) is the command: the input's id as
+usual, and for a command that waited for its address, the command's id kept in the :class:`PendingClaim`
+(:attr:`Decision.causes`). The command-status view (:mod:`streams.views.commands`) folds it by that id.
+
 **Redelivery.** Every input with an id (``ctx.message_id``) that produced events is remembered with those
 events (the last ``ctx.users.remembered_inputs``): the same input again changes nothing and re-emits them. A user
 id that is not clean text names no user: its command is rejected and nothing is kept under it (a redelivery is
@@ -127,6 +132,9 @@ class PendingClaim:
     email: str
     """The normalised address claimed."""
     command: RegisterUser | ChangeEmail
+    command_id: str = ""
+    """The command's id (``ctx.message_id``): the event that finishes it names it as its cause
+    (:attr:`Decision.causes`), so its sender can find out what became of it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +143,8 @@ class HandledInput:
 
     message_id: str
     events: tuple[Message, ...]
+    causes: tuple[str, ...] = ()
+    """The decision's :attr:`Decision.causes`, re-emitted with the events."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,7 +180,7 @@ def decide(state: UserHistory | None, message: Message, ctx: StepContext) -> Dec
     if state is not None and ctx.message_id:
         for handled in state.handled:
             if handled.message_id == ctx.message_id:
-                return Decision(state, handled.events)
+                return Decision(state, handled.events, causes=handled.causes)
     empty = UserHistory(user_id=message.key)
     history = state or empty
     match message:
@@ -184,11 +194,12 @@ def decide(state: UserHistory | None, message: Message, ctx: StepContext) -> Dec
         return Decision(state, decision.events)
     new = decision.state or history
     if ctx.message_id and decision.events:
-        remembered = (*new.handled, HandledInput(message_id=ctx.message_id, events=decision.events))
+        handled = HandledInput(message_id=ctx.message_id, events=decision.events, causes=decision.causes)
+        remembered = (*new.handled, handled)
         new = replace(new, handled=remembered[-ctx.users.remembered_inputs :])
     if state is None and new == empty:
         return Decision(None, decision.events)  # nothing worth keeping for a user that does not exist
-    return Decision(new, decision.events)
+    return Decision(new, decision.events, causes=decision.causes)
 
 
 def on_command(history: UserHistory, command: Message, ctx: StepContext) -> Decision[UserHistory]:
@@ -296,6 +307,10 @@ def on_email_claimed(history: UserHistory, answer: EmailClaimed, ctx: StepContex
     pending = history.pending
     if pending is None or pending.request_id != answer.request_id:
         return Decision(history)
+    return _finishing(pending, _on_claim_granted(history, pending, ctx))
+
+
+def _on_claim_granted(history: UserHistory, pending: PendingClaim, ctx: StepContext) -> Decision[UserHistory]:
     user = history.user
     cleared = replace(history, pending=None)
     command = pending.command
@@ -332,7 +347,7 @@ def on_email_claim_refused(history: UserHistory, answer: EmailClaimRefused, ctx:
     pending = history.pending
     if pending is None or pending.request_id != answer.request_id:
         return Decision(history)
-    return _reject(replace(history, pending=None), pending.command, EMAIL_IN_USE, ctx)
+    return _finishing(pending, _reject(replace(history, pending=None), pending.command, EMAIL_IN_USE, ctx))
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
@@ -371,8 +386,15 @@ def _claim(
     number = history.claims + 1
     request_id = f"{history.user_id}/claim/{number}"
     claim = ClaimEmail(email=email, user_id=history.user_id, request_id=request_id, requested_at=ctx.now)
-    pending = PendingClaim(request_id=request_id, email=email, command=command)
+    pending = PendingClaim(request_id=request_id, email=email, command=command, command_id=ctx.message_id)
     return Decision(replace(history, claims=number, pending=pending), (claim,))
+
+
+def _finishing(pending: PendingClaim, decision: Decision[UserHistory]) -> Decision[UserHistory]:
+    """``decision`` with its first event, the command's outcome, naming the command as its cause."""
+    if not pending.command_id or not decision.events:
+        return decision
+    return replace(decision, causes=(pending.command_id,))
 
 
 def _release(user_id: str, email: str, request_id: str, reason: str, ctx: StepContext) -> ReleaseEmail:

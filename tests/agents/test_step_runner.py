@@ -16,14 +16,17 @@ import pytest
 from streams.domain.core import Decision
 from streams.domain.messages import (
     AddStock,
+    ChangeEmail,
+    EmailClaimed,
     OrderLine,
     OrderPlaced,
     OrderRejected,
+    RegisterUser,
     ReserveStock,
     StockAdded,
 )
 from streams.domain.reservations import OrderReservation
-from streams.domain.saga import RESERVATIONS, STOCK
+from streams.domain.saga import RESERVATIONS, STOCK, USERS
 from streams.domain.stock import Stock
 from streams.incoming import Incoming
 from streams.resilience import RetryPolicy
@@ -289,3 +292,26 @@ async def test_a_parked_key_within_a_batch_parks_its_later_message_behind_it() -
         ("send", "inventory.commands.v1.dlq"),
     ]
     assert "a" not in edge.table
+
+
+async def test_a_user_command_s_outcome_names_the_command_even_after_waiting_for_its_address() -> None:
+    """The command-status view finds a command's outcome by ``ce_causationid``: the command's id, also when the
+    outcome came with the e-mail claim's answer; the events' own ids stay derived from the answer."""
+    edge = Edge.build("handle_user_commands", USERS)
+    register = RegisterUser(user_id="u-1", username="ann", email="ann@example.com", profile={})
+    await edge.runner.handle(incoming(register, event_id="cmd-register"))
+    [claim] = edge.recorder.sent
+    assert claim.decoded().name == "ClaimEmail" and claim.header["ce_causationid"] == "cmd-register"
+
+    edge.recorder.clear()
+    granted = EmailClaimed(user_id="u-1", email="ann@example.com", request_id="u-1/claim/1", claimed_at=T0)
+    await edge.runner.handle(incoming(granted, event_id="answer-1"))
+    [registered] = edge.recorder.sent
+    assert registered.decoded().name == "UserRegistered" and registered.header["ce_causationid"] == "cmd-register"
+
+    edge.recorder.clear()
+    await edge.runner.handle(incoming(ChangeEmail(user_id="u-1", new_email="b@x.io"), event_id="cmd-change"))
+    answer = EmailClaimed(user_id="u-1", email="b@x.io", request_id="u-1/claim/2", claimed_at=T0)
+    await edge.runner.handle(incoming(answer, event_id="answer-2"))
+    causes = {s.decoded().name: s.header["ce_causationid"] for s in edge.recorder.sent}
+    assert causes == {"ClaimEmail": "cmd-change", "UserEmailChanged": "cmd-change", "ReleaseEmail": "answer-2"}

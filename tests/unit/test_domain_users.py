@@ -529,6 +529,60 @@ def test_stale_claim_answers_are_ignored() -> None:
     assert decide(None, replace(answer, user_id="u-5"), at(9, "late")) == Decision(None)
 
 
+# --- a command's outcome names the command -------------------------------------------------------------------
+
+
+def test_a_direct_command_s_outcome_is_caused_by_the_input_itself() -> None:
+    bus = registered_bus("u-1")
+    for command in (DeactivateUser(user_id="u-1", reason="asked to"), DeactivateUser(user_id="u-1", reason="again")):
+        decision = decide(bus.users["u-1"], command, at(1, "cmd-1"))
+        assert decision.events and decision.causes == (), "no other cause named: the runner uses the input's id"
+        bus.users["u-1"] = decision.state or bus.users["u-1"]
+
+
+@pytest.mark.parametrize("granted", [True, False], ids=["claimed", "refused"])
+def test_a_registration_that_waited_for_its_address_names_its_command(granted: bool) -> None:
+    pending = decide(None, register(), at(1, "cmd-1"))
+    state = pending.state
+    assert state is not None and state.pending is not None and state.pending.command_id == "cmd-1"
+    assert pending.causes == (), "the claim itself is caused by the command, as usual"
+    answer: Message = (
+        EmailClaimed(user_id="u-1", email="ann@example.com", request_id="u-1/claim/1", claimed_at=T0)
+        if granted
+        else EmailClaimRefused(user_id="u-1", email="ann@example.com", request_id="u-1/claim/1", reason="r",
+                               refused_at=T0)
+    )  # fmt: skip
+    done = decide(state, answer, at(2, "answer-1"))
+    expected = UserRegistered if granted else UserCommandRejected
+    assert isinstance(done.events[0], expected) and done.causes == ("cmd-1",)
+    assert decide(done.state, answer, at(3, "answer-1")) == done, "a redelivered answer names it again"
+
+
+def test_an_e_mail_change_s_outcome_names_its_command_not_the_release() -> None:
+    bus = registered_bus("u-1")
+    changing = decide(bus.users["u-1"], ChangeEmail(user_id="u-1", new_email="b@x.io"), at(1, "cmd-2"))
+    assert changing.state is not None and changing.state.pending is not None
+    answer = EmailClaimed(user_id="u-1", email="b@x.io", request_id=changing.state.pending.request_id, claimed_at=T0)
+    done = decide(changing.state, answer, at(2, "answer-2"))
+    changed, release = done.events
+    assert isinstance(changed, UserEmailChanged) and isinstance(release, ReleaseEmail)
+    assert done.causes == ("cmd-2",), "only the outcome: the release is the answer's doing"
+    deactivated = decide(changing.state, DeactivateUser(user_id="u-1", reason="x"), at(3, "cmd-3")).state
+    abandoned = decide(deactivated, answer, at(4, "answer-2"))
+    assert isinstance(abandoned.events[0], UserCommandRejected) and abandoned.causes == ("cmd-2",)
+
+
+def test_a_claim_from_before_command_ids_were_kept_names_no_cause() -> None:
+    state = decide(None, register(), at(1, "cmd-1")).state
+    assert state is not None and state.pending is not None
+    stored = state.to_json()
+    del stored["pending"]["command_id"]  # a state stored before command ids were kept
+    old = UserHistory.from_json(stored)
+    assert old.pending is not None and old.pending.command_id == ""
+    answer = EmailClaimed(user_id="u-1", email="ann@example.com", request_id="u-1/claim/1", claimed_at=T0)
+    assert decide(old, answer, at(2, "answer-1")).causes == ()
+
+
 # --- redelivery ---------------------------------------------------------------------------------------------
 
 
