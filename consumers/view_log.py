@@ -82,6 +82,7 @@ def event_of(message: Consumed, codec: AvroCodec) -> Event:
         position=f"{message.topic}:{message.partition}:{message.offset}",
         source=envelope.source if envelope else None,
         fallback_time_ms=int(envelope.time.timestamp() * 1000) if envelope else max(message.timestamp_ms, 0),
+        causation_id=envelope.causation_id if envelope else None,
     )
 
 

@@ -345,6 +345,7 @@ def _event(incoming: Incoming, codec: AvroCodec, timestamp_ms: int) -> Event:
         position=incoming.origin.to_header(),
         source=envelope.source if envelope else None,
         fallback_time_ms=int(envelope.time.timestamp() * 1000) if envelope else max(timestamp_ms, 0),
+        causation_id=envelope.causation_id if envelope else None,
     )
 
 

@@ -66,6 +66,8 @@ class Event:
     """Event time (epoch ms) from the record's own time field."""
     service: str = ""
     """The producing service: the last segment of ``ce_source``."""
+    causation_id: str = ""
+    """The envelope's ``ce_causationid`` ("" without one): for a user event, the command it answers."""
 
 
 def to_millis(moment: datetime) -> int:
@@ -115,6 +117,7 @@ def make_event(
     position: str,
     source: str | None,
     fallback_time_ms: int,
+    causation_id: str | None = None,
 ) -> Event:
     """Normalise a decoded record: plain values, its id (``position`` when no envelope), its event time."""
     data = plain(value)
@@ -126,6 +129,7 @@ def make_event(
         event_id=event_id or position,
         at=at if isinstance(at, int) else fallback_time_ms,
         service=service_name(source),
+        causation_id=causation_id or "",
     )
 
 

@@ -41,8 +41,16 @@ key                                             type    content
 ``view:user-email:{email}``                     set     user ids whose current address is ``email`` (lower-cased)
 ``view:users:by-username``                      zset    ``{lower-cased username}\\x00{user_id}``, score 0 (prefix)
 ``view:users:by-registered``                    zset    user ids scored by ``registered_at``
+``view:users:by-profile``                       zset    ``{attribute}\\x00{lower-cased value}\\x00{user_id}``, score 0
+                                                        (one member per profile attribute of each user)
 ``view:user-rejections:{user_id}``              list    JSON UserCommandRejected values + ``event_id``, newest
                                                         first (20 kept)
+``view:command:{command_id}``                   string  JSON outcome of a user command (the id is its ``ce_id``):
+                                                        ``command_id``, ``status`` (applied, refused), ``event``,
+                                                        ``event_id``, ``decided_at``, ``user_id``, ``version``,
+                                                        and when refused ``command``, ``reason``,
+                                                        ``expected_version``, ``actual_version``; expires a day
+                                                        after ``decided_at`` (the user's table entry keeps it)
 ==============================================  ======  =========================================================
 """
 
@@ -65,7 +73,10 @@ SKUS_KEY = "view:skus"
 USERNAMES_KEY = "view:users:by-username"
 """Sorted set, all scores 0, members ``{lower-cased username}\x00{user_id}``: prefix search with ZRANGEBYLEX."""
 REGISTERED_KEY = "view:users:by-registered"
-"""Sorted set of user ids scored by ``registered_at`` (epoch ms): "registered after" search."""
+"""Sorted set of user ids scored by ``registered_at`` (epoch ms): search by registration time."""
+PROFILES_KEY = "view:users:by-profile"
+"""Sorted set, all scores 0, members ``{attribute}\x00{lower-cased value}\x00{user_id}``: search by a profile
+attribute's value with ZRANGEBYLEX (neither part can hold ``\x00``: profile text is clean)."""
 
 
 def order_key(order_id: str) -> str:
@@ -98,3 +109,7 @@ def user_email_key(email: str) -> str:
 
 def user_rejections_key(user_id: str) -> str:
     return f"view:user-rejections:{user_id}"
+
+
+def command_key(command_id: str) -> str:
+    return f"view:command:{command_id}"

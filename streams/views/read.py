@@ -2,20 +2,28 @@
 
 Every function takes a Redis client (bytes or ``decode_responses=True``, either works) and only reads.
 The ``*_async`` twins take a ``redis.asyncio`` client and return the same shapes.
+
+User search (:class:`UserSearch`) intersects the indexes :mod:`streams.views.users` keeps: username prefix,
+registration time and one profile attribute's value; the matches come in username order, read in batches until
+``limit`` of them pass the active filter.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streams.views.keys import (
     ATTENTION_KEY,
     MIRRORED_KEY,
+    PROFILES_KEY,
     REGISTERED_KEY,
     SKUS_KEY,
     USERNAMES_KEY,
     VIEW_PREFIX,
+    command_key,
     notifications_key,
     order_key,
     stock_key,
@@ -57,6 +65,76 @@ def _summaries(raw: list[Any]) -> list[dict[str, Any]]:
 def _attention(raw: dict[Any, Any]) -> list[dict[str, Any]]:
     entries = [json.loads(v) for v in raw.values()]
     return sorted(entries, key=lambda e: (-int(e.get("failed_at") or 0), str(e["order_id"])))
+
+
+# --- user search --------------------------------------------------------------------------------------------
+
+SEARCH_BATCH = 100
+"""How many matching user views one search reads per round trip (MGET)."""
+
+
+@dataclass(frozen=True)
+class UserSearch:
+    """What a user search matches: every criterion given must hold."""
+
+    username_prefix: str = ""
+    """Usernames starting with this, case-insensitive ("" matches every user)."""
+    registered_after: int | None = None
+    """Registered strictly after this (epoch ms)."""
+    registered_before: int | None = None
+    """Registered strictly before this (epoch ms)."""
+    profile: tuple[str, str] | None = None
+    """A profile attribute and its value (the value case-insensitive, whole)."""
+    active: bool | None = None
+    limit: int = 50
+
+    def username_range(self) -> tuple[str | bytes, str | bytes]:
+        return _prefix_range(self.username_prefix.lower())
+
+    def registered_range(self) -> tuple[str, str] | None:
+        if self.registered_after is None and self.registered_before is None:
+            return None
+        low = "-inf" if self.registered_after is None else f"({self.registered_after}"
+        high = "+inf" if self.registered_before is None else f"({self.registered_before}"
+        return low, high
+
+    def profile_range(self) -> tuple[str | bytes, str | bytes] | None:
+        if self.profile is None:
+            return None
+        name, value = self.profile
+        return _prefix_range(f"{name}\x00{value.lower()}\x00")
+
+    def candidates(self, usernames: Sequence[Any], *allowed: set[str] | None) -> list[str]:
+        """The user ids of the username index's ``usernames`` (in their order) that every other index allows."""
+        ids = [_text(m).split("\x00", 1)[1] for m in usernames]
+        for only in allowed:
+            if only is not None:
+                ids = [user_id for user_id in ids if user_id in only]
+        return ids
+
+    def picked(self, raw: Sequence[Any]) -> Iterator[dict[str, Any]]:
+        """The user views among ``raw`` (values as MGET answered them) that pass the active filter."""
+        for value in raw:
+            user: Any = _json(value)
+            if isinstance(user, dict) and (self.active is None or bool(user.get("active")) == self.active):
+                yield user
+
+
+def _prefix_range(prefix: str) -> tuple[str | bytes, str | bytes]:
+    """ZRANGEBYLEX bounds of the members that start with ``prefix``.
+
+    The upper bound is the byte 0xFF, above every byte of UTF-8 text: the text ``"\xff"`` would be sent as
+    the two bytes C3 BF, below the members that go on with a letter past U+00FF (``ada中`` for ``ada``).
+    """
+    if not prefix:
+        return "-", "+"
+    raw = prefix.encode()
+    return b"[" + raw, b"[" + raw + b"\xff"
+
+
+def _member_ids(members: Sequence[Any]) -> set[str]:
+    """The user ids that end the members of a profile index range."""
+    return {_text(m).rsplit("\x00", 1)[1] for m in members}
 
 
 # --- sync ---------------------------------------------------------------------------------------------------
@@ -147,27 +225,28 @@ def search_users(
     username_prefix: str = "",
     active: bool | None = None,
     registered_after: int | None = None,
+    registered_before: int | None = None,
+    profile: tuple[str, str] | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """Users matching every given criterion, by username: prefix (case-insensitive), active flag, and
-    ``registered_after`` (epoch ms, exclusive)."""
-    if limit <= 0:
+    """Users matching every given criterion (see :class:`UserSearch`), by username."""
+    query = UserSearch(username_prefix, registered_after, registered_before, profile, active, limit)
+    if query.limit <= 0:
         return []
-    prefix = username_prefix.lower()
-    low, high = (f"[{prefix}", f"[{prefix}\xff") if prefix else ("-", "+")
-    members = [_text(m) for m in client.zrangebylex(USERNAMES_KEY, low, high)]
-    if registered_after is not None:
-        recent = {_text(u) for u in client.zrangebyscore(REGISTERED_KEY, f"({registered_after}", "+inf")}
-        members = [m for m in members if m.split("\x00", 1)[1] in recent]
+    registered = query.registered_range()
+    profiled = query.profile_range()
+    ids = query.candidates(
+        client.zrangebylex(USERNAMES_KEY, *query.username_range()),
+        None if registered is None else {_text(u) for u in client.zrangebyscore(REGISTERED_KEY, *registered)},
+        None if profiled is None else _member_ids(client.zrangebylex(PROFILES_KEY, *profiled)),
+    )
     found: list[dict[str, Any]] = []
-    for member in members:
-        user = get_user(client, member.split("\x00", 1)[1])
-        if user is None or (active is not None and bool(user.get("active")) != active):
-            continue
-        found.append(user)
-        if len(found) >= limit:
+    for start in range(0, len(ids), SEARCH_BATCH):
+        batch = ids[start : start + SEARCH_BATCH]
+        found += query.picked(client.mget([user_key(u) for u in batch]))
+        if len(found) >= query.limit:
             break
-    return found
+    return found[: query.limit]
 
 
 def user_stats(client: redis.Redis, user_id: str) -> dict[str, Any] | None:
@@ -183,6 +262,13 @@ def user_rejections(client: redis.Redis, user_id: str, limit: int = 20) -> list[
     if limit <= 0:
         return []
     return [json.loads(v) for v in client.lrange(user_rejections_key(user_id), 0, limit - 1)]
+
+
+def get_command_outcome(client: redis.Redis, command_id: str) -> dict[str, Any] | None:
+    """What became of the user command ``command_id`` (:mod:`streams.views.commands`), or None: not decided yet,
+    or decided more than a day ago."""
+    value: Any = _json(client.get(command_key(command_id)))
+    return value if isinstance(value, dict) else None
 
 
 def _stats(user: dict[str, Any], orders_placed: int) -> dict[str, Any]:
@@ -235,6 +321,30 @@ async def user_stats_async(client: aioredis.Redis, user_id: str) -> dict[str, An
     if user is None:
         return None
     return _stats(user, int(await client.zcard(user_orders_key(user_id))))
+
+
+async def search_users_async(client: aioredis.Redis, query: UserSearch) -> list[dict[str, Any]]:
+    if query.limit <= 0:
+        return []
+    registered = query.registered_range()
+    profiled = query.profile_range()
+    ids = query.candidates(
+        await client.zrangebylex(USERNAMES_KEY, *query.username_range()),
+        None if registered is None else {_text(u) for u in await client.zrangebyscore(REGISTERED_KEY, *registered)},
+        None if profiled is None else _member_ids(await client.zrangebylex(PROFILES_KEY, *profiled)),
+    )
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(ids), SEARCH_BATCH):
+        batch = ids[start : start + SEARCH_BATCH]
+        found += query.picked(await client.mget([user_key(u) for u in batch]))
+        if len(found) >= query.limit:
+            break
+    return found[: query.limit]
+
+
+async def get_command_outcome_async(client: aioredis.Redis, command_id: str) -> dict[str, Any] | None:
+    value: Any = _json(await client.get(command_key(command_id)))
+    return value if isinstance(value, dict) else None
 
 
 async def user_rejections_async(client: aioredis.Redis, user_id: str, limit: int = 20) -> list[dict[str, Any]]:

@@ -9,7 +9,9 @@ table                  key         entry
 =====================  ==========  ======================================================================
 ``views_orders``       order id    the order view (:mod:`~streams.views.orders`), timeline included
 ``views_stock``        SKU         the stock view (:mod:`~streams.views.stock`), string fields
-``views_users``        user id     ``{"user": user view | None, "rejections": [newest first, ≤ 20]}``
+``views_users``        user id     ``{"user": user view | None, "rejections": [newest first, ≤ 20],
+                                   "commands": [command outcomes, newest first]}``
+                                   (:mod:`~streams.views.commands`)
 ``views_notices``      user id     ``[NotificationSent entries, newest first, ≤ 100]``
 =====================  ==========  ======================================================================
 
@@ -30,9 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.topics import PARTITIONS
+from streams.views.commands import command_mirror, remember
 from streams.views.events import CannotProject, Event, Op, canonical_json, required_str
 from streams.views.keys import (
     ATTENTION_KEY,
+    PROFILES_KEY,
     REGISTERED_KEY,
     SKUS_KEY,
     USERNAMES_KEY,
@@ -49,7 +53,14 @@ from streams.views.keys import (
 from streams.views.notifications import NOTIFICATIONS_KEPT, notification_entry
 from streams.views.orders import apply_to_order, attention_entry, order_ops, user_summary
 from streams.views.stock import STOCK_LINE_RECORDS, apply_to_stock, stock_ops
-from streams.views.users import REJECTIONS_KEPT, USER_RECORDS, apply_to_user, user_ops, username_member
+from streams.views.users import (
+    REJECTIONS_KEPT,
+    USER_RECORDS,
+    apply_to_user,
+    profile_members,
+    user_ops,
+    username_member,
+)
 
 __all__ = [
     "ORDER_VIEWS",
@@ -111,7 +122,7 @@ def fold(event: Event, lookup: Lookup, *, as_stock: bool = False) -> list[Change
     if table == NOTICE_VIEWS:
         return _fold_notice(event, lookup)
     if table == USER_VIEWS:
-        return _fold_user(event, lookup)
+        return _with_outcome(event, _fold_user(event, lookup), lookup)
     if table == STOCK_VIEWS:
         return _fold_stock(event, lookup)
     order_id = required_str(event, "order_id")
@@ -131,9 +142,13 @@ def _fold_stock(event: Event, lookup: Lookup) -> list[Change]:
     return [Change(STOCK_VIEWS, sku, after, tuple(stock_ops(before, event)))]
 
 
+def _user_entry(lookup: Lookup, user_id: str) -> Any:
+    return lookup(USER_VIEWS, user_id) or {"user": None, "rejections": []}
+
+
 def _fold_user(event: Event, lookup: Lookup) -> list[Change]:
     user_id = required_str(event, "user_id")
-    before = lookup(USER_VIEWS, user_id) or {"user": None, "rejections": []}
+    before = _user_entry(lookup, user_id)
     if event.record == "UserCommandRejected":
         kept: list[dict[str, Any]] = list(before.get("rejections") or ())
         if any(entry.get("event_id") == event.event_id for entry in kept):
@@ -146,6 +161,20 @@ def _fold_user(event: Event, lookup: Lookup) -> list[Change]:
     if user is None:
         return []
     return [Change(USER_VIEWS, user_id, {**before, "user": user}, tuple(user_ops(before.get("user"), event)))]
+
+
+def _with_outcome(event: Event, changes: list[Change], lookup: Lookup) -> list[Change]:
+    """A user event that decides a command also keeps the command's outcome in the user's entry."""
+    if not event.causation_id:
+        return changes
+    user_id = required_str(event, "user_id")
+    entry = changes[0].after if changes else _user_entry(lookup, user_id)
+    remembered = remember(entry.get("commands") or (), event)
+    if remembered is None:
+        return changes
+    kept, ops = remembered
+    earlier = changes[0].ops if changes else ()
+    return [Change(USER_VIEWS, user_id, {**entry, "commands": kept}, (*earlier, *ops))]
 
 
 def _fold_notice(event: Event, lookup: Lookup) -> list[Change]:
@@ -191,7 +220,7 @@ def mirror(table: str, key: str, entry: Any) -> list[Op]:
             ops += _user_mirror(entry["user"])
         if entry.get("rejections"):
             ops += _list_ops(user_rejections_key(key), entry["rejections"])
-        return ops
+        return ops + command_mirror(entry.get("commands") or ())
     if table == NOTICE_VIEWS:
         return _list_ops(notifications_key(key), entry)
     raise ValueError(f"no view table {table!r}")
@@ -206,4 +235,6 @@ def _user_mirror(user: Mapping[str, Any]) -> list[Op]:
     if user.get("username"):
         ops.append(Op("ZADD", USERNAMES_KEY, (0, username_member(str(user["username"]), user_id))))
     ops.append(Op("ZADD", REGISTERED_KEY, (int(user["registered_at"]), user_id)))
+    if members := sorted(profile_members(user)):
+        ops.append(Op("ZADD", PROFILES_KEY, tuple(arg for member in members for arg in (0, member))))
     return ops

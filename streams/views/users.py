@@ -1,5 +1,8 @@
 """The user views, pure: each user's document folded from the user events, the search indexes over it
-(e-mail, username prefix, registration time), and each user's rejected commands.
+(e-mail, username prefix, registration time, profile attributes), and each user's rejected commands.
+
+The profile index is the seed's "update the search index when the profile changes": every attribute of every
+user is one member of :data:`~streams.views.keys.PROFILES_KEY`, moved when its value changes.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from typing import Any
 from schemas.topics import USER_EVENTS
 from streams.views.events import CannotProject, Event, Op, canonical_json, required_str
 from streams.views.keys import (
+    PROFILES_KEY,
     REGISTERED_KEY,
     USERNAMES_KEY,
     user_email_key,
@@ -79,6 +83,19 @@ def username_member(username: str, user_id: str) -> str:
     return f"{username.lower()}\x00{user_id}"
 
 
+def profile_member(name: str, value: str, user_id: str) -> str:
+    """The member of the profile index for one attribute: sorts by attribute, then lower-cased value."""
+    return f"{name}\x00{value.lower()}\x00{user_id}"
+
+
+def profile_members(doc: Mapping[str, Any] | None) -> set[str]:
+    """The profile index's members for the user view ``doc`` (none for no view)."""
+    if not doc:
+        return set()
+    user_id = str(doc["user_id"])
+    return {profile_member(str(k), str(v), user_id) for k, v in (doc.get("profile") or {}).items()}
+
+
 def user_ops(doc: Mapping[str, Any] | None, event: Event) -> list[Op]:
     """The writes that bring the user view and the user search indexes from ``doc`` to after ``event``."""
     after = apply_to_user(doc, event)
@@ -98,4 +115,9 @@ def user_ops(doc: Mapping[str, Any] | None, event: Event) -> list[Op]:
         ops.append(Op("ZADD", USERNAMES_KEY, (0, username_member(str(after["username"]), user_id))))
     if doc is None or doc.get("registered_at") != after["registered_at"]:
         ops.append(Op("ZADD", REGISTERED_KEY, (int(after["registered_at"]), user_id)))
+    before_members, after_members = profile_members(doc), profile_members(after)
+    if gone := sorted(before_members - after_members):
+        ops.append(Op("ZREM", PROFILES_KEY, tuple(gone)))
+    if added := sorted(after_members - before_members):
+        ops.append(Op("ZADD", PROFILES_KEY, tuple(arg for member in added for arg in (0, member))))
     return ops

@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.views.events import Event, Op
-from streams.views.keys import USERNAMES_KEY, user_email_key, user_key, user_rejections_key
-from streams.views.tables import USER_VIEWS
+from streams.views.keys import PROFILES_KEY, USERNAMES_KEY, user_email_key, user_key, user_rejections_key
+from streams.views.tables import USER_VIEWS, mirror
 from streams.views.tables import fold as fold_views
-from streams.views.users import apply_to_user, username_member
+from streams.views.users import apply_to_user, profile_member, username_member
 
 pytestmark = pytest.mark.unit
 
@@ -89,6 +89,30 @@ def test_registration_indexes_username_and_time() -> None:
     ops = change.ops
     assert ops[0].command == "SET" and ops[0].key == user_key("u-1")
     assert Op("ZADD", USERNAMES_KEY, (0, username_member("Ada", "u-1"))) in ops
+
+
+def test_every_profile_attribute_is_indexed_and_moved_when_its_value_changes() -> None:
+    """The seed's "update the search index on a profile change": one member per attribute, by value."""
+
+    def ops(event: Event, user: dict[str, Any] | None) -> tuple[Op, ...]:
+        (change,) = fold_views(event, lambda table, key: {"user": user, "rejections": []})
+        return change.ops
+
+    assert Op("ZADD", PROFILES_KEY, (0, profile_member("lang", "en", "u-1"))) in ops(REGISTERED, None)
+    assert profile_member("City", "Oslo", "u-1") == "City\x00oslo\x00u-1", "values compare case-insensitively"
+    before = fold(REGISTERED)
+    moved = ops(ev("UserProfileUpdated", 2, changes={"lang": "NO", "city": "Oslo"}), before)
+    assert Op("ZREM", PROFILES_KEY, (profile_member("lang", "en", "u-1"),)) in moved
+    added = (0, profile_member("city", "oslo", "u-1"), 0, profile_member("lang", "no", "u-1"))
+    assert Op("ZADD", PROFILES_KEY, added) in moved
+    same = ops(ev("UserProfileUpdated", 2, changes={"lang": "EN"}), before)
+    assert same and not [op for op in same if op.key == PROFILES_KEY], "the same value in another case: no move"
+    assert not [op for op in ops(ev("UserLoggedIn", 2, logged_in_at=T0 + 1), before) if op.key == PROFILES_KEY]
+    # a Redis flushed is re-mirrored from the table entry: the index comes back with it
+    after = fold(REGISTERED, ev("UserProfileUpdated", 2, changes={"city": "Oslo"}))
+    remirrored = mirror(USER_VIEWS, "u-1", {"user": after, "rejections": []})
+    members = [op.args for op in remirrored if op.key == PROFILES_KEY]
+    assert members == [(0, profile_member("city", "oslo", "u-1"), 0, profile_member("lang", "en", "u-1"))]
 
 
 def test_rejections_are_listed_once() -> None:
