@@ -27,7 +27,7 @@ from common.settings import Settings
 from common.telemetry import setup_tracing
 from gateway.auth import TokenPolicy
 from gateway.clientaddr import parse_networks
-from gateway.handlers import dashboard, health, orders, users
+from gateway.handlers import commands, dashboard, health, orders, users
 from gateway.idempotency import IdempotencyStore
 from gateway.middleware import (
     SERVER,
@@ -42,6 +42,7 @@ from gateway.middleware import (
 )
 from gateway.openapi import build_document
 from gateway.ratelimit import RateLimiter, RedisRateLimiter
+from gateway.receipts import ReceiptStore
 from gateway.service import GATEWAY, Gateway
 
 if TYPE_CHECKING:
@@ -68,11 +69,18 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
     ("GET", "/live", health.live),
     ("GET", "/openapi.json", health.openapi),
     ("POST", "/api/users", users.register_user),
+    ("GET", "/api/users", users.search_users),
     ("GET", "/api/users/{user_id}", users.get_user),
     ("PATCH", "/api/users/{user_id}", users.update_user_profile),
+    ("POST", "/api/users/{user_id}/email", users.change_email),
+    ("POST", "/api/users/{user_id}/deactivate", users.deactivate_user),
+    ("POST", "/api/users/{user_id}/reactivate", users.reactivate_user),
+    ("POST", "/api/users/{user_id}/logins", users.record_login),
+    ("GET", "/api/users/{user_id}/stats", users.get_user_stats),
     ("POST", "/api/orders", orders.place_order),
     ("GET", "/api/orders/{order_id}", orders.get_order),
     ("GET", "/api/dashboard", dashboard.dashboard),
+    ("GET", "/api/commands/{command_id}", commands.get_command),
 )
 
 
@@ -101,6 +109,7 @@ def create_app(
         limiter=limiter
         or RedisRateLimiter(redis, limit=settings.rate_limit_requests, window_s=settings.rate_limit_window_s),
         idempotency=IdempotencyStore(redis, pending_ttl_s=int(settings.gateway_publish_timeout_s) + 30),
+        receipts=ReceiptStore(redis),
         checks=list(checks) if checks is not None else [broker_check(settings), redis_check(redis)],
         document=build_document(),
         trusted_proxies=parse_networks(settings.gateway_trusted_proxies),

@@ -42,8 +42,12 @@ class CommandPublisher(Protocol):
         *,
         correlation_id: str,
         traceparent: str,
+        event_id: str | None = None,
     ) -> Envelope:
         """Validate, encode and publish; return once the broker acknowledged it.
+
+        ``event_id`` is the message's ``ce_id`` (default: a new one): the gateway names a command before sending
+        it, so its receipt (:mod:`gateway.receipts`) exists before the command can be decided.
 
         Raises :class:`schemas.errors.SchemaError` (nothing sent) for a value that does not encode and
         :class:`producers.toolkit.PublishError` when the broker did not acknowledge in time.
@@ -86,6 +90,7 @@ class KafkaCommandPublisher:
         *,
         correlation_id: str,
         traceparent: str,
+        event_id: str | None = None,
     ) -> Envelope:
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future[Delivered] = loop.create_future()
@@ -113,6 +118,7 @@ class KafkaCommandPublisher:
                 correlation_id=correlation_id,
                 traceparent=traceparent,
                 on_delivery=report,
+                event_id=event_id,
             )
         except KafkaException as exc:  # the local producer refused it (schema errors pass through unchanged)
             raise DeliveryFailed(f"{topic.name} key={key!r}: {exc}") from exc

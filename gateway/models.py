@@ -9,7 +9,7 @@ character, no unpaired surrogate), or the request is a 422 naming the field.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic_core import PydanticCustomError
@@ -40,9 +40,11 @@ Email = Annotated[str, StringConstraints(min_length=3, max_length=254, pattern=r
 Sku = Annotated[str, StringConstraints(min_length=1, max_length=64), _Clean]
 Word = Annotated[str, StringConstraints(min_length=1, max_length=64), _Clean]
 PaymentToken = Annotated[str, StringConstraints(min_length=1, max_length=256), _Clean]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=256), _Clean]
 
 MAX_PROFILE_ENTRIES = 50
 MAX_ORDER_LINES = 100
+MAX_SEARCH_LIMIT = 100
 
 
 # --- requests -----------------------------------------------------------------------------------------------
@@ -64,6 +66,28 @@ class UpdateProfileRequest(BaseModel):
     model_config = _Strict
 
     profile: dict[ProfileKey, ProfileValue] = Field(min_length=1, max_length=MAX_PROFILE_ENTRIES)
+
+
+class ChangeEmailRequest(BaseModel):
+    """The new e-mail address; the optional ``If-Match`` is the version the change is based on."""
+
+    model_config = _Strict
+
+    email: Email
+
+
+class DeactivateUserRequest(BaseModel):
+    """Why the user is deactivated; the optional ``If-Match`` is the version the deactivation is based on."""
+
+    model_config = _Strict
+
+    reason: Reason
+
+
+class EmptyRequest(BaseModel):
+    """A command that needs nothing but its user: no body, or an empty JSON object."""
+
+    model_config = _Strict
 
 
 class OrderLineRequest(BaseModel):
@@ -117,26 +141,68 @@ class ConflictResponse(BaseModel):
 
 
 class UserAccepted(BaseModel):
-    """202: the RegisterUser command is on its topic; the user appears at ``Location`` once registered."""
+    """202: the RegisterUser command is on its topic; ``Location`` answers what became of it."""
 
     user_id: str
+    command_id: str
+    status: str = "accepted"
+
+
+class CommandAccepted(BaseModel):
+    """202: the user command is on its topic; ``Location`` (``/api/commands/{command_id}``) answers what became
+    of it: applied, or refused with the reason."""
+
+    user_id: str
+    command_id: str
     status: str = "accepted"
 
 
 class ProfileUpdateAccepted(BaseModel):
-    """202: the UpdateUserProfile command is on its topic; poll ``poll`` to read your write."""
+    """202: the UpdateUserProfile command is on its topic; ``Location`` answers what became of it, and ``poll``
+    reads your write once applied."""
 
     user_id: str
+    command_id: str
+    status: str = "accepted"
     expected_version: int
     version: int
     poll: str
 
 
 class OrderAccepted(BaseModel):
-    """202: the PlaceOrder command is on its topic; the order appears at ``Location`` once admitted."""
+    """202: the PlaceOrder command is on its topic; ``Location`` answers whether it was admitted, and the order
+    appears at ``/api/orders/{order_id}`` once it was."""
 
     order_id: str
+    command_id: str
     status: str = "accepted"
+
+
+class CommandStatus(BaseModel):
+    """What became of a command this gateway accepted (your own commands only, for 24 h).
+
+    ``accepted``: on its topic, not decided yet as far as the views know; ``applied``: the service did what it
+    asked (``event`` says how, ``version`` is the user's version after it); ``refused``: it changed nothing, and
+    ``reason`` says why (a concurrency conflict also names ``expected_version`` and ``actual_version``).
+    """
+
+    command_id: str
+    command: str
+    status: Literal["accepted", "applied", "refused"]
+    accepted_at: int
+    resource: str
+    """The URL of what the command changes (the user or the order)."""
+    user_id: str
+    order_id: str | None = None
+    event: str | None = None
+    event_id: str | None = None
+    decided_at: int | None = None
+    version: int | None = None
+    reason: str | None = None
+    expected_version: int | None = None
+    actual_version: int | None = None
+    stale: bool
+    """True while the views are being rebuilt from the log: an ``accepted`` may be decided already."""
 
 
 class UserView(BaseModel):
@@ -163,6 +229,33 @@ class OrderView(BaseModel):
     user_id: str | None
     timeline: list[dict[str, Any]]
     stale: bool
+
+
+class UserSummary(BaseModel):
+    """What a search shows of a user: no e-mail address, no profile values, no deactivation reason."""
+
+    user_id: str
+    username: str
+    registered_at: int | None
+    active: bool
+
+
+class UserSearchResult(BaseModel):
+    """The users matching every criterion given, by username (at most ``limit``)."""
+
+    users: list[UserSummary]
+    count: int
+    stale: bool
+    """True while the views are being rebuilt from the log."""
+
+
+class UserStats(BaseModel):
+    """A user's activity: logins (counted by RecordLogin) and orders placed."""
+
+    user_id: str
+    login_count: int
+    last_login_at: int | None
+    orders_placed: int
 
 
 class Dashboard(BaseModel):

@@ -14,8 +14,14 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from gateway.models import (
+    MAX_SEARCH_LIMIT,
+    ChangeEmailRequest,
+    CommandAccepted,
+    CommandStatus,
     ConflictResponse,
     Dashboard,
+    DeactivateUserRequest,
+    EmptyRequest,
     ErrorResponse,
     HealthReport,
     Liveness,
@@ -26,6 +32,8 @@ from gateway.models import (
     RegisterUserRequest,
     UpdateProfileRequest,
     UserAccepted,
+    UserSearchResult,
+    UserStats,
     UserView,
     ValidationErrorResponse,
 )
@@ -45,6 +53,8 @@ class Operation:
     tag: str
     responses: dict[int, tuple[str, Body]]
     request: type[BaseModel] | None = None
+    request_required: bool = True
+    """False: the body may be left out (a command that needs nothing but its path)."""
     public: bool = False
     parameters: tuple[dict[str, Any], ...] = ()
     response_headers: dict[int, dict[str, str]] = field(default_factory=dict)
@@ -92,6 +102,37 @@ _IF_MATCH = {
     "description": "The user version the change is based on (the ETag of GET /api/users/{user_id}).",
     "schema": {"type": "string", "pattern": '^(W/)?"?[0-9]+"?$'},
 }
+_IF_MATCH_OPTIONAL = {
+    **_IF_MATCH,
+    "required": False,
+    "description": "The user version the command is based on (the ETag of GET /api/users/{user_id}); the user "
+    "service refuses the command when the user is at another version (a concurrency conflict, in its status).",
+}
+_COMMAND_ID = {"name": "command_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+_SEARCH = (
+    _query("username_prefix", "Usernames starting with this (case-insensitive).", {"type": "string", "maxLength": 64}),
+    _query("registered_after", "Registered after this (epoch ms, exclusive).", {"type": "integer", "minimum": 0}),
+    _query("registered_before", "Registered before this (epoch ms, exclusive).", {"type": "integer", "minimum": 0}),
+    _query("profile_key", "A profile attribute (with profile_value).", {"type": "string", "maxLength": 64}),
+    _query(
+        "profile_value",
+        "The value profile_key must have (whole, case-insensitive; with profile_key).",
+        {"type": "string", "maxLength": 1024},
+    ),
+    _query("active", "Only active (true) or deactivated (false) users.", {"type": "string", "enum": ["true", "false"]}),
+    _query(
+        "limit",
+        f"At most this many users (default 20, at most {MAX_SEARCH_LIMIT}).",
+        {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_LIMIT},
+    ),
+)
+_STATUS_LOCATION = {"Location": "the command's status, /api/commands/{command_id}"}
 
 _E = ErrorResponse
 _COMMON_AUTH: dict[int, tuple[str, Body]] = {
@@ -107,7 +148,7 @@ _WRITE: dict[int, tuple[str, Body]] = {
         "surrogate in any string included)",
         ValidationErrorResponse,
     ),
-    503: ("The broker (or, for Idempotency-Key, Redis) is unreachable; nothing was published", _E),
+    503: ("The broker or Redis (the command's receipt, Idempotency-Key) is unreachable; nothing was published", _E),
 }
 _IDEMPOTENT_WRITE: dict[int, tuple[str, Body]] = {
     **_WRITE,
@@ -166,7 +207,21 @@ OPERATIONS: tuple[Operation, ...] = (
         {202: ("Accepted: the command is on its topic", UserAccepted), **_IDEMPOTENT_WRITE, **_COMMON_AUTH},
         request=RegisterUserRequest,
         parameters=(_IDEMPOTENCY_KEY, _TRACEPARENT),
-        response_headers={202: {"Location": "the user's URL, /api/users/{user_id}"}},
+        response_headers={202: _STATUS_LOCATION},
+    ),
+    Operation(
+        "get",
+        "/api/users",
+        "searchUsers",
+        "Search users by username prefix, registration time and a profile attribute (public fields only)",
+        "users",
+        {
+            200: ("The matching users, by username", UserSearchResult),
+            400: ("A query parameter that is not what it must be", _E),
+            **_READ,
+            **_COMMON_AUTH,
+        },
+        parameters=_SEARCH,
     ),
     Operation(
         "get",
@@ -201,6 +256,53 @@ OPERATIONS: tuple[Operation, ...] = (
         },
         request=UpdateProfileRequest,
         parameters=(_USER_ID, _IF_MATCH, _TRACEPARENT),
+        response_headers={202: _STATUS_LOCATION},
+    ),
+    *(
+        Operation(
+            "post",
+            f"/api/users/{{user_id}}/{path}",
+            operation_id,
+            summary,
+            "users",
+            {
+                202: ("Accepted: the command is on its topic", CommandAccepted),
+                403: ("Not your user", _E),
+                **_IDEMPOTENT_WRITE,
+                **_COMMON_AUTH,
+            },
+            request=request,
+            request_required=request is not EmptyRequest,
+            parameters=(_USER_ID, *((_IF_MATCH_OPTIONAL,) if versioned else ()), _IDEMPOTENCY_KEY, _TRACEPARENT),
+            response_headers={202: _STATUS_LOCATION},
+        )
+        for path, operation_id, summary, request, versioned in (
+            ("email", "changeEmail", "Change your e-mail address (ChangeEmail)", ChangeEmailRequest, True),
+            ("deactivate", "deactivateUser", "Deactivate yourself (DeactivateUser)", DeactivateUserRequest, True),
+            (
+                "reactivate",
+                "reactivateUser",
+                "Reactivate yourself (ReactivateUser); no body needed",
+                EmptyRequest,
+                True,
+            ),
+            ("logins", "recordLogin", "Record a login now (RecordLogin); no body needed", EmptyRequest, False),
+        )
+    ),
+    Operation(
+        "get",
+        "/api/users/{user_id}/stats",
+        "getUserStats",
+        "Your statistics: logins and orders placed",
+        "users",
+        {
+            200: ("The statistics", UserStats),
+            403: ("Not your user", _E),
+            404: ("Unknown user", _E),
+            **_READ,
+            **_COMMON_AUTH,
+        },
+        parameters=(_USER_ID,),
     ),
     Operation(
         "post",
@@ -211,7 +313,7 @@ OPERATIONS: tuple[Operation, ...] = (
         {202: ("Accepted: the command is on its topic", OrderAccepted), **_IDEMPOTENT_WRITE, **_COMMON_AUTH},
         request=PlaceOrderRequest,
         parameters=(_IDEMPOTENCY_KEY, _TRACEPARENT),
-        response_headers={202: {"Location": "the order's URL, /api/orders/{order_id}"}},
+        response_headers={202: _STATUS_LOCATION},
     ),
     Operation(
         "get",
@@ -235,6 +337,20 @@ OPERATIONS: tuple[Operation, ...] = (
         "Your profile, recent orders and notifications in one response",
         "dashboard",
         {200: ("The dashboard", Dashboard), **_READ, **_COMMON_AUTH},
+    ),
+    Operation(
+        "get",
+        "/api/commands/{command_id}",
+        "getCommand",
+        "What became of a command you sent: accepted, applied, or refused with the reason",
+        "commands",
+        {
+            200: ("The command's status", CommandStatus),
+            404: ("No command of yours with this id (another caller's answers the same; kept 24 h)", _E),
+            **_READ,
+            **_COMMON_AUTH,
+        },
+        parameters=(_COMMAND_ID,),
     ),
 )
 
@@ -265,7 +381,7 @@ def build_document(version: str = "0.1.0") -> dict[str, Any]:
             operation["parameters"] = list(op.parameters)
         if op.request is not None:
             operation["requestBody"] = {
-                "required": True,
+                "required": op.request_required,
                 "content": {"application/json": {"schema": {"$ref": REF.format(model=op.request.__name__)}}},
             }
         if op.public:

@@ -1,9 +1,10 @@
-"""Reading what a client sent: the JSON body as a request model, integer query parameters, ``If-Match``.
+"""Reading what a client sent: the JSON body as a request model, query parameters, ``If-Match``.
 
 Every malformed input becomes an :class:`gateway.errors.ApiError` with a message a client can act on: 415 for a
 body that is not declared JSON (``application/json`` or a ``+json`` type, UTF-8), 413 for a body over the limit,
-400 for what is not UTF-8, not JSON, nested deeper than :data:`MAX_JSON_DEPTH` or not an integer, 422 (with each
-field's problem) for a body the model refuses, 428 for a missing ``If-Match``.
+400 for what is not UTF-8, not JSON, nested deeper than :data:`MAX_JSON_DEPTH`, and for a query parameter or
+header that is not what it must be (an integer, a flag, clean text), 422 (with each field's problem) for a body
+the model refuses, 428 for a missing ``If-Match`` where it is required.
 
 The depth is counted before parsing, in one pass that skips string contents, so a body of ten thousand ``[``
 never reaches the recursive parser; a ``RecursionError`` from it would be a 400 all the same.
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.errors import ApiError
 from gateway.service import GATEWAY
-from streams.domain.text import is_clean_text
+from streams.domain.text import is_clean_text, text_problem
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -62,6 +63,13 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         first = details[0]
         where = f"{first['field']}: " if first["field"] else ""
         raise ApiError(422, f"Invalid request body: {where}{first['message']}", extra={"details": details}) from exc
+
+
+async def read_optional_body(request: web.Request, model: type[M]) -> M:
+    """The body as ``model`` as :func:`read_body` reads it, or the model's defaults when no body was sent."""
+    if not (await request.read()).strip():  # aiohttp keeps what it read: read_body reads the same bytes
+        return model()
+    return await read_body(request, model)
 
 
 def check_json_content_type(request: web.Request) -> None:
@@ -114,11 +122,41 @@ def query_int(request: web.Request, name: str) -> int | None:
     return int(raw)
 
 
+def query_flag(request: web.Request, name: str) -> bool | None:
+    """The query parameter ``name`` as ``true`` or ``false`` (None when absent); 400 otherwise."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if raw not in ("true", "false"):
+        raise ApiError(400, f"{name} must be true or false")
+    return raw == "true"
+
+
+def query_text(request: web.Request, name: str, *, max_length: int) -> str | None:
+    """The query parameter ``name`` (None when absent); 400 when longer than ``max_length`` or not clean text."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if len(raw) > max_length:
+        raise ApiError(400, f"{name} must be at most {max_length} characters")
+    if (problem := text_problem(raw)) is not None:
+        raise ApiError(400, f"{name} {problem}")
+    return raw
+
+
 def if_match(request: web.Request) -> int:
     """The version ``If-Match`` names (``3``, ``"3"`` or ``W/"3"``): 428 when absent, 400 when not a version."""
+    expected = optional_if_match(request)
+    if expected is None:
+        raise ApiError(428, 'If-Match is required: the user version your change is based on (e.g. If-Match: "3")')
+    return expected
+
+
+def optional_if_match(request: web.Request) -> int | None:
+    """The version ``If-Match`` names (None when absent); 400 when not a version."""
     raw = request.headers.get("If-Match")
     if raw is None or not raw.strip():
-        raise ApiError(428, 'If-Match is required: the user version your change is based on (e.g. If-Match: "3")')
+        return None
     text = raw.strip()
     text = text.removeprefix("W/").strip('"')
     if not (text.isascii() and text.isdigit()) or len(text) > 18:

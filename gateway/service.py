@@ -1,8 +1,8 @@
 """The gateway's dependencies and shared state, and what each request carries from the middlewares to handlers.
 
 :class:`Gateway` (``app[GATEWAY]``) holds the clients and policies :func:`gateway.app.create_app` was given and
-the three things every write or wait does: publish one command and wait for its acknowledgement, run a write
-once per ``Idempotency-Key``, and read a view until it reaches what the caller waits for (bounded).
+the things every write or wait does: submit one command (its receipt, then the command, acknowledged), run a
+write once per ``Idempotency-Key``, and read a view until it reaches what the caller waits for (bounded).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from gateway.clientaddr import Network, client_address, forwarded_chain
 from gateway.errors import UNAVAILABLE, ApiError
 from gateway.idempotency import IdempotencyStore, InvalidIdempotencyKey, StoredResponse, check_key, fingerprint
 from gateway.ratelimit import Decision, RateLimiter
+from gateway.receipts import Receipt, ReceiptStore
 from gateway.responses import Reply
 from gateway.tracing import TraceContext
 from producers.toolkit import PublishError, RecordNotAllowed
@@ -51,6 +53,7 @@ class Gateway:
     policy: TokenPolicy
     limiter: RateLimiter
     idempotency: IdempotencyStore
+    receipts: ReceiptStore
     checks: Sequence[Check]
     document: dict[str, Any]
     trusted_proxies: tuple[Network, ...] = ()
@@ -61,13 +64,61 @@ class Gateway:
     def uptime_s(self) -> float:
         return time.monotonic() - self.started
 
+    async def submit(
+        self,
+        request: web.Request,
+        topic: TopicSpec,
+        record: str,
+        value: dict[str, Any],
+        *,
+        user_id: str,
+        order_id: str | None = None,
+    ) -> Receipt:
+        """Publish one command, keyed by ``user_id``, under a new id with a receipt for it (:mod:`gateway.receipts`).
+
+        The receipt is written first (Redis unreachable: 503, nothing published) and dropped again when the
+        publish fails, so a 202 always names a command whose status can be read.
+        """
+        receipt = Receipt(
+            command_id=str(uuid.uuid4()),
+            command=record,
+            subject=principal_of(request).subject,
+            accepted_at=int(time.time() * 1000),
+            user_id=user_id,
+            order_id=order_id,
+        )
+        await self.receipts.put(receipt)
+        try:  # both command topics are keyed by user id; a saga is correlated by its order, else by its user
+            await self.publish(request, topic, record, user_id, value, order_id or user_id, event_id=receipt.command_id)
+        except BaseException:
+            try:
+                await self.receipts.drop(receipt.command_id)
+            except Exception as exc:  # noqa: BLE001 - it expires by itself; nobody was given its id
+                log.warning("dropping the receipt of unpublished command %s failed: %s", receipt.command_id, exc)
+            raise
+        return receipt
+
     async def publish(
-        self, request: web.Request, topic: TopicSpec, record: str, key: str, value: dict[str, Any], correlation_id: str
+        self,
+        request: web.Request,
+        topic: TopicSpec,
+        record: str,
+        key: str,
+        value: dict[str, Any],
+        correlation_id: str,
+        *,
+        event_id: str | None = None,
     ) -> None:
         """Publish one command and wait for its acknowledgement: 422 if it does not encode, 503 if not acked."""
         try:
             await self.publisher.send(
-                topic, record, key, value, correlation_id=correlation_id, traceparent=trace_of(request).traceparent
+                topic,
+                record,
+                key,
+                value,
+                correlation_id=correlation_id,
+                traceparent=trace_of(request).traceparent,
+                event_id=event_id,
             )
         except InvalidRecord as exc:
             raise ApiError(422, f"Invalid command: {exc}") from exc
@@ -78,9 +129,17 @@ class Gateway:
             raise ApiError(503, UNAVAILABLE) from exc
 
     async def idempotent(
-        self, request: web.Request, body: BaseModel, act: Callable[[], Awaitable[Reply]]
+        self,
+        request: web.Request,
+        body: BaseModel,
+        act: Callable[[], Awaitable[Reply]],
+        *,
+        also: dict[str, Any] | None = None,
     ) -> web.Response:
-        """Run ``act`` once per ``Idempotency-Key`` (per subject, 24 h); see :mod:`gateway.idempotency`."""
+        """Run ``act`` once per ``Idempotency-Key`` (per subject, 24 h); see :mod:`gateway.idempotency`.
+
+        ``also`` holds what else makes the request this request (a header such as ``If-Match``): the same key
+        with another value of it is another request, refused like another body."""
         header = request.headers.get("Idempotency-Key")
         if header is None:
             return (await act()).response()
@@ -89,7 +148,8 @@ class Gateway:
         except InvalidIdempotencyKey as exc:
             raise ApiError(400, str(exc)) from exc
         subject = principal_of(request).subject
-        print_ = fingerprint(request.method, request.path, body.model_dump(mode="json"))
+        payload = body.model_dump(mode="json")
+        print_ = fingerprint(request.method, request.path, payload if also is None else {"body": payload, **also})
         try:
             claim = await self.idempotency.claim(subject, key, print_)
         except Exception as exc:  # noqa: BLE001 - no store, no safe retry: refuse rather than risk a duplicate

@@ -104,6 +104,7 @@ class EventPublisher:
         causation_id: str | None = None,
         traceparent: str | None = None,
         on_delivery: DeliveryCallback | None = None,
+        event_id: str | None = None,
     ) -> Envelope:
         """Validate, encode and enqueue one message; delivery is confirmed by :meth:`flush`.
 
@@ -111,7 +112,8 @@ class EventPublisher:
         match its schema. With ``on_delivery`` the message's outcome goes to that callback instead of the
         next :meth:`flush` (which then neither reports nor raises for it): callers that publish concurrently
         (the gateway) each learn their own message's fate; the callback runs in whichever thread serves
-        delivery reports (:meth:`poll`, :meth:`flush`).
+        delivery reports (:meth:`poll`, :meth:`flush`). ``event_id`` fixes the envelope's ``ce_id`` (default: a
+        new UUID), for a caller that names the message before sending it (the gateway's command ids).
         """
         encoded = self._encoder.encode(
             topic,
@@ -122,6 +124,7 @@ class EventPublisher:
             correlation_id=correlation_id,
             causation_id=causation_id,
             traceparent=traceparent,
+            event_id=event_id,
         )
         self._send(topic.name, key, encoded.value, encoded.envelope, on_delivery)
         return encoded.envelope

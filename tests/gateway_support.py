@@ -104,6 +104,7 @@ class MemoryPublisher:
         *,
         correlation_id: str,
         traceparent: str,
+        event_id: str | None = None,
     ) -> Envelope:
         schema = self.catalog.latest(record)
         if schema.name not in topic.records:
@@ -117,6 +118,7 @@ class MemoryPublisher:
             source="/order-pipeline/gateway",
             correlation_id=correlation_id,
             traceparent=traceparent,
+            **({"event_id": event_id} if event_id is not None else {}),
         )
         self.sent.append(Sent(topic.name, record, key, dict(value), envelope, payload))
         return envelope
@@ -194,6 +196,37 @@ class DictRedis:
         self._check("ZREVRANGE")
         members = sorted(self.zsets.get(key, {}).items(), key=lambda kv: (-kv[1], kv[0]))
         return [m for m, _ in members][start : None if end == -1 else end + 1]
+
+    async def mget(self, keys: list[str]) -> list[str | None]:
+        self._check("MGET")
+        return [self.strings[k] if self._live(k) else None for k in keys]
+
+    async def zcard(self, key: str) -> int:
+        self._check("ZCARD")
+        return len(self.zsets.get(key, {}))
+
+    async def zrangebylex(self, key: str, low: str | bytes, high: str | bytes) -> list[str]:
+        """Members between two bounds, ``-``/``+`` or ``[`` inclusive (what the user search asks), bytewise."""
+        self._check("ZRANGEBYLEX")
+
+        def bound(raw: str | bytes, open_end: bytes) -> bytes:
+            data = raw.encode() if isinstance(raw, str) else raw
+            return open_end if data in (b"-", b"+") else data.removeprefix(b"[")
+
+        lowest, highest = bound(low, b""), bound(high, b"\xff" * 8)
+        return sorted(m for m in self.zsets.get(key, {}) if lowest <= m.encode() <= highest)
+
+    async def zrangebyscore(self, key: str, low: str, high: str) -> list[str]:
+        """Members scored between two bounds, ``(`` exclusive, ``-inf``/``+inf`` open."""
+        self._check("ZRANGEBYSCORE")
+
+        def within(score: float) -> bool:
+            above = low == "-inf" or (score > float(low[1:]) if low.startswith("(") else score >= float(low))
+            below = high == "+inf" or (score < float(high[1:]) if high.startswith("(") else score <= float(high))
+            return above and below
+
+        members = sorted(self.zsets.get(key, {}).items(), key=lambda kv: (kv[1], kv[0]))
+        return [m for m, score in members if within(score)]
 
     async def hmget(self, key: str, fields: list[str]) -> list[str | None]:
         self._check("HMGET")

@@ -1,8 +1,8 @@
 """``/api/orders``: place an order, read one's own order view (optionally waiting for a status).
 
-A ``PlaceOrder`` command on ``orders.commands.v1`` is answered ``202`` once the broker acknowledged it; the
-order's progress is read from the Redis order view, which ``?wait_for`` waits on (bounded) until the order
-reaches a status or any terminal one.
+A ``PlaceOrder`` command on ``orders.commands.v1`` is answered ``202`` once the broker acknowledged it, with the
+command's status (admitted or refused) at ``Location``; the order's progress is read from the Redis order view,
+which ``?wait_for`` waits on (bounded) until the order reaches a status or any terminal one.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ async def place_order(request: web.Request) -> web.StreamResponse:
             "requested_at": _now_ms(),
             "user_version": seen,
         }
-        await gateway.publish(request, ORDER_COMMANDS, "PlaceOrder", user_id, value, correlation_id=order_id)
-        return Reply(202, {"order_id": order_id, "status": "accepted"}, {"Location": f"/api/orders/{order_id}"})
+        receipt = await gateway.submit(request, ORDER_COMMANDS, "PlaceOrder", value, user_id=user_id, order_id=order_id)
+        return receipt.accepted(order_id=order_id)
 
     return await gateway.idempotent(request, body, act)
 

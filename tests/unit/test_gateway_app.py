@@ -199,9 +199,9 @@ def test_placing_an_order_publishes_place_order_keyed_by_the_subject(
         response = await client.post("/api/orders", json=ORDER, headers={**env.auth("u-7"), "traceparent": TRACEPARENT})
         assert response.status == 202
         body = await response.json()
-        order_id = body["order_id"]
-        assert uuid.UUID(order_id) and body["status"] == "accepted"
-        assert response.headers["Location"] == f"/api/orders/{order_id}"
+        order_id, command_id = body["order_id"], body["command_id"]
+        assert uuid.UUID(order_id) and uuid.UUID(command_id) and body["status"] == "accepted"
+        assert response.headers["Location"] == f"/api/commands/{command_id}"
         assert response.headers["RateLimit-Limit"] == "100"
         assert response.headers["RateLimit-Remaining"] == "99"
 
@@ -211,7 +211,7 @@ def test_placing_an_order_publishes_place_order_keyed_by_the_subject(
         assert sent.value["idempotency_key"] == order_id
         assert sent.value["lines"] == ORDER["lines"] and sent.value["payment"] == ORDER["payment"]
         assert abs(sent.value["requested_at"] - time.time() * 1000) < 60_000
-        assert sent.envelope.correlation_id == order_id
+        assert sent.envelope.correlation_id == order_id and sent.envelope.event_id == command_id
         # the trace goes on: same trace id, the gateway's own span, in the command's headers and the response
         assert sent.envelope.traceparent is not None
         assert sent.envelope.traceparent.startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
@@ -251,10 +251,11 @@ def test_registering_a_user_publishes_register_user(env: Env) -> None:
         response = await client.post("/api/users", json=body, headers=env.auth())
         assert response.status == 202
         answer = await response.json()
-        user_id = answer["user_id"]
-        assert answer == {"user_id": user_id, "status": "accepted"}
-        assert response.headers["Location"] == f"/api/users/{user_id}"
+        user_id, command_id = answer["user_id"], answer["command_id"]
+        assert answer == {"user_id": user_id, "command_id": command_id, "status": "accepted"}
+        assert response.headers["Location"] == f"/api/commands/{command_id}"
         [sent] = env.publisher.sent
+        assert sent.envelope.event_id == command_id
         assert (sent.topic, sent.record, sent.key) == ("users.commands.v1", "RegisterUser", user_id)
         assert sent.value == {"user_id": user_id, **body}
         bad = await client.post("/api/users", json={"username": "ada", "email": "nope"}, headers=env.auth())
@@ -340,19 +341,18 @@ def test_a_key_still_in_flight_is_409(env: Env) -> None:
     env.run(scenario)
 
 
-def test_redis_down_fails_the_limiter_open_but_idempotent_posts_closed(
-    env: Env, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_redis_down_fails_the_limiter_open_but_writes_closed(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     env.redis.down = True
     caplog.set_level(logging.WARNING)
 
     async def scenario(client: Client) -> None:
         plain = await client.post("/api/orders", json=ORDER, headers=env.auth())
-        assert plain.status == 202  # rate limit could not be asked: admitted (fail open)
-        assert len(env.publisher.sent) == 1
+        # the rate limit could not be asked (fail open), but the command's receipt cannot be written: a 202
+        # would name a status nobody can read, so nothing is published
+        assert plain.status == 503 and await plain.json() == {"error": "Service temporarily unavailable"}
         keyed = await client.post("/api/orders", json=ORDER, headers={**env.auth(), "Idempotency-Key": "k"})
-        assert keyed.status == 503  # no store to dedupe a retry: refused, nothing published
-        assert len(env.publisher.sent) == 1
+        assert keyed.status == 503  # no store to dedupe a retry either
+        assert env.publisher.sent == []
         read = await client.get("/api/dashboard", headers=env.auth())
         assert read.status == 503 and await read.json() == {"error": "Service temporarily unavailable"}
 
@@ -464,12 +464,16 @@ def test_patching_a_profile_checks_the_version_first(env: Env) -> None:
 
         accepted = await client.patch("/api/users/u-1", json=change, headers={**env.auth("u-1"), "If-Match": '"4"'})
         assert accepted.status == 202
-        assert await accepted.json() == {
+        answer = await accepted.json()
+        assert answer == {
             "user_id": "u-1",
+            "command_id": answer["command_id"],
+            "status": "accepted",
             "expected_version": 4,
             "version": 5,
             "poll": "/api/users/u-1?min_version=5",
         }
+        assert accepted.headers["Location"] == f"/api/commands/{answer['command_id']}"
         [sent] = env.publisher.sent
         assert (sent.topic, sent.record, sent.key) == ("users.commands.v1", "UpdateUserProfile", "u-1")
         assert sent.value == {"user_id": "u-1", "expected_version": 4, "changes": {"city": "Paris"}}

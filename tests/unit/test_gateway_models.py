@@ -154,3 +154,31 @@ def test_request_bodies_come_from_the_models() -> None:
     assert {p["name"] for p in patch["parameters"]} >= {"user_id", "If-Match"}
     assert set(patch["responses"]) >= {"202", "400", "401", "404", "409", "422", "428", "429", "503"}
     assert "Retry-After" in patch["responses"]["429"]["headers"]
+
+
+def test_every_accepted_command_documents_its_status_location_and_the_status_route_exists() -> None:
+    document = build_document()
+    accepted = [
+        (path, method, operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if "202" in operation["responses"]
+    ]
+    assert len(accepted) == 7, [f"{m} {p}" for p, m, _ in accepted]
+    for path, method, operation in accepted:
+        headers = operation["responses"]["202"]["headers"]
+        assert "/api/commands/{command_id}" in headers["Location"]["description"], (method, path)
+    status = document["paths"]["/api/commands/{command_id}"]["get"]
+    assert status["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/CommandStatus")
+    statuses = document["components"]["schemas"]["CommandStatus"]["properties"]["status"]
+    assert statuses["enum"] == ["accepted", "applied", "refused"]
+    # a command that needs nothing but its user may be sent without a body; If-Match is optional where it is taken
+    for path, versioned in (("reactivate", True), ("logins", False)):
+        operation = document["paths"][f"/api/users/{{user_id}}/{path}"]["post"]
+        assert operation["requestBody"]["required"] is False
+        if_match = [p for p in operation["parameters"] if p["name"] == "If-Match"]
+        assert [p["required"] for p in if_match] == ([False] if versioned else [])
+    assert document["paths"]["/api/users/{user_id}/email"]["post"]["requestBody"]["required"] is True
+    search = {p["name"] for p in document["paths"]["/api/users"]["get"]["parameters"]}
+    assert search == {"username_prefix", "registered_after", "registered_before", "profile_key", "profile_value",
+                      "active", "limit"}  # fmt: skip
