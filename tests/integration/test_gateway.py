@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
+from streams.domain.emails import EMAIL_IN_USE
 from streams.views import read as views
 from tests.gateway_support import random_secret, token_for
 from tests.seeding import register_users, uid
@@ -176,6 +178,21 @@ def commands(settings: Settings, topic: str, key: str) -> list[tuple[Consumed, d
 ORDER = {"payment": {"method": "card", "token": "tok_ok"}}
 
 
+def decided(gateway: Gateway, subject: str, location: str, pipeline: Pipeline) -> dict[str, Any]:
+    """The command status at ``location`` once it is no longer ``accepted`` (bounded polling)."""
+    seen: dict[str, Any] = {}
+
+    def check() -> bool:
+        pipeline.assert_alive()
+        answer = gateway.get(location, subject=subject)
+        seen["last"] = answer.body
+        assert answer.status == 200, answer.body
+        return bool(answer.body["status"] != "accepted")
+
+    wait_until(check, timeout=60, what=lambda: f"{location} decided (last: {seen.get('last')})")
+    return dict(seen["last"])
+
+
 def order_body(sku: str, quantity: int = 2) -> dict[str, Any]:
     return {"lines": [{"sku": sku, "quantity": quantity, "unit_price_cents": 1250}], **ORDER}
 
@@ -298,7 +315,13 @@ def test_a_placed_order_is_confirmed_and_shows_on_the_dashboard(
     placed = gateway.send("POST", "/api/orders", order_body(sku), subject=user, headers={"traceparent": TRACEPARENT})
     assert placed.status == 202, placed.body
     order_id = placed.body["order_id"]
-    assert placed.headers["Location"] == f"/api/orders/{order_id}"
+    assert placed.headers["Location"] == f"/api/commands/{placed.body['command_id']}"
+    admitted = decided(gateway, user, placed.headers["Location"], pipeline)
+    assert (admitted["status"], admitted["event"], admitted["resource"]) == (
+        "applied",
+        "OrderPlaced",
+        f"/api/orders/{order_id}",
+    )
 
     seen: dict[str, Any] = {}
 
@@ -415,7 +438,8 @@ def test_registering_and_updating_a_user(
     patched = gateway.send("PATCH", f"/api/users/{user}", {"profile": {"city": "Paris"}}, subject=user,
                            headers={"If-Match": '"2"'})  # fmt: skip
     assert patched.status == 202
-    assert patched.body == {"user_id": user, "expected_version": 2, "version": 3,
+    assert patched.body == {"user_id": user, "command_id": patched.body["command_id"], "status": "accepted",
+                            "expected_version": 2, "version": 3,
                             "poll": f"/api/users/{user}?min_version=3"}  # fmt: skip
     from_gateway = [v for m, v in commands(settings, USER_COMMANDS.name, user)
                     if m.headers.get("ce_source", "").endswith("/gateway")]  # fmt: skip
@@ -424,6 +448,67 @@ def test_registering_and_updating_a_user(
     )
     updated = gateway.get(f"/api/users/{user}?min_version=3", subject=user)
     assert updated.status == 200 and updated.body["profile"]["city"] == "Paris"
+
+
+def test_user_commands_and_queries_over_http_each_command_with_a_status_saying_what_became_of_it(
+    gateway: Gateway, pipeline: Pipeline
+) -> None:
+    prefix = uid("web")
+    taken = f"{prefix}-taken@example.com"
+    other = gateway.send("POST", "/api/users", {"username": f"{prefix}-zed", "email": taken}, subject="signup")
+    mine = gateway.send("POST", "/api/users", {"username": f"{prefix}-ada", "email": f"{prefix}@example.com",
+                                               "profile": {"city": "Zürich"}}, subject="signup")  # fmt: skip
+    for accepted in (other, mine):
+        assert accepted.status == 202 and accepted.body["status"] == "accepted", accepted.body
+        assert accepted.headers["Location"] == f"/api/commands/{accepted.body['command_id']}"
+        # a registration waits for its e-mail claim; its outcome names the command all the same
+        registered = decided(gateway, "signup", accepted.headers["Location"], pipeline)
+        assert (registered["status"], registered["event"], registered["version"]) == ("applied", "UserRegistered", 1)
+    user = mine.body["user_id"]
+    assert gateway.get(mine.headers["Location"], subject=user).status == 404, "only its sender reads it"
+    assert gateway.get(f"/api/users/{user}?min_version=2", subject=user).body["version"] == 2  # default preferences
+
+    def run(path: str, body: Any = None, **headers: str) -> dict[str, Any]:
+        accepted = gateway.send("POST", f"/api/users/{user}/{path}", body, subject=user, headers=headers)
+        assert accepted.status == 202, accepted.body
+        return decided(gateway, user, accepted.headers["Location"], pipeline)
+
+    login = run("logins")  # no body at all
+    assert (login["status"], login["event"], login["version"]) == ("applied", "UserLoggedIn", 3)
+    stats = gateway.get(f"/api/users/{user}/stats", subject=user)  # written with the outcome: no guessing
+    assert stats.status == 200 and stats.body["login_count"] == 1 and stats.body["orders_placed"] == 0
+
+    in_use = run("email", {"email": taken})
+    assert (in_use["status"], in_use["reason"], in_use["event"]) == ("refused", EMAIL_IN_USE, "UserCommandRejected")
+    changed = run("email", {"email": f"{prefix}-new@example.com"})
+    assert (changed["status"], changed["event"]) == ("applied", "UserEmailChanged")
+    assert gateway.get(f"/api/users/{user}", subject=user).body["email"] == f"{prefix}-new@example.com"
+
+    conflict = run("deactivate", {"reason": "testing"}, **{"If-Match": '"1"'})
+    assert conflict["status"] == "refused" and (conflict["expected_version"], conflict["actual_version"]) == (1, 4)
+    assert conflict["reason"] == "concurrency conflict: expected version 1, actual version 4"
+    assert (run("deactivate", {"reason": "moving away"}, **{"If-Match": '"4"'}))["status"] == "applied"
+    again = run("deactivate", {"reason": "twice"})
+    assert (again["status"], again["reason"]) == ("refused", "user is already deactivated")
+
+    # admission refuses an order of a deactivated user: the order's command status says so, with the reason
+    placed = gateway.send("POST", "/api/orders", order_body(uid("sku")), subject=user)
+    assert placed.status == 202
+    rejected = decided(gateway, user, placed.headers["Location"], pipeline)
+    assert (rejected["status"], rejected["event"], rejected["reason"]) == ("refused", "OrderRejected", "user_inactive")
+    assert (run("reactivate"))["status"] == "applied"
+
+    def search(**query: str) -> list[dict[str, Any]]:
+        answer = gateway.get("/api/users?" + urllib.parse.urlencode(query), subject=user)
+        assert answer.status == 200, answer.body
+        return list(answer.body["users"])
+
+    found = search(username_prefix=prefix.upper(), profile_key="city", profile_value="ZÜRICH")
+    assert [u["user_id"] for u in found] == [user]
+    assert set(found[0]) == {"user_id", "username", "registered_at", "active"}, "public fields only"
+    assert [u["username"] for u in search(username_prefix=prefix)] == [f"{prefix}-ada", f"{prefix}-zed"]
+    assert search(username_prefix=prefix, registered_before="1") == []
+    assert gateway.get("/api/users?active=maybe", subject=user).status == 400
 
 
 def test_replicas_share_one_rate_limit_budget(settings: Settings, topics: None, workdir: Path) -> None:
@@ -578,7 +663,12 @@ def test_fuzzing_every_operation_from_the_openapi_document_finds_no_server_error
     server_errors: list[str] = []
     statuses: list[int] = []
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.label for op in operations} >= {"POST /api/orders", "PATCH /api/users/{user_id}", "GET /api/dashboard"}
+    assert {op.label for op in operations} >= {
+        "POST /api/orders", "PATCH /api/users/{user_id}", "GET /api/dashboard", "GET /api/users",
+        "POST /api/users/{user_id}/email", "POST /api/users/{user_id}/deactivate",
+        "POST /api/users/{user_id}/reactivate", "POST /api/users/{user_id}/logins", "GET /api/users/{user_id}/stats",
+        "GET /api/commands/{command_id}",
+    }  # fmt: skip
 
     for operation in operations:
 

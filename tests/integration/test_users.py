@@ -159,21 +159,35 @@ def test_search_and_stats(
     pipeline: Pipeline, publisher: EventPublisher, store: redis.Redis, cli_env: dict[str, str]
 ) -> None:
     prefix = uid("srch")
-    active, inactive = f"{prefix}-a", f"{prefix}-b"
-    register(publisher, active)
-    register(publisher, inactive)
+    active, inactive, wide = f"{prefix}-a", f"{prefix}-b", f"{prefix}-c"
+    register(publisher, active, city="Zürich")
+    register(publisher, inactive, city="zürich")
+    # a username that goes on past U+00FF after the prefix (Redis compares bytes: C3 BF would stop short of it)
+    command(publisher, "RegisterUser", wide, username=f"{prefix}-中文", email=f"{wide}@example.com",
+            profile={"city": "Zürich-Nord"})  # fmt: skip
     wait_user(pipeline, store, inactive, lambda v: v["version"] >= 2, "registered")
+    wait_user(pipeline, store, wide, lambda v: v["version"] >= 2, "registered")
     command(publisher, "DeactivateUser", inactive, reason="test")
     for _ in range(2):
         command(publisher, "RecordLogin", active, logged_in_at=int(time.time() * 1000))
     wait_user(pipeline, store, inactive, lambda v: v["active"] is False, "deactivated")
     wait_user(pipeline, store, active, lambda v: v["login_count"] == 2, "two logins")
 
-    assert [u["user_id"] for u in views.search_users(store, username_prefix=prefix.upper())] == [active, inactive]
-    assert [u["user_id"] for u in views.search_users(store, username_prefix=prefix, active=True)] == [active]
+    everyone = [active, inactive, wide]
+    assert [u["user_id"] for u in views.search_users(store, username_prefix=prefix.upper())] == everyone
+    assert [u["user_id"] for u in views.search_users(store, username_prefix=f"{prefix}-中")] == [wide]
+    assert [u["user_id"] for u in views.search_users(store, username_prefix=prefix, active=True)] == [active, wide]
+    in_zurich = views.search_users(store, username_prefix=prefix, profile=("city", "ZÜRICH"))
+    assert [u["user_id"] for u in in_zurich] == [active, inactive], "the whole value, in any case"
+    command(publisher, "UpdateUserProfile", active, changes={"city": "Basel"})
+    wait_user(pipeline, store, active, lambda v: v["profile"]["city"] == "Basel", "moved")
+    moved = views.search_users(store, username_prefix=prefix, profile=("city", "zürich"))
+    assert [u["user_id"] for u in moved] == [inactive], "the index follows the profile"
     registered_at = views.get_user(store, inactive)["registered_at"]  # type: ignore[index]
     after = views.search_users(store, username_prefix=prefix, registered_after=registered_at - 1)
     assert inactive in [u["user_id"] for u in after]
+    before = views.search_users(store, username_prefix=prefix, registered_before=registered_at)
+    assert inactive not in [u["user_id"] for u in before]
     stats = views.user_stats(store, active)
     assert stats is not None and stats["login_count"] == 2 and stats["orders_placed"] == 0
 
