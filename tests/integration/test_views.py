@@ -29,6 +29,7 @@ from schemas.topics import (
     NOTIFICATION_EVENTS,
     ORDER_EVENTS,
     PAYMENT_EVENTS,
+    USER_EVENTS,
     TopicSpec,
 )
 from streams.views import read as views
@@ -62,13 +63,17 @@ class Scenario:
             service: EventPublisher(
                 Producer(producer_config(settings)), self.codec, self.catalog, source=f"/order-pipeline/{service}"
             )
-            for service in ("orders", "inventory", "payments", "notifications")
+            for service in ("orders", "inventory", "payments", "notifications", "users")
         }
         self.sent: list[tuple[TopicSpec, str, str, dict[str, Any], Envelope]] = []
 
-    def emit(self, service: str, spec: TopicSpec, record: str, value: dict[str, Any]) -> Envelope:
+    def emit(
+        self, service: str, spec: TopicSpec, record: str, value: dict[str, Any], cause: str | None = None
+    ) -> Envelope:
         key = str(value[spec.key_field])
-        envelope = self.publishers[service].publish(spec, record, key, value, correlation_id=value.get("order_id"))
+        envelope = self.publishers[service].publish(
+            spec, record, key, value, correlation_id=value.get("order_id"), causation_id=cause
+        )
         self.sent.append((spec, record, key, value, envelope))
         return envelope
 
@@ -329,6 +334,23 @@ def test_the_view_service_folds_mirrors_dead_letters_re_mirrors_and_rebuilds_the
         },
     )
 
+    # a user's commands, each ending in the event that names it as its cause (the command-status view), and the
+    # profile index moving with the profile
+    registered = {"user_id": user_a, "version": 1, "username": f"ann-{run}", "email": f"{user_a}@example.com",
+                  "profile": {"city": "Oslo"}, "registered_at": t}  # fmt: skip
+    s.emit("users", USER_EVENTS, "UserRegistered", registered, cause=f"cmd-{run}-1")
+    s.emit(
+        "users",
+        USER_EVENTS,
+        "UserProfileUpdated",
+        {"user_id": user_a, "version": 2, "changes": {"city": "Bergen"}, "updated_at": t + 1},
+        cause=f"cmd-{run}-2",
+    )
+    s.emit("users", USER_EVENTS, "UserCommandRejected",
+           {"user_id": user_a, "command": "DeactivateUser", "reason": "concurrency conflict: expected version 1, "
+            "actual version 2", "expected_version": 1, "actual_version": 2, "rejected_at": t + 2},
+           cause=f"cmd-{run}-3")  # fmt: skip
+
     # duplicates: the same message again, a late re-placement, a notice re-sent under a new envelope
     s.flush()
     s.redeliver(first_placed)
@@ -433,6 +455,20 @@ def test_the_view_service_folds_mirrors_dead_letters_re_mirrors_and_rebuilds_the
         views.needs_attention(client),
         views.notifications(client, user_a, 10),
     )
+
+    applied, refused = (views.get_command_outcome(client, f"cmd-{run}-{n}") for n in (2, 3))
+    assert applied is not None and (applied["status"], applied["event"], applied["version"]) == (
+        "applied",
+        "UserProfileUpdated",
+        2,
+    )
+    assert refused is not None and (refused["status"], refused["expected_version"], refused["actual_version"]) == (
+        "refused",
+        1,
+        2,
+    )
+    assert [u["user_id"] for u in views.search_users(client, profile=("city", "BERGEN"))] == [user_a]
+    assert views.search_users(client, profile=("city", "oslo"), username_prefix=f"ann-{run}") == []
 
     notes = views.notifications(client, user_a, 10)
     assert [n["notification_id"] for n in notes] == [f"n-{run}-1"]  # sent twice, listed once
