@@ -8,11 +8,12 @@ Three agents, each over topics keyed like its tables (so every entry lives on it
 * ``fold_user_views``: users and notifications events → ``views_users`` and ``views_notices`` (user id).
 
 The decisions are :func:`streams.views.tables.fold` (pure). Per batch: every message is checked (key contract,
-decode) and folded against the entries as the messages before it left them; then the batch's Redis writes run
-in **one MULTI/EXEC**, and only then are the new entries written to the tables, made durable, the forwards and
-dead letters sent and acknowledged, and the messages acked. Redis first: every write is state-based, so a crash
-anywhere replays the batch, which folds to the same entries and writes the same keys. Redis away: the batch
-waits for it (the agent's partitions wait; nothing is lost or skipped).
+decode) and folded against the entries as the messages before it left them; then the Redis writes of every
+entry the batch changed (its diff from the batch's start to its end, so an order changed by five events of a
+batch is written once) run in **one MULTI/EXEC**, and only then are the new entries written to the tables,
+made durable, the forwards and dead letters sent and acknowledged, and the messages acked. Redis first: every
+write is state-based, so a crash anywhere replays the batch, which folds to the same entries and writes the same
+keys. Redis away: the batch waits for it (the agent's partitions wait; nothing is lost or skipped).
 
 A Redis flushed or replaced is re-mirrored from the tables (O(keys), :class:`RedisMirror`): each worker marks
 the (table, partition) pairs it mirrored in :data:`~streams.views.keys.MIRRORED_KEY`, and a timer re-mirrors the
@@ -69,7 +70,7 @@ from streams.outbox import Outgoing
 from streams.views.events import CannotProject, Event, Op, make_event
 from streams.views.keys import MIRRORED_KEY, mirrored_field
 from streams.views.stock import STOCK_LINE_RECORDS
-from streams.views.tables import NOTICE_VIEWS, ORDER_VIEWS, STOCK_VIEWS, USER_VIEWS, fold, mirror
+from streams.views.tables import NOTICE_VIEWS, ORDER_VIEWS, STOCK_VIEWS, USER_VIEWS, fold, mirror, mirror_ops
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,9 @@ async def _fold_batch(
     started = time.monotonic()
     agent.busy_since = started
     entries: dict[tuple[str, str], tuple[Any, EventT[Any]]] = {}
-    ops: list[Op] = []
+    """(table, key) → the entry after the batch's events so far, and the event that last changed it."""
+    started_as: dict[tuple[str, str], Any] = {}
+    """(table, key) → the entry as it was when the batch began (what Redis shows of it)."""
     outgoing: list[Outgoing] = []
     handled = 0
 
@@ -303,8 +306,8 @@ async def _fold_batch(
                     continue
                 span.update_name(f"{agent.name} {view_event.record}")
                 for change in changes:
+                    started_as.setdefault((change.table, change.key), change.before)
                     entries[(change.table, change.key)] = (change.after, event)
-                    ops.extend(change.ops)
                 agent.processed += 1
                 agent.unchanged += not changes
                 EVENTS.labels(agent.name, view_event.record, "processed" if changes else "unchanged").inc()
@@ -313,7 +316,10 @@ async def _fold_batch(
                     outgoing.append(Outgoing(VIEWS_STOCK_LINES.name, sku.encode(), incoming.value or b"",
                                              list(incoming.headers)))  # fmt: skip
         async with views.lock:
-            await views.write(ops)
+            # each changed entry once, from where the batch found it to where it left it
+            await views.write(
+                [op for (t, k), (after, _) in entries.items() for op in mirror_ops(t, k, started_as[(t, k)], after)]
+            )
             for (table_name, key), (after, event) in entries.items():
                 make_current(stream, event)  # the changelog record goes to the partition of the event that made it
                 agent.tables[table_name][key] = after

@@ -82,6 +82,14 @@ def remember(kept: Sequence[Mapping[str, Any]], event: Event) -> tuple[list[dict
     return after, ops
 
 
+def commands_diff(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]) -> list[Op]:
+    """The writes that bring the shown outcomes from ``before`` to ``after``: new ones shown, dropped ones gone."""
+    shown = {entry.get("command_id"): entry for entry in before}
+    staying = {entry.get("command_id") for entry in after}
+    ops = [_show(entry) for entry in after if shown.get(entry.get("command_id")) != entry]
+    return ops + [Op("DEL", command_key(str(cid))) for cid in shown if cid not in staying]
+
+
 def command_mirror(kept: Sequence[Mapping[str, Any]]) -> list[Op]:
     """Every Redis write that shows the kept outcomes (re-mirroring a flushed Redis): the same as their first."""
     return [_show(entry) for entry in kept]

@@ -203,8 +203,12 @@ def attention_entry(doc: Mapping[str, Any]) -> dict[str, Any] | None:
 def order_ops(order_id: str, doc: Mapping[str, Any] | None, event: Event) -> list[Op]:
     """The writes that bring the order view and its secondary views from ``doc`` to after ``event``."""
     after = apply_to_order(doc, order_id, event)
-    if after is None:
-        return []
+    return [] if after is None else order_diff(order_id, doc, after)
+
+
+def order_diff(order_id: str, doc: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[Op]:
+    """The writes that bring the order view and its secondary views from ``doc`` (None: nothing shown) to
+    ``after``: the view whole, the user's summary and the needs-attention entry where they changed."""
     ops = [Op("SET", order_key(order_id), (canonical_json(after),))]
 
     old_summary = user_summary(doc) if doc else None

@@ -49,8 +49,11 @@ def apply_to_stock(current: Mapping[str, str] | None, event: Event) -> dict[str,
 def stock_ops(current: Mapping[str, str] | None, event: Event) -> list[Op]:
     """The writes that bring the SKU's stock view (and the SKU list) to after ``event``."""
     after = apply_to_stock(current, event)
-    if after is None:
-        return []
+    return [] if after is None else stock_writes(after)
+
+
+def stock_writes(after: Mapping[str, str]) -> list[Op]:
+    """The writes that show a SKU's stock whole (and list the SKU)."""
     fields: list[str | int] = []
     for name, value in after.items():
         fields += [name, value]

@@ -32,34 +32,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.topics import PARTITIONS
-from streams.views.commands import command_mirror, remember
+from streams.views.commands import commands_diff, remember
 from streams.views.events import CannotProject, Event, Op, canonical_json, required_str
 from streams.views.keys import (
-    ATTENTION_KEY,
-    PROFILES_KEY,
-    REGISTERED_KEY,
-    SKUS_KEY,
-    USERNAMES_KEY,
     mirrored_field,
     notifications_key,
-    order_key,
-    stock_key,
-    user_email_key,
-    user_key,
-    user_order_summaries_key,
-    user_orders_key,
     user_rejections_key,
 )
 from streams.views.notifications import NOTIFICATIONS_KEPT, notification_entry
-from streams.views.orders import apply_to_order, attention_entry, order_ops, user_summary
-from streams.views.stock import STOCK_LINE_RECORDS, apply_to_stock, stock_ops
+from streams.views.orders import apply_to_order, order_diff
+from streams.views.stock import STOCK_LINE_RECORDS, apply_to_stock, stock_writes
 from streams.views.users import (
     REJECTIONS_KEPT,
     USER_RECORDS,
     apply_to_user,
-    profile_members,
-    user_ops,
-    username_member,
+    user_diff,
 )
 
 __all__ = [
@@ -72,6 +59,7 @@ __all__ = [
     "Change",
     "fold",
     "mirror",
+    "mirror_ops",
     "table_of",
 ]
 
@@ -89,12 +77,17 @@ Lookup = Callable[[str, str], Any]
 
 @dataclass(frozen=True)
 class Change:
-    """One table entry an event changed: its value after, and the Redis writes that mirror the change."""
+    """One table entry an event changed: as it was before the event and after it."""
 
     table: str
     key: str
+    before: Any
     after: Any
-    ops: tuple[Op, ...]
+
+    @property
+    def ops(self) -> list[Op]:
+        """The Redis writes that bring what Redis shows of this entry from ``before`` to ``after``."""
+        return mirror_ops(self.table, self.key, self.before, self.after)
 
 
 def table_of(event: Event) -> str:
@@ -128,18 +121,14 @@ def fold(event: Event, lookup: Lookup, *, as_stock: bool = False) -> list[Change
     order_id = required_str(event, "order_id")
     before = lookup(ORDER_VIEWS, order_id)
     after = apply_to_order(before, order_id, event)
-    if after is None:
-        return []
-    return [Change(ORDER_VIEWS, order_id, after, tuple(order_ops(order_id, before, event)))]
+    return [] if after is None else [Change(ORDER_VIEWS, order_id, before, after)]
 
 
 def _fold_stock(event: Event, lookup: Lookup) -> list[Change]:
     sku = required_str(event, "sku")
     before = lookup(STOCK_VIEWS, sku)
     after = apply_to_stock(before, event)
-    if after is None:
-        return []
-    return [Change(STOCK_VIEWS, sku, after, tuple(stock_ops(before, event)))]
+    return [] if after is None else [Change(STOCK_VIEWS, sku, before, after)]
 
 
 def _user_entry(lookup: Lookup, user_id: str) -> Any:
@@ -148,19 +137,19 @@ def _user_entry(lookup: Lookup, user_id: str) -> Any:
 
 def _fold_user(event: Event, lookup: Lookup) -> list[Change]:
     user_id = required_str(event, "user_id")
-    before = _user_entry(lookup, user_id)
+    stored = lookup(USER_VIEWS, user_id)
+    before = stored or {"user": None, "rejections": []}
     if event.record == "UserCommandRejected":
         kept: list[dict[str, Any]] = list(before.get("rejections") or ())
         if any(entry.get("event_id") == event.event_id for entry in kept):
             return []
         entry = {k: v for k, v in event.value.items() if k != "user_id"} | {"event_id": event.event_id}
         rejections = [entry, *kept][:REJECTIONS_KEPT]
-        after = {**before, "rejections": rejections}
-        return [Change(USER_VIEWS, user_id, after, tuple(_list_ops(user_rejections_key(user_id), rejections)))]
+        return [Change(USER_VIEWS, user_id, stored, {**before, "rejections": rejections})]
     user = apply_to_user(before.get("user"), event)
     if user is None:
         return []
-    return [Change(USER_VIEWS, user_id, {**before, "user": user}, tuple(user_ops(before.get("user"), event)))]
+    return [Change(USER_VIEWS, user_id, stored, {**before, "user": user})]
 
 
 def _with_outcome(event: Event, changes: list[Change], lookup: Lookup) -> list[Change]:
@@ -168,22 +157,22 @@ def _with_outcome(event: Event, changes: list[Change], lookup: Lookup) -> list[C
     if not event.causation_id:
         return changes
     user_id = required_str(event, "user_id")
+    stored = changes[0].before if changes else lookup(USER_VIEWS, user_id)
     entry = changes[0].after if changes else _user_entry(lookup, user_id)
     remembered = remember(entry.get("commands") or (), event)
     if remembered is None:
         return changes
-    kept, ops = remembered
-    earlier = changes[0].ops if changes else ()
-    return [Change(USER_VIEWS, user_id, {**entry, "commands": kept}, (*earlier, *ops))]
+    kept, _ = remembered
+    return [Change(USER_VIEWS, user_id, stored, {**entry, "commands": kept})]
 
 
 def _fold_notice(event: Event, lookup: Lookup) -> list[Change]:
     user_id, notification_id, entry = notification_entry(event)
-    kept: list[dict[str, Any]] = list(lookup(NOTICE_VIEWS, user_id) or ())
+    stored = lookup(NOTICE_VIEWS, user_id)
+    kept: list[dict[str, Any]] = list(stored or ())
     if any(e.get("notification_id") == notification_id for e in kept):
         return []
-    notices = [entry, *kept][:NOTIFICATIONS_KEPT]
-    return [Change(NOTICE_VIEWS, user_id, notices, tuple(_list_ops(notifications_key(user_id), notices)))]
+    return [Change(NOTICE_VIEWS, user_id, stored, [entry, *kept][:NOTIFICATIONS_KEPT])]
 
 
 def _list_ops(key: str, entries: Sequence[Mapping[str, Any]]) -> list[Op]:
@@ -194,47 +183,29 @@ def _list_ops(key: str, entries: Sequence[Mapping[str, Any]]) -> list[Op]:
     return ops
 
 
-def mirror(table: str, key: str, entry: Any) -> list[Op]:
-    """Every Redis write that shows ``entry`` of ``table`` whole (re-mirroring a flushed Redis)."""
-    if entry is None:
+def mirror_ops(table: str, key: str, before: Any, after: Any) -> list[Op]:
+    """The Redis writes that bring what Redis shows of entry ``key`` of ``table`` from ``before`` (None: nothing)
+    to ``after``. State-based: writing them twice, or after a crash, shows the same. The view service writes,
+    once per batch, each changed entry's diff from the batch's start to its end."""
+    if after is None or after == before:
         return []
     if table == ORDER_VIEWS:
-        ops = [Op("SET", order_key(key), (canonical_json(entry),))]
-        if (summary := user_summary(entry)) is not None:
-            user_id, score, value = summary
-            ops += [
-                Op("ZADD", user_orders_key(user_id), (score, key)),
-                Op("HSET", user_order_summaries_key(user_id), (key, canonical_json(value))),
-            ]
-        if (attention := attention_entry(entry)) is not None:
-            ops.append(Op("HSET", ATTENTION_KEY, (key, canonical_json(attention))))
-        return ops
+        return order_diff(key, before, after)
     if table == STOCK_VIEWS:
-        fields: list[str | int] = []
-        for name, value in entry.items():
-            fields += [name, value]
-        return [Op("HSET", stock_key(key), tuple(fields)), Op("SADD", SKUS_KEY, (key,))]
+        return stock_writes(after)
     if table == USER_VIEWS:
-        ops = []
-        if entry.get("user") is not None:
-            ops += _user_mirror(entry["user"])
-        if entry.get("rejections"):
-            ops += _list_ops(user_rejections_key(key), entry["rejections"])
-        return ops + command_mirror(entry.get("commands") or ())
+        before = before or {}
+        ops: list[Op] = []
+        if after.get("user") is not None and after.get("user") != before.get("user"):
+            ops += user_diff(before.get("user"), after["user"])
+        if after.get("rejections") and after.get("rejections") != before.get("rejections"):
+            ops += _list_ops(user_rejections_key(key), after["rejections"])
+        return ops + commands_diff(before.get("commands") or (), after.get("commands") or ())
     if table == NOTICE_VIEWS:
-        return _list_ops(notifications_key(key), entry)
+        return _list_ops(notifications_key(key), after)
     raise ValueError(f"no view table {table!r}")
 
 
-def _user_mirror(user: Mapping[str, Any]) -> list[Op]:
-    """The user view and its search index entries."""
-    user_id = str(user["user_id"])
-    ops = [Op("SET", user_key(user_id), (canonical_json(dict(user)),))]
-    if user.get("email"):
-        ops.append(Op("SADD", user_email_key(str(user["email"])), (user_id,)))
-    if user.get("username"):
-        ops.append(Op("ZADD", USERNAMES_KEY, (0, username_member(str(user["username"]), user_id))))
-    ops.append(Op("ZADD", REGISTERED_KEY, (int(user["registered_at"]), user_id)))
-    if members := sorted(profile_members(user)):
-        ops.append(Op("ZADD", PROFILES_KEY, tuple(arg for member in members for arg in (0, member))))
-    return ops
+def mirror(table: str, key: str, entry: Any) -> list[Op]:
+    """Every Redis write that shows ``entry`` of ``table`` whole (re-mirroring a flushed Redis)."""
+    return mirror_ops(table, key, None, entry)

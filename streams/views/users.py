@@ -99,8 +99,11 @@ def profile_members(doc: Mapping[str, Any] | None) -> set[str]:
 def user_ops(doc: Mapping[str, Any] | None, event: Event) -> list[Op]:
     """The writes that bring the user view and the user search indexes from ``doc`` to after ``event``."""
     after = apply_to_user(doc, event)
-    if after is None:
-        return []
+    return [] if after is None else user_diff(doc, after)
+
+
+def user_diff(doc: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[Op]:
+    """The writes that bring the user view and the search indexes from ``doc`` (None: nothing shown) to ``after``."""
     user_id = str(after["user_id"])
     ops = [Op("SET", user_key(user_id), (canonical_json(after),))]
     old_email = doc.get("email") if doc else None

@@ -35,7 +35,7 @@ from streams.views.keys import (
 from streams.views.notifications import NOTIFICATIONS_KEPT
 from streams.views.orders import SAGA_ORDER, STATUS_BY_RECORD, apply_to_order, attention_entry
 from streams.views.stock import STOCK_LINE_RECORDS, apply_to_stock
-from streams.views.tables import STOCK_VIEWS, VIEW_TABLES, mirror
+from streams.views.tables import STOCK_VIEWS, VIEW_TABLES, mirror, mirror_ops
 from streams.views.tables import fold as fold_views
 
 pytestmark = pytest.mark.unit
@@ -106,6 +106,29 @@ class FakeViews:
         for op in ops:
             self._run(op)
         return ops
+
+    def apply_batch(self, events: list[Event]) -> int:
+        """Fold ``events`` as the view service folds a batch: each against the entries the ones before it left,
+        then each changed entry's writes once, from the batch's start to its end; how many writes."""
+        overlay: dict[tuple[str, str], Any] = {}
+        started_as: dict[tuple[str, str], Any] = {}
+
+        def lookup(table: str, key: str) -> Any:
+            return overlay[(table, key)] if (table, key) in overlay else self.tables[table].get(key)
+
+        for event in events:
+            changes = fold_views(event, lookup)
+            if event.record in STOCK_LINE_RECORDS:
+                changes += fold_views(event, lookup, as_stock=True)
+            for change in changes:
+                started_as.setdefault((change.table, change.key), change.before)
+                overlay[(change.table, change.key)] = change.after
+        ops = [op for (t, k), after in overlay.items() for op in mirror_ops(t, k, started_as[(t, k)], after)]
+        for op in ops:
+            self._run(op)
+        for (table, key), after in overlay.items():
+            self.tables[table][key] = after
+        return len(ops)
 
     def remirrored(self) -> dict[str, Any]:
         """What Redis holds when it is written again from the tables alone (a flushed Redis re-mirrored)."""
@@ -515,3 +538,18 @@ def test_a_redis_written_again_from_the_tables_equals_the_one_written_event_by_e
     for event in events:
         views.apply(event)
     assert views.remirrored() == views.data
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations(saga()), st.integers(min_value=1, max_value=12))
+def test_a_batch_written_once_per_changed_entry_shows_what_event_by_event_writes_show(
+    events: list[Event], size: int
+) -> None:
+    """The view service writes each entry a batch changed once (its diff from the batch's start to its end)."""
+    one_by_one, batched = FakeViews(), FakeViews()
+    written_one_by_one = sum(len(one_by_one.apply(event)) for event in events)
+    written = sum(batched.apply_batch(events[start : start + size]) for start in range(0, len(events), size))
+    assert batched.data == one_by_one.data and batched.tables == one_by_one.tables
+    assert written <= written_one_by_one
+    if size >= len(events):
+        assert written < written_one_by_one, "a batch holding an order's events writes its view once"
