@@ -1,4 +1,4 @@
-"""Tracing and metrics, the same way in every process (gateway, workers, projector).
+"""Tracing and metrics, the same way in every process (gateway and workers, the view service's included).
 
 **Tracing** is OpenTelemetry. The W3C ``traceparent`` travels in every Kafka message's headers (the envelope),
 so one order is one trace: the gateway's request span is the parent of admission's step span, which is the

@@ -6,7 +6,7 @@ the receipt **before** it publishes the command and removes it again when the pu
 the gateway may have put on a topic has a receipt (and a 202 always names one), and a command can never be
 decided before its receipt exists.
 
-The receipt says only that the command was accepted. What became of it is the projector's: the command-status
+The receipt says only that the command was accepted. What became of it is the view service's: the command-status
 view (:mod:`streams.views.commands`) for a user command, the order view for a PlaceOrder;
 :mod:`gateway.handlers.commands` puts the two together.
 """

@@ -387,7 +387,7 @@ def mail_config(settings: Settings) -> MailConfig:
 
 def _wire_mail(built: ServiceApp, settings: Settings, codec: AvroCodec, config: SagaConfig) -> None:
     """E-mail the notices: an agent of its own, so a slow or absent mail server never holds ``notify_customers``
-    (nor the projector, another group); see :mod:`streams.mailer`."""
+    (nor the view service, another group); see :mod:`streams.mailer`."""
     delivery = MailDelivery.from_settings(settings)
     built.breakers[delivery.breaker.name] = delivery.breaker
     step = _step("deliver_notices", DELIVERIES, config, run_effects=delivery.run_effects, mail=mail_config(settings))

@@ -74,7 +74,7 @@ class Process:
 
 @dataclass
 class Pipeline:
-    """The running workers and projector of one test module."""
+    """The running workers of one test module (the view service's included)."""
 
     settings: Settings
     env: dict[str, str]
@@ -162,7 +162,7 @@ while True:
 
 @contextmanager
 def groups_ready(env: dict[str, str], members: dict[str, int]) -> Iterator[Callable[[], bool]]:
-    """A check that every worker group and the projector's is stable with its members holding partitions.
+    """A check that every worker group is stable with its members holding partitions.
 
     Asked from a child process: librdkafka's admin client can abort the whole process (assertion
     ``eonce->refcnt > 0`` in ``rd_kafka_enq_once_del_source_return``, librdkafka issues 4605 and 3663) when a

@@ -10,7 +10,7 @@
   conflict rather than overwrite a choice the user made; the preferences then stay unset (readers default).
 * UserEmailChanged → a NotificationSent (kind ``email_changed``) asking to confirm the new address; it names
   the address, and the notice goes to the user's current address, which is the new one.
-* anything else (UserProfileUpdated included: the search index is the Redis projector's job) → nothing.
+* anything else (UserProfileUpdated included: the search index is the view service's job) → nothing.
 
 Notices have deterministic ids (``<user id>:welcome``, ``<user id>:email_changed:<version>``), so a sender can
 drop copies, and carry the address they are for (``email``: the registered one, the new one), so the e-mail goes

@@ -2,7 +2,7 @@
 
 An event reaches the views as plain JSON values, with its id and its event time. Times in views are the events'
 own ``*_at`` fields (epoch milliseconds): no processing time, so a rebuild is identical to what the live
-projector built.
+view service built.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ HIDDEN_FIELDS = frozenset({"payment_token"})
 
 
 class CannotProject(ValueError):
-    """A well-formed event the projector cannot apply (a field it needs is missing); it is dead-lettered."""
+    """A well-formed event the views cannot apply (a field it needs is missing); it is dead-lettered."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def required_str(event: Event, name: str) -> str:
     """``event``'s non-empty text field ``name``, or :class:`CannotProject`."""
     value = event.value.get(name)
     if not isinstance(value, str) or not value:
-        raise CannotProject(f"{event.record} has no {name!r}; the projector cannot place it in a view")
+        raise CannotProject(f"{event.record} has no {name!r}; it cannot be placed in a view")
     return value
 
 

@@ -1,7 +1,7 @@
 """The order view and its secondary views, pure: an order's events folded into one document, and from it a
 user's order summaries and the needs-attention list.
 
-Why an order view converges to the log whatever the interleaving of topics (a live projector and a rebuild read
+Why an order view converges to the log whatever the interleaving of topics (the view service and a fold of the log read
 the topics in different orders, so the view must not depend on it):
 
 * An order view is a **fold of the set of its events**: the timeline holds one entry per distinct event id,

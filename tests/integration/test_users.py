@@ -1,5 +1,5 @@
 """The user service end to end: commands on ``users.commands.v1`` through the real users worker (event-sourced
-aggregate, e-mail claims, reactions), the projector's user views in Redis, and the order saga reading them.
+aggregate, e-mail claims, reactions), the view service's user views in Redis, and the order saga reading them.
 """
 
 from __future__ import annotations

@@ -423,11 +423,11 @@ def test_min_version_waits_for_the_write_or_answers_stale(env: Env) -> None:
     async def scenario(client: Client) -> None:
         waiting = env.redis.next_read("view:user:u-1")
 
-        async def projector_catches_up() -> None:
+        async def views_catch_up() -> None:
             await asyncio.wait_for(waiting.wait(), 5)  # the gateway has read version 1 and waits for 2
             env.put_user("u-1", 2)
 
-        catch_up = asyncio.create_task(projector_catches_up())
+        catch_up = asyncio.create_task(views_catch_up())
         response = await client.get("/api/users/u-1?min_version=2", headers=env.auth("u-1"))
         await catch_up
         body = await response.json()

@@ -88,7 +88,7 @@ def test_nothing_waiting_is_never_a_stall() -> None:
 
 
 def test_another_member_moving_the_groups_commits_is_progress() -> None:
-    """Two projectors share a group: this one idles on an empty assignment while the other one works."""
+    """Two consumers share a group: this one idles on an empty assignment while the other one works."""
     clock = _Clock()
     watch = _watch([GroupPosition(committed=100 + 10 * i, lag=50) for i in range(20)], clock)
     for _ in range(20):
