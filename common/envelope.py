@@ -131,7 +131,7 @@ def dead_letter_headers(
     ``dlq_source_partition``, ``dlq_source_offset``, ``dlq_origin`` (``topic:partition:offset`` where the message
     was first read: a replay that fails again keeps its original's, so a key's queue knows it) and ``dlq_time``
     (RFC 3339, UTC); ``dlq_parked_behind`` (the origin of the dead letter its key waits for) when the message
-    did not fail itself. Every process that dead-letters (every Faust agent, the view service's included) writes exactly these, so
+    did not fail itself. Every Faust agent that dead-letters (the view service's too) writes exactly these, so
     ``pipeline dlq`` reads them one way.
     """
     moment = (now or datetime.now(UTC)).astimezone(UTC)

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     refund_backoff_base_s: float = Field(default=0.05, gt=0, description="first refund retry delay")
     refund_backoff_cap_s: float = Field(default=1.0, gt=0, description="longest refund retry delay")
     views_check_interval_s: float = Field(
-        default=1.0, gt=0, description="how often the view service checks that Redis still holds its views (and re-mirrors what it lost)"
+        default=1.0, gt=0, description="how often the view service checks that Redis still holds its views"
     )
     user_snapshot_every: int = Field(default=5, ge=1, description="a user snapshot every N events of a user")
 
