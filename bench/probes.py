@@ -173,3 +173,19 @@ def view_costs(
         "redis_round_trips_per_batch": round(trips / batches, 3) if batches else None,
         "redis_round_trips_per_event": round(trips / events, 3) if events else None,
     }
+
+
+def box_cpu_per_order(cpu: Mapping[str, Any], orders_per_s: float, cores: int | None = None) -> dict[str, Any] | None:
+    """CPU of the whole box per completed order: machine busy share × cores ÷ orders/s (ms), and each pipeline
+    process's and container's share of it; what is left is the rest of the box (Redis, the load, the kernel)."""
+    cores = cores or os.cpu_count() or 1
+    busy = cpu.get("machine_busy_share")
+    if not orders_per_s or busy is None:
+        return None
+    per_order = {name: round(c * 1000 / orders_per_s, 2) for name, c in (cpu.get("process_cores") or {}).items()}
+    per_order |= {name: round(c * 1000 / orders_per_s, 2) for name, c in (cpu.get("container_cores") or {}).items()}
+    total = busy * cores * 1000 / orders_per_s
+    return {
+        "box_cpu_ms_per_order": round(total, 2),
+        "split_ms_per_order": per_order | {"rest of the box": round(total - sum(per_order.values()), 2)},
+    }

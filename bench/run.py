@@ -381,6 +381,9 @@ def _pipeline_stage(
             "external_workers": options.external_workers,
             "steps": steps,
             "saturation_orders_per_s": saturation,
+            # whole-box CPU per order at saturation (the step that completed the most orders)
+            "box_cpu_ms_per_order": (best.get("box") or {}).get("box_cpu_ms_per_order"),
+            "box_cpu_split_ms_per_order": (best.get("box") or {}).get("split_ms_per_order"),
             "events_per_order": best["events_per_order"],
             "busiest_worker": best["busiest_group"],
             "busiest_worker_events_per_s": best["busiest_group_events_per_s"],

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from bench.figures import is_saturated, latency_growth, latency_summary, per_second, send_offsets
-from bench.probes import CpuSnapshot, Offsets, deltas, read_offsets, view_costs, view_counters
+from bench.probes import CpuSnapshot, Offsets, box_cpu_per_order, deltas, read_offsets, view_costs, view_counters
 from bench.stack import wait_until
 from common.admin import worker_groups
 from producers.orders import place_order, random_order
@@ -216,6 +216,7 @@ def run_step(
     cpu = step["cpu"]
     views_cores = cpu.get("process_cores", {}).get("views")
     views_cpu_s = views_cores * cpu["wall_s"] if views_cores is not None and cpu.get("wall_s") else None
+    step["box"] = box_cpu_per_order(cpu, step["achieved_orders_per_s"])
     step["views"] = view_costs(views_before, views_after, step["consumed_per_group"].get(VIEWS_GROUP, 0), views_cpu_s)
     return step
 

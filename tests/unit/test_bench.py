@@ -286,3 +286,15 @@ def test_the_view_service_costs_are_per_event_and_per_batch() -> None:
         "redis_round_trips_per_event": 0.225,
     }
     assert view_costs({}, {}, events=0, cpu_s=None) is None
+
+
+def test_box_cpu_per_order_is_the_machine_busy_share_times_cores_over_orders_per_second() -> None:
+    from bench.probes import box_cpu_per_order
+
+    cpu = {"machine_busy_share": 0.5, "process_cores": {"orders": 0.2}, "container_cores": {"kafka": 0.3}}
+    box = box_cpu_per_order(cpu, orders_per_s=20.0, cores=2)
+    assert box == {
+        "box_cpu_ms_per_order": 50.0,
+        "split_ms_per_order": {"orders": 10.0, "kafka": 15.0, "rest of the box": 25.0},
+    }
+    assert box_cpu_per_order(cpu, orders_per_s=0.0) is None
