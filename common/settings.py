@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     stream_batch_max: int = Field(
         default=16, ge=1, description="most messages an agent takes at once from those already fetched (1: one by one)"
     )
+    producer_linger_ms: int = Field(
+        default=0, ge=0, le=1000, description="how long a worker's producer waits to fill a request (0: send at once)"
+    )
     worker_http_host: str = Field(default="127.0.0.1", description="where a worker serves /metrics, /health…")
     worker_http_port: int = Field(default=0, ge=0, le=65535, description="worker endpoint port (0: none)")
     ready_max_lag: int = Field(default=1000, ge=0, description="a worker is ready only with less lag than this")

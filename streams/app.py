@@ -40,7 +40,7 @@ def new_faust_app(service: str, settings: Settings) -> faust.App:
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        producer_linger_ms=0,
+        producer_linger_ms=settings.producer_linger_ms,
         # a killed worker's partitions move to the others (or its restart) within seconds, not a minute
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
