@@ -21,7 +21,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.trace import Span
+from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -154,11 +155,37 @@ def setup_tracing(service: str, exporter: str, endpoint: str | None = None) -> T
     elif exporter != "none":
         raise ValueError(f"unknown OpenTelemetry exporter {exporter!r}: none, console, otlp or file:<path>")
     trace.set_tracer_provider(provider)
+    global _EXPORTING
+    _EXPORTING = exporter != "none"
     return provider
+
+
+_EXPORTING = False
+"""Whether this process exports spans (:func:`setup_tracing` with an exporter other than ``none``)."""
 
 
 def tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME)
+
+
+@contextmanager
+def consumer_span(
+    name: str, traceparent: str | None, attributes: Callable[[], Mapping[str, str | int]]
+) -> Iterator[Span]:
+    """The span of handling one message, a child of the span that sent it (``traceparent``).
+
+    A process that exports no spans starts none (an SDK span costs tens of microseconds even when dropped): it
+    hands on the sender's span itself, non-recording, so what the message causes carries the sender's
+    ``traceparent`` and the trace stays whole (and keeps its sampling decision) across this hop. ``attributes`` is
+    only called for a recorded span."""
+    if not _EXPORTING:
+        parent = trace.get_current_span(context_from(traceparent)) if traceparent else trace.INVALID_SPAN
+        yield trace.NonRecordingSpan(parent.get_span_context())
+        return
+    with tracer().start_as_current_span(
+        name, context=context_from(traceparent), kind=SpanKind.CONSUMER, attributes=dict(attributes())
+    ) as span:
+        yield span
 
 
 def context_from(traceparent: str | None) -> Context | None:

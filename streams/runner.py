@@ -35,9 +35,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
 
-from common.telemetry import EVENTS, SAGA_OUTCOMES, STEP_SECONDS, context_from, traceparent_of, tracer
+from common.telemetry import EVENTS, SAGA_OUTCOMES, STEP_SECONDS, consumer_span, traceparent_of
 from schemas.codec import AvroCodec, Decoded
 from schemas.topics import topic
 from streams.incoming import Incoming
@@ -162,21 +162,19 @@ class StepRunner:
             EVENTS.labels(self.step.agent, "?", "ignored").inc()
             return Staged(started=started)
         envelope = incoming.envelope
-        attributes: dict[str, str | int] = {
-            "messaging.system": "kafka",
-            "messaging.destination.name": incoming.topic,
-            "messaging.kafka.destination.partition": incoming.partition,
-            "messaging.kafka.message.offset": incoming.offset,
-            "messaging.kafka.message.key": (incoming.key or b"").decode(errors="replace"),
-            "pipeline.event_id": incoming.event_id,
-            "pipeline.event_type": envelope.event_type if envelope else "",
-        }
-        with tracer().start_as_current_span(
-            self.step.agent,
-            context=context_from(envelope.traceparent if envelope else None),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-        ) as span:
+
+        def attributes() -> dict[str, str | int]:
+            return {
+                "messaging.system": "kafka",
+                "messaging.destination.name": incoming.topic,
+                "messaging.kafka.destination.partition": incoming.partition,
+                "messaging.kafka.message.offset": incoming.offset,
+                "messaging.kafka.message.key": (incoming.key or b"").decode(errors="replace"),
+                "pipeline.event_id": incoming.event_id,
+                "pipeline.event_type": envelope.event_type if envelope else "",
+            }
+
+        with consumer_span(self.step.agent, envelope.traceparent if envelope else None, attributes) as span:
             staged = await self._handle(incoming, span)
         staged.started = started
         return staged

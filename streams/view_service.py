@@ -23,6 +23,7 @@ pairs it holds whose mark is gone.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -33,7 +34,7 @@ from typing import Any
 import faust
 import redis.asyncio as aioredis
 from faust.types import EventT
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -44,8 +45,7 @@ from common.telemetry import (
     VIEW_BATCHES,
     VIEW_REDIS_COMMANDS,
     VIEW_REDIS_ROUND_TRIPS,
-    context_from,
-    tracer,
+    consumer_span,
 )
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
@@ -284,11 +284,10 @@ async def _fold_batch(
             make_current(stream, event)  # a RocksDB table reads the current event's partition
             incoming = incoming_of(event.message)
             handled += 1
-            with tracer().start_as_current_span(
+            with consumer_span(
                 agent.name,
-                context=context_from(incoming.envelope.traceparent if incoming.envelope else None),
-                kind=SpanKind.CONSUMER,
-                attributes={"messaging.destination.name": incoming.topic, "pipeline.event_id": incoming.event_id},
+                incoming.envelope.traceparent if incoming.envelope else None,
+                functools.partial(_span_attributes, incoming),
             ) as span:
                 try:
                     view_event = _event(incoming, codec, int((event.message.timestamp or 0) * 1000))
@@ -334,6 +333,10 @@ async def _fold_batch(
         agent.batches += 1
         VIEW_BATCHES.labels(agent.name).inc()
     return handled
+
+
+def _span_attributes(incoming: Incoming) -> dict[str, str | int]:
+    return {"messaging.destination.name": incoming.topic, "pipeline.event_id": incoming.event_id}
 
 
 def _event(incoming: Incoming, codec: AvroCodec, timestamp_ms: int) -> Event:

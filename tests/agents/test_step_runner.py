@@ -84,20 +84,14 @@ async def test_a_record_the_step_does_not_handle_costs_no_decode_and_no_span_unl
     rejected = OrderRejected(order_id="o-1", user_id="u-1", reason="unknown_user", rejected_at=T0)
     decoded: list[str] = []
     spans: list[str] = []
-    real_decode, real_tracer = edge.runner._decode, runner_module.tracer
+    real_decode, real_span = edge.runner._decode, runner_module.consumer_span
     monkeypatch.setattr(edge.runner, "_decode", lambda i: decoded.append(i.topic) or real_decode(i))
 
-    def counting_tracer() -> object:
-        tracer = real_tracer()
+    def counting_span(name: str, *args: object) -> object:
+        spans.append(name)
+        return real_span(name, *args)
 
-        class Counting:
-            def start_as_current_span(self, name: str, **kwargs: object) -> object:
-                spans.append(name)
-                return tracer.start_as_current_span(name, **kwargs)
-
-        return Counting()
-
-    monkeypatch.setattr(runner_module, "tracer", counting_tracer)
+    monkeypatch.setattr(runner_module, "consumer_span", counting_span)
     await edge.runner.handle(incoming(rejected))
     assert (decoded, spans, edge.recorder.log) == ([], [], [])
 
