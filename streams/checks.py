@@ -2,8 +2,9 @@
 progress, its readiness, and what its service adds (the payment provider, the view service's Redis and views,
 the circuit breakers).
 
-* Liveness: ``progress:stalledFor``, how long some source partition has had waiting messages and no progress
-  (warn from half of ``PIPELINE_STALL_TIMEOUT_S``, fail from all of it, when the watchdog stops the process).
+* Liveness: ``progress:stalledFor``, how long the worker has made no progress by the watchdog's rules (a source
+  partition's waiting messages standing still, or one step running): warn from half of
+  ``PIPELINE_STALL_TIMEOUT_S``, fail from all of it, when the watchdog stops the process.
 * Readiness (critical): ``tables:recovered``, ``partitions:assigned`` and ``kafka:consumerLag`` (under
   ``PIPELINE_READY_MAX_LAG`` on every source topic).
 * Not critical, so at worst a warning: ``<breaker>:circuitBreaker`` (open or half-open warns: the calls it refuses
@@ -88,15 +89,16 @@ def views_check(redis: aioredis.Redis) -> Check:
 
 
 def stall_check(watchdog: Watchdog, stall_timeout_s: float) -> Check:
-    """Liveness: how long a partition has had waiting messages and no progress; fails at the watchdog's limit."""
+    """Liveness: how long the worker has made no progress (messages waiting and standing still, or one step
+    running); fails at the watchdog's limit."""
 
     async def probe() -> Observation:
-        stalled_for = round(watchdog.stalled_for(), 3)
+        stalled_for = round(watchdog.stuck_for(), 3)
         if stalled_for >= stall_timeout_s:
-            output = f"no progress for {stalled_for:g}s with messages waiting (limit {stall_timeout_s:g}s)"
+            output = f"no progress for {stalled_for:g}s (limit {stall_timeout_s:g}s): the watchdog stops the worker"
             return Observation(FAIL, stalled_for, "s", output)
         if stalled_for >= stall_timeout_s / 2:
-            output = f"no progress for {stalled_for:g}s with messages waiting (stopped at {stall_timeout_s:g}s)"
+            output = f"no progress for {stalled_for:g}s (stopped at {stall_timeout_s:g}s)"
             return Observation(WARN, stalled_for, "s", output)
         return Observation(PASS, stalled_for, "s")
 

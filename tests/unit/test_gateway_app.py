@@ -102,7 +102,8 @@ def test_the_default_checks_include_memory_against_the_gateways_own_limit(monkey
     import gateway.app
 
     monkeypatch.setattr(gateway.app, "broker_check", lambda settings: Check("kafka:responseTime", ok))
-    checks = gateway.app.default_checks(gateway_settings(gateway_memory_limit_mb=1), DictRedis())  # type: ignore[arg-type]
+    settings = gateway_settings(gateway_memory_limit_mb=1)
+    checks = gateway.app.default_checks(settings, DictRedis())  # type: ignore[arg-type]
     assert [(c.name, c.critical) for c in checks] == [
         ("kafka:responseTime", True),
         ("redis:responseTime", True),

@@ -151,7 +151,7 @@ def test_live_ready_and_health_run_their_own_checks_and_answer_in_one_shape() ->
     async def answers_of() -> dict[str, tuple[int, dict[str, Any]]]:
         out = {}
         for kind in ("live", "ready", "health"):
-            status, body = await health.answer(kind)  # type: ignore[arg-type]
+            status, body = await health.answer(kind)
             out[kind] = (status, json.loads(body))
         return out
 

@@ -15,6 +15,7 @@ from streams.payment_provider import OUTAGE, ProviderBehaviour, ProviderUnavaila
 from streams.resilience import CircuitBreaker
 from streams.views.keys import MIRRORED_KEY
 from streams.views.tables import MIRRORED_FIELDS
+from streams.watchdog import Watchdog
 
 pytestmark = pytest.mark.unit
 
@@ -58,13 +59,20 @@ class MarksRedis:
         return self.marks
 
 
-class StubWatchdog:
-    def __init__(self, stalled_for: float = 0.0, lag: dict[str, int] | None = None) -> None:
-        self._stalled_for = stalled_for
-        self.lag = lag
+def stub_watchdog(*, stalled_for: float = 0.0, busy_for: float = 0.0, lag: dict[str, int] | None = None) -> Watchdog:
+    """A real watchdog that never looks at a broker: its stall clock and lag set by hand."""
+    watchdog = Watchdog(Settings(), "g", [], busy_for=lambda: busy_for, ready=lambda: True)
+    watchdog._detector = StubDetector(stalled_for)  # type: ignore[assignment]
+    watchdog.lag = lag
+    return watchdog
 
-    def stalled_for(self) -> float:
-        return self._stalled_for
+
+class StubDetector:
+    def __init__(self, still_for: float) -> None:
+        self._still_for = still_for
+
+    def still_for(self, now: float) -> float:
+        return self._still_for
 
 
 def provider(client: ProviderRedis) -> SimulatedPaymentProvider:
@@ -154,9 +162,15 @@ def test_views_pass_when_redis_holds_every_partition_and_warn_when_some_are_miss
 
 @pytest.mark.parametrize(("stalled_for", "status"), [(0.0, "pass"), (14.9, "pass"), (15.0, "warn"), (30.0, "fail")])
 def test_stalling_warns_from_half_the_timeout_and_fails_at_it(stalled_for: float, status: str) -> None:
-    entry = run(stall_check(StubWatchdog(stalled_for), stall_timeout_s=30))  # type: ignore[arg-type]
+    entry = run(stall_check(stub_watchdog(stalled_for=stalled_for), stall_timeout_s=30))
     assert entry["status"] == status and entry["observedValue"] == stalled_for and entry["observedUnit"] == "s"
     assert ("output" in entry) == (status != "pass")
+
+
+def test_a_step_running_as_long_as_the_watchdog_allows_is_a_stall_too() -> None:
+    entry = run(stall_check(stub_watchdog(stalled_for=2.0, busy_for=31.0), stall_timeout_s=30))
+    assert (entry["status"], entry["observedValue"]) == ("fail", 31.0)
+    assert entry["output"] == "no progress for 31s (limit 30s): the watchdog stops the worker"
 
 
 def readiness(recovered: bool, held: int, lag: dict[str, int] | None) -> dict[str, dict[str, Any]]:
@@ -164,7 +178,7 @@ def readiness(recovered: bool, held: int, lag: dict[str, int] | None) -> dict[st
         assert recovered, "partitions are counted only once the tables are recovered"
         return held
 
-    checks = readiness_checks(lambda: recovered, assigned, StubWatchdog(lag=lag), Settings(ready_max_lag=100))  # type: ignore[arg-type]
+    checks = readiness_checks(lambda: recovered, assigned, stub_watchdog(lag=lag), Settings(ready_max_lag=100))
     assert all(check.critical for check in checks)
     return {check.name: run(check) for check in checks}
 
