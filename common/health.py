@@ -1,9 +1,21 @@
-"""Health checks of every process (gateway, workers): each a named probe with a timeout; ``/health`` runs all,
-``/ready`` the critical ones. The report has the shape of the seed's HealthCheckService:
-``{status, checks: {name: {status, duration_ms, critical, error?}}, uptime_s}``.
+"""Health of every process (gateway, workers) in one vocabulary: the IETF health-check response format
+(draft-inadarei-api-health-check), served as ``application/health+json`` on ``/health``, ``/ready`` and ``/live``.
 
-A probe is an async function that returns when its dependency answers and raises otherwise. Probes run
-concurrently, each bounded by its timeout, so a hung dependency costs one timeout, not the sum of them.
+A document is ``{status, serviceId, description, output?, checks}``: ``status`` is ``pass``, ``warn`` or ``fail``,
+and ``checks`` maps ``"component:measurement"`` to a list of ``{componentType?, observedValue?, observedUnit?,
+status, time, output?}``. :class:`Health` builds it for both the gateway and the workers, so the two cannot drift
+apart. The rules, the same everywhere:
+
+* A check is a named probe with a timeout. A probe that returns ``None`` passed, and the time it took is what was
+  observed (``ms``: a dependency's response time); one that returns an :class:`Observation` says itself what it
+  saw; one that raises or outlasts its timeout failed, with the reason as its ``output``.
+* A check that is not critical never fails: where a critical one would say ``fail`` it says ``warn``. The process
+  still does its work without it (memory over its limit, an open circuit breaker, a provider not answering).
+* The document's status is the worst of its checks'; HTTP 200 for ``pass`` and ``warn``, 503 for ``fail``.
+* ``/live`` runs the liveness checks, ``/ready`` the critical checks, ``/health`` all of them, so ``/health``
+  fails whenever ``/ready`` or ``/live`` does, and warns about the rest.
+
+Probes run concurrently, each bounded by its timeout, so a hung dependency costs one timeout, not the sum of them.
 
 :func:`kafka_unreachable` and :func:`redis_unreachable` are the blocking one-shot probes a command runs before it
 builds its clients: each says in a few words why its dependency cannot be used, within a bounded time, and logs
@@ -13,13 +25,15 @@ nothing while it tries.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
 
 from common.settings import Settings
 
@@ -30,56 +44,170 @@ CHECK_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 3.0
 """The longest a one-shot probe takes, however its dependency fails (refused at once, or silent)."""
 
-Probe = Callable[[], Awaitable[None]]
+CONTENT_TYPE = "application/health+json"
+
+Status = Literal["pass", "warn", "fail"]
+PASS: Status = "pass"
+WARN: Status = "warn"
+FAIL: Status = "fail"
+STATUSES: tuple[Status, ...] = (PASS, WARN, FAIL)
+"""Best first: the worst of a document's checks is its status."""
+
+Kind = Literal["health", "ready", "live"]
+KINDS: tuple[Kind, ...] = ("health", "ready", "live")
+"""The three documents, each served on ``/<kind>``."""
+
+ComponentType = Literal["component", "datastore", "system"]
+
+
+def worst(statuses: Iterable[Status]) -> Status:
+    """The worst of ``statuses`` (``pass`` when there are none)."""
+    return max(statuses, key=STATUSES.index, default=PASS)
+
+
+def http_status(status: Status) -> int:
+    """200 for ``pass`` and ``warn`` (the process takes traffic), 503 for ``fail``."""
+    return 503 if status == FAIL else 200
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a probe saw, when it has more to say than "it answered within the timeout"."""
+
+    status: Status = PASS
+    value: Any = None
+    """The ``observedValue``: any JSON value (a number, a word, an object)."""
+    unit: str | None = None
+    output: str | None = None
+    """Why the status is not ``pass`` (left out of a passing check)."""
+
+
+Probe = Callable[[], Awaitable[Observation | None]]
 
 
 @dataclass(frozen=True)
 class Check:
     name: str
+    """``component:measurement`` (``redis:responseTime``), or one word (``uptime``)."""
     probe: Probe
     critical: bool = True
+    """A failure fails the process (and ``/ready``); otherwise the check warns and only ``/health`` runs it."""
     timeout_s: float = CHECK_TIMEOUT_S
+    component_type: ComponentType | None = None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """``Type: message`` of an exception, or its type alone when it says nothing."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def run_check(check: Check) -> dict[str, Any]:
-    """``{status, duration_ms, critical, error?}`` of one check."""
+    """The check object of one run of ``check``: ``{componentType?, observedValue?, observedUnit?, status, time,
+    output?}``."""
     started = time.perf_counter()
-    error: str | None = None
+    seen: Observation | None
     try:
-        await asyncio.wait_for(check.probe(), check.timeout_s)
+        seen = await asyncio.wait_for(check.probe(), check.timeout_s)
     except TimeoutError:
-        error = f"no answer within {check.timeout_s:g}s"
-    except Exception as exc:  # noqa: BLE001 - any failure makes the check unhealthy, with its reason
-        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    result: dict[str, Any] = {
-        "status": "unhealthy" if error else "healthy",
-        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-        "critical": check.critical,
-    }
-    if error:
-        result["error"] = error
-    return result
+        seen = Observation(FAIL, output=f"no answer within {check.timeout_s:g}s")
+    except Exception as exc:  # noqa: BLE001 - any failure fails the check, with its reason
+        seen = Observation(FAIL, output=failure_reason(exc))
+    if seen is None:  # it answered: how long it took is what was observed
+        seen = Observation(value=round((time.perf_counter() - started) * 1000, 2), unit="ms")
+    status = WARN if seen.status == FAIL and not check.critical else seen.status
+    entry: dict[str, Any] = {}
+    if check.component_type is not None:
+        entry["componentType"] = check.component_type
+    if seen.value is not None:
+        entry["observedValue"] = seen.value
+        if seen.unit is not None:
+            entry["observedUnit"] = seen.unit
+    entry["status"] = status
+    entry["time"] = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if status != PASS and seen.output:
+        entry["output"] = seen.output
+    return entry
 
 
-async def health_report(checks: Iterable[Check], uptime_s: float) -> dict[str, Any]:
-    """The report of ``checks``: healthy only when every one of them is."""
-    chosen = list(checks)
-    results = await asyncio.gather(*(run_check(c) for c in chosen))
-    by_name = {check.name: result for check, result in zip(chosen, results, strict=True)}
-    healthy = all(r["status"] == "healthy" for r in results)
-    return {"status": "healthy" if healthy else "unhealthy", "checks": by_name, "uptime_s": round(uptime_s, 3)}
+def health_document(service_id: str, description: str, results: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The document of some check objects (``(name, object)`` pairs): its status is the worst of theirs, and its
+    ``output`` names every check that did not pass, with why."""
+    checks: dict[str, list[dict[str, Any]]] = {}
+    for name, entry in results:
+        checks.setdefault(name, []).append(entry)  # one name, several instances: a list, as the draft has it
+    entries = [(name, entry) for name, listed in checks.items() for entry in listed]
+    status = worst(entry["status"] for _, entry in entries)
+    document: dict[str, Any] = {"status": status, "serviceId": service_id, "description": description}
+    if status != PASS:
+        document["output"] = "; ".join(
+            f"{name} {entry['status']}" + (f": {entry['output']}" if "output" in entry else "")
+            for name, entry in entries
+            if entry["status"] != PASS
+        )
+    document["checks"] = checks
+    return document
+
+
+def render(document: dict[str, Any]) -> bytes:
+    """The document as the body of an ``application/health+json`` answer."""
+    return json.dumps(document, separators=(",", ":"), default=str).encode()
+
+
+@dataclass(frozen=True)
+class Health:
+    """One process's ``/live``, ``/ready`` and ``/health``: which checks each runs, and their documents."""
+
+    service_id: str
+    description: str
+    live: Sequence[Check]
+    """Liveness: the process itself makes progress (never a dependency: a restart would not bring it back)."""
+    checks: Sequence[Check]
+    """Dependencies and readiness; the critical ones are ``/ready``."""
+
+    def chosen(self, kind: Kind) -> list[Check]:
+        if kind == "live":
+            return list(self.live)
+        if kind == "ready":
+            return [check for check in self.checks if check.critical]
+        return [*self.live, *self.checks]
+
+    async def document(self, kind: Kind) -> dict[str, Any]:
+        """The document of ``kind``'s checks, run concurrently."""
+        chosen = self.chosen(kind)
+        results = await asyncio.gather(*(run_check(check) for check in chosen))
+        return health_document(self.service_id, self.description, zip((c.name for c in chosen), results, strict=True))
+
+    async def answer(self, kind: Kind) -> tuple[int, bytes]:
+        """HTTP status and body of ``kind``'s answer (its content type: :data:`CONTENT_TYPE`)."""
+        document = await self.document(kind)
+        return http_status(document["status"]), render(document)
+
+
+# --- the checks every process has ---------------------------------------------------------------------------
+
+
+def uptime_check(started: float) -> Check:
+    """Seconds since ``started`` (a ``time.monotonic()`` reading); it always passes: an answer is the point."""
+
+    async def probe() -> Observation:
+        return Observation(value=round(time.monotonic() - started, 3), unit="s")
+
+    return Check("uptime", probe, component_type="system")
 
 
 def redis_check(redis: aioredis.Redis, *, critical: bool = True) -> Check:
+    """Redis answers PING; observed: the round trip."""
+
     async def probe() -> None:
         if not await redis.ping():
             raise ConnectionError("PING not answered with PONG")
 
-    return Check("redis", probe, critical)
+    return Check("redis:responseTime", probe, critical, component_type="datastore")
 
 
 def broker_check(settings: Settings, *, critical: bool = True, timeout_s: float = CHECK_TIMEOUT_S) -> Check:
-    """The broker answers a metadata request with at least one broker, within ``timeout_s``."""
+    """The broker answers a metadata request with at least one broker, within ``timeout_s``; observed: the
+    round trip."""
     from common.admin import admin_client
 
     admin = admin_client(
@@ -91,18 +219,21 @@ def broker_check(settings: Settings, *, critical: bool = True, timeout_s: float 
         if not metadata.brokers:
             raise ConnectionError("no brokers in metadata")
 
-    return Check("broker", probe, critical, timeout_s + 0.5)
+    return Check("kafka:responseTime", probe, critical, timeout_s + 0.5, component_type="datastore")
 
 
-def memory_check(limit_mb: float, *, critical: bool = False) -> Check:
-    """This process's resident memory (Linux /proc) stays under ``limit_mb``."""
+def memory_check(limit_mb: float, setting: str, *, critical: bool = False) -> Check:
+    """This process's resident memory (Linux /proc) against ``limit_mb`` (the value of ``setting``); observed: the
+    resident MiB. Over the limit it fails, which, not critical, is a warning: the process still works."""
 
-    async def probe() -> None:
-        rss_mb = resident_mb()
+    async def probe() -> Observation:
+        rss_mb = round(resident_mb(), 1)
         if rss_mb > limit_mb:
-            raise MemoryError(f"resident {rss_mb:.0f} MiB > {limit_mb:.0f} MiB")
+            output = f"resident {rss_mb:.0f} MiB over the {limit_mb:g} MiB limit ({setting})"
+            return Observation(FAIL, rss_mb, "MiB", output)
+        return Observation(PASS, rss_mb, "MiB")
 
-    return Check("memory", probe, critical)
+    return Check("memory:utilization", probe, critical, component_type="system")
 
 
 def resident_mb() -> float:

@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     worker_http_host: str = Field(default="127.0.0.1", description="where a worker serves /metrics, /health…")
     worker_http_port: int = Field(default=0, ge=0, le=65535, description="worker endpoint port (0: none)")
     ready_max_lag: int = Field(default=1000, ge=0, description="a worker is ready only with less lag than this")
-    worker_memory_limit_mb: float = Field(default=1024, gt=0, description="health: resident memory above is unhealthy")
+    worker_memory_limit_mb: float = Field(
+        default=1024, gt=0, description="health: a worker's resident memory above this warns (MiB)"
+    )
     otel_exporter: str = Field(default="none", description="tracing exporter: none, console, otlp or file:<path>")
     otel_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint (default: the SDK's)")
     max_refund_attempts: int = Field(default=5, ge=1, description="refund tries before a saga needs attention")
@@ -140,6 +142,9 @@ class Settings(BaseSettings):
     )
     gateway_publish_timeout_s: float = Field(
         default=5.0, gt=0, description="how long a command waits for the broker's ack before the gateway answers 503"
+    )
+    gateway_memory_limit_mb: float = Field(
+        default=512, gt=0, description="health: the gateway's resident memory above this warns (MiB)"
     )
 
     @model_validator(mode="before")

@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from common.health import Check, broker_check, redis_check
+from common.health import Check, Health, broker_check, memory_check, redis_check, uptime_check
 from common.settings import Settings
 from common.telemetry import setup_tracing
 from gateway.auth import TokenPolicy
@@ -94,7 +95,9 @@ def create_app(
 ) -> web.Application:
     """The gateway as an aiohttp app; the caller owns (and closes) ``publisher`` and ``redis``.
 
-    ``limiter`` defaults to the Redis sliding window; ``checks`` to the broker (metadata) and Redis (PING).
+    ``limiter`` defaults to the Redis sliding window; ``checks`` to the broker (metadata) and Redis (PING), both
+    critical, and this process's memory (``PIPELINE_GATEWAY_MEMORY_LIMIT_MB``), which only warns; ``/live`` is
+    its uptime (the process answers).
     Raises :class:`gateway.auth.AuthConfigError` when the token settings cannot work (no secret, a short one, or
     the development default this repository once published).
     """
@@ -110,13 +113,27 @@ def create_app(
         or RedisRateLimiter(redis, limit=settings.rate_limit_requests, window_s=settings.rate_limit_window_s),
         idempotency=IdempotencyStore(redis, pending_ttl_s=int(settings.gateway_publish_timeout_s) + 30),
         receipts=ReceiptStore(redis),
-        checks=list(checks) if checks is not None else [broker_check(settings), redis_check(redis)],
+        health=Health(
+            service_id="gateway",
+            description="order-pipeline gateway",
+            live=[uptime_check(time.monotonic())],
+            checks=list(checks) if checks is not None else default_checks(settings, redis),
+        ),
         document=build_document(),
         trusted_proxies=parse_networks(settings.gateway_trusted_proxies),
     )
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     return app
+
+
+def default_checks(settings: Settings, redis: aioredis.Redis) -> list[Check]:
+    """The broker and Redis (critical: the gateway writes to one and reads from the other) and memory."""
+    return [
+        broker_check(settings),
+        redis_check(redis),
+        memory_check(settings.gateway_memory_limit_mb, "PIPELINE_GATEWAY_MEMORY_LIMIT_MB"),
+    ]
 
 
 def hide_server_version() -> None:

@@ -269,21 +269,26 @@ class Dashboard(BaseModel):
     """True while the views are being rebuilt from the log (``pipeline views rebuild``)."""
 
 
-class CheckResult(BaseModel):
-    status: str
-    duration_ms: float
-    critical: bool
-    error: str | None = None
+HealthStatus = Literal["pass", "warn", "fail"]
 
 
-class HealthReport(BaseModel):
-    """``healthy`` when every check passed (for /ready: every critical check)."""
+class HealthCheck(BaseModel):
+    """One reading of one check (draft-inadarei-api-health-check): ``output`` says why it is not ``pass``."""
 
-    status: str
-    checks: dict[str, CheckResult]
-    uptime_s: float
+    componentType: Literal["component", "datastore", "system"] | None = None
+    observedValue: Any = None
+    observedUnit: str | None = None
+    status: HealthStatus
+    time: str
+    output: str | None = None
 
 
-class Liveness(BaseModel):
-    status: str
-    uptime_s: float
+class HealthDocument(BaseModel):
+    """``application/health+json``: ``pass``/``warn`` answer 200, ``fail`` 503; ``checks`` by
+    ``component:measurement``. A check that is not critical warns where a critical one would fail."""
+
+    status: HealthStatus
+    serviceId: str
+    description: str
+    output: str | None = None
+    checks: dict[str, list[HealthCheck]]

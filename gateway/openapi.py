@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from common.health import CONTENT_TYPE as HEALTH_CONTENT_TYPE
 from gateway.models import (
     MAX_SEARCH_LIMIT,
     ChangeEmailRequest,
@@ -23,8 +24,7 @@ from gateway.models import (
     DeactivateUserRequest,
     EmptyRequest,
     ErrorResponse,
-    HealthReport,
-    Liveness,
+    HealthDocument,
     OrderAccepted,
     OrderView,
     PlaceOrderRequest,
@@ -40,8 +40,17 @@ from gateway.models import (
 
 REF = "#/components/schemas/{model}"
 
-Body = type[BaseModel] | dict[str, Any] | None
-"""A response body: a model, a raw JSON schema, or none."""
+
+@dataclass(frozen=True)
+class Media:
+    """A model's body under a media type other than ``application/json``."""
+
+    model: type[BaseModel]
+    media_type: str
+
+
+Body = type[BaseModel] | Media | dict[str, Any] | None
+"""A response body: a model (as JSON), a model under another media type, a raw JSON schema, or none."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,8 @@ _IDEMPOTENT_WRITE: dict[int, tuple[str, Body]] = {
     **_WRITE,
     409: ("A request with this Idempotency-Key is still in progress", _E),
 }
+_HEALTH = Media(HealthDocument, HEALTH_CONTENT_TYPE)
+"""The health routes' body: the draft's media type, not plain JSON."""
 _READ: dict[int, tuple[str, Body]] = {
     503: ("Redis (the query side) is unreachable", _E),
 }
@@ -172,22 +183,28 @@ OPERATIONS: tuple[Operation, ...] = (
         "get",
         "/health",
         "health",
-        "Full health: every check (broker metadata, Redis PING) with its duration",
+        "Full health: every check (broker, Redis, memory, uptime) with what it observed",
         "health",
-        {200: ("Healthy", HealthReport), 503: ("At least one check failed", HealthReport)},
+        {200: ("pass or warn", _HEALTH), 503: ("fail: a critical check failed", _HEALTH)},
         public=True,
     ),
     Operation(
         "get",
         "/ready",
         "ready",
-        "Readiness: the critical checks only",
+        "Readiness: the critical checks only (broker, Redis)",
         "health",
-        {200: ("Ready", HealthReport), 503: ("Not ready", HealthReport)},
+        {200: ("Ready (pass or warn)", _HEALTH), 503: ("Not ready (fail)", _HEALTH)},
         public=True,
     ),
     Operation(
-        "get", "/live", "live", "Liveness: the process answers", "health", {200: ("Alive", Liveness)}, public=True
+        "get",
+        "/live",
+        "live",
+        "Liveness: the process answers (its uptime)",
+        "health",
+        {200: ("Alive (pass)", _HEALTH)},
+        public=True,
     ),
     Operation(
         "get",
@@ -362,6 +379,7 @@ def build_document(version: str = "0.1.0") -> dict[str, Any]:
         if op.request is not None:
             models.add(op.request)
         models.update(body for _, body in op.responses.values() if isinstance(body, type))
+        models.update(body.model for _, body in op.responses.values() if isinstance(body, Media))
     ordered = sorted(models, key=lambda m: m.__name__)
     _, top = models_json_schema([(m, "validation") for m in ordered], ref_template=REF)
     schemas: dict[str, Any] = dict(top.get("$defs", {}))
@@ -420,6 +438,8 @@ def _response(description: str, body: Body, headers: dict[str, str]) -> dict[str
     out: dict[str, Any] = {"description": description}
     if isinstance(body, type):
         out["content"] = {"application/json": {"schema": {"$ref": REF.format(model=body.__name__)}}}
+    elif isinstance(body, Media):
+        out["content"] = {body.media_type: {"schema": {"$ref": REF.format(model=body.model.__name__)}}}
     elif body is not None and "content" in body:
         out["content"] = body["content"]  # a media type other than JSON, given whole
     elif body is not None:

@@ -11,14 +11,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import BaseModel
 
-from common.health import Check
+from common.health import Health
 from common.settings import Settings
 from gateway.auth import Principal, TokenPolicy
 from gateway.clientaddr import Network, client_address, forwarded_chain
@@ -54,15 +54,11 @@ class Gateway:
     limiter: RateLimiter
     idempotency: IdempotencyStore
     receipts: ReceiptStore
-    checks: Sequence[Check]
+    health: Health
+    """``/health``, ``/ready`` and ``/live`` (:mod:`common.health`)."""
     document: dict[str, Any]
     trusted_proxies: tuple[Network, ...] = ()
     """Peers whose forwarding header names the client (see :mod:`gateway.clientaddr`)."""
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def uptime_s(self) -> float:
-        return time.monotonic() - self.started
 
     async def submit(
         self,

@@ -19,6 +19,7 @@ from typing import Any
 import faust
 from faust.types import EventT, Message
 
+from common.health import Check
 from schemas.codec import AvroCodec
 from schemas.topics import PARTITIONS, TopicSpec, parked_keys_table
 from streams.app import new_table, ready_batches
@@ -47,6 +48,8 @@ class ServiceApp:
     views: list[Any] = field(default_factory=list)
     """The view service's folding agents (:class:`streams.view_service.ViewAgent`); empty elsewhere."""
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    """Health checks of the dependencies its wiring added (the payment provider, the view service's Redis)."""
     timers: dict[str, Callable[..., Awaitable[None]]] = field(default_factory=dict)
     """Timer bodies by name, as Faust runs them every interval (tests and benchmarks call them directly)."""
     started_at: float = field(default_factory=time.monotonic)

@@ -1,7 +1,9 @@
 """A simulated payment provider: the external system the payment service charges through.
 
 It behaves like a real one in the ways that matter to the saga: calls take time, some charges are declined,
-refunds can fail, and every call is idempotent by key, so a retried charge never charges twice. Its ledger
+refunds can fail, and every call is idempotent by key, so a retried charge never charges twice. Like a real
+provider's status endpoint, :meth:`SimulatedPaymentProvider.probe` answers cheaply, moving no money, so a health
+check can ask it whether it is there without waiting for a charge to fail. Its ledger
 lives in Redis under ``provider:*``, in a database of its own (``Settings.provider_store``, not the query
 side's, which may be flushed and rebuilt), which lets tests and the closing summary count what was really
 charged and refunded.
@@ -21,6 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+PROBE_TIMEOUT_S = 1.0
+"""How long :meth:`SimulatedPaymentProvider.probe` waits for its answer."""
 
 LEDGER = "provider:charges"
 REFUNDS = "provider:refunds"
@@ -96,6 +102,20 @@ class SimulatedPaymentProvider:
         await self._redis.hsetnx(LEDGER, idempotency_key, json.dumps(entry))
         stored = await self._redis.hget(LEDGER, idempotency_key)
         return _charge_from(json.loads(stored if stored is not None else json.dumps(entry)))
+
+    async def probe(self, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+        """One round trip to the provider (no latency simulated, no money moved): it answers and is up.
+
+        Raises :class:`ProviderUnavailable` when it does not answer within ``timeout_s``, cannot be reached, or
+        is down."""
+        try:
+            down = await asyncio.wait_for(self._redis.exists(OUTAGE), timeout_s)
+        except TimeoutError as exc:
+            raise ProviderUnavailable(f"no answer within {timeout_s:g}s") from exc
+        except (RedisError, OSError) as exc:
+            raise ProviderUnavailable(f"unreachable: {exc}") from exc
+        if down:
+            raise ProviderUnavailable("payment provider unavailable (503)")
 
     async def _check_up(self) -> None:
         if await self._redis.exists(OUTAGE):

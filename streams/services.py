@@ -54,6 +54,7 @@ from schemas.topics import (
 )
 from streams.agents import ServiceApp, register_step
 from streams.app import new_table
+from streams.checks import provider_check
 from streams.domain import orders, payments
 from streams.domain.core import (
     ChargeOutcome,
@@ -91,6 +92,7 @@ from streams.due import Due, DueIndex, active_partitions, report_due, written_pa
 from streams.incoming import Incoming
 from streams.mailer import MailDelivery
 from streams.outbox import Outbox
+from streams.payment_provider import PROBE_TIMEOUT_S as PROVIDER_PROBE_TIMEOUT_S
 from streams.payment_provider import ProviderBehaviour, ProviderUnavailable, SimulatedPaymentProvider
 from streams.resilience import BreakerState, CircuitBreaker, CircuitOpen, RetryPolicy, retry
 from streams.runner import Step
@@ -288,6 +290,7 @@ def _wire_payments(built: ServiceApp, settings: Settings, codec: AvroCodec, conf
         reset_timeout_s=settings.breaker_reset_s,
     )
     built.breakers[breaker.name] = breaker
+    built.checks.append(provider_check(provider, PROVIDER_PROBE_TIMEOUT_S))
     policy = RetryPolicy(attempts=settings.provider_call_attempts, base_s=settings.provider_retry_base_s)
 
     def unavailable(exc: Exception) -> bool:

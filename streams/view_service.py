@@ -38,6 +38,7 @@ from opentelemetry.trace import Status, StatusCode
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.health import redis_check
 from common.settings import Settings
 from common.telemetry import (
     EVENTS,
@@ -64,6 +65,7 @@ from schemas.topics import (
 )
 from streams.agents import ServiceApp, incoming_of
 from streams.app import new_table, ready_batches
+from streams.checks import views_check
 from streams.faust_patches import Admission, DurableTable, RestartForRedelivery, make_current
 from streams.incoming import Incoming, key_partition
 from streams.outbox import Outgoing
@@ -164,6 +166,7 @@ def wire_views(built: ServiceApp, settings: Settings, codec: AvroCodec) -> Redis
     """Register the view tables, the three folding agents and the re-mirror timer on the view service's app."""
     client = aioredis.Redis.from_url(settings.redis_url)
     views = RedisMirror(client)
+    built.checks += [redis_check(client), views_check(client)]  # Redis is where its work goes: critical
     tables = {name: new_table(built.app, table("views", name)) for name in (ORDER_VIEWS, STOCK_VIEWS, USER_VIEWS)}
     tables[NOTICE_VIEWS] = new_table(built.app, table("views", NOTICE_VIEWS))
     built.tables.update(tables)

@@ -115,6 +115,11 @@ class Watchdog:
         """How long the worker has had waiting messages and no progress (0: it is moving or has nothing to do)."""
         return self._detector.still_for(time.monotonic())
 
+    def stuck_for(self) -> float:
+        """How long the worker has made no progress by either rule that stops it: waiting messages standing still,
+        or one step running (a view service's batch waiting for Redis)."""
+        return max(self.stalled_for(), self._busy_for())
+
     async def check(self) -> bool:
         """One look; True when the worker is stalled (the caller stops it)."""
         if not self._ready():

@@ -272,7 +272,7 @@ class Env:
         self.settings = gateway_settings(**{"read_wait_max_s": 0.3, **overrides})
         self.publisher = MemoryPublisher()
         self.redis = DictRedis()
-        self.checks = [Check("broker", ok), Check("redis", ok)]
+        self.checks = [Check("kafka:responseTime", ok), Check("redis:responseTime", ok)]
 
     def run(self, scenario: Callable[[Client], Awaitable[None]]) -> None:
         async def main() -> None:

@@ -1,5 +1,7 @@
 """The public routes: health (every check), readiness (the critical ones), liveness, the OpenAPI document and
 the Prometheus metrics. None needs a token and none is rate limited (:data:`gateway.middleware.PUBLIC_PATHS`).
+
+The three health routes answer in the words and shape the workers use (:mod:`common.health`).
 """
 
 from __future__ import annotations
@@ -7,25 +9,26 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from common.health import health_report
+from common.health import CONTENT_TYPE, Kind
 from gateway.responses import json_response
 from gateway.service import GATEWAY
 
 
+async def _answer(request: web.Request, kind: Kind) -> web.Response:
+    status, body = await request.app[GATEWAY].health.answer(kind)
+    return web.Response(body=body, status=status, content_type=CONTENT_TYPE)
+
+
 async def health(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    report = await health_report(gateway.checks, gateway.uptime_s)
-    return json_response(report, status=200 if report["status"] == "healthy" else 503)
+    return await _answer(request, "health")
 
 
 async def ready(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    report = await health_report((c for c in gateway.checks if c.critical), gateway.uptime_s)
-    return json_response(report, status=200 if report["status"] == "healthy" else 503)
+    return await _answer(request, "ready")
 
 
 async def live(request: web.Request) -> web.StreamResponse:
-    return json_response({"status": "alive", "uptime_s": round(request.app[GATEWAY].uptime_s, 3)})
+    return await _answer(request, "live")
 
 
 async def openapi(request: web.Request) -> web.StreamResponse:

@@ -358,7 +358,13 @@ def views_whole(client: redis.Redis) -> bool:
     return int(client.hlen(MIRRORED_KEY)) >= len(MIRRORED_FIELDS)
 
 
+async def mirrored_async(client: aioredis.Redis) -> tuple[int, int]:
+    """How many view table partitions Redis holds whole (marked mirrored), of how many there are."""
+    return int(await client.hlen(MIRRORED_KEY)), len(MIRRORED_FIELDS)
+
+
 async def rebuilding_async(client: aioredis.Redis) -> bool:
     """True while the views are not whole (Redis flushed and being re-mirrored, or being rebuilt): what they show
     may be missing or behind."""
-    return int(await client.hlen(MIRRORED_KEY)) < len(MIRRORED_FIELDS)
+    held, wanted = await mirrored_async(client)
+    return held < wanted

@@ -37,6 +37,7 @@ from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
 from streams.domain.emails import EMAIL_IN_USE
+from streams.payment_provider import OUTAGE
 from streams.views import read as views
 from tests.gateway_support import random_secret, token_for
 from tests.seeding import register_users, uid
@@ -203,12 +204,18 @@ def order_body(sku: str, quantity: int = 2) -> dict[str, Any]:
 def test_health_ready_live_and_openapi_need_no_token(gateway: Gateway) -> None:
     health = gateway.get("/health")
     assert health.status == 200, health.body
-    assert health.body["status"] == "healthy"
-    for name in ("broker", "redis"):
-        check = health.body["checks"][name]
-        assert check["status"] == "healthy" and check["duration_ms"] >= 0 and "error" not in check
-    assert gateway.get("/ready").status == 200
-    assert gateway.get("/live").body["uptime_s"] > 0
+    assert health.headers["Content-Type"].startswith("application/health+json")
+    assert health.body["status"] == "pass" and health.body["serviceId"] == "gateway"
+    for name in ("kafka:responseTime", "redis:responseTime"):
+        [check] = health.body["checks"][name]
+        assert check["status"] == "pass" and check["observedValue"] >= 0 and check["observedUnit"] == "ms"
+        assert "output" not in check
+    [memory] = health.body["checks"]["memory:utilization"]
+    assert memory["status"] == "pass" and 0 < memory["observedValue"] < 512 and memory["observedUnit"] == "MiB"
+    ready = gateway.get("/ready")
+    assert ready.status == 200 and set(ready.body["checks"]) == {"kafka:responseTime", "redis:responseTime"}
+    live = gateway.get("/live")
+    assert live.body["status"] == "pass" and live.body["checks"]["uptime"][0]["observedValue"] > 0
     document = gateway.get("/openapi.json").body
     assert document["openapi"] == "3.1.0" and "/api/orders" in document["paths"]
 
@@ -586,8 +593,9 @@ def test_a_stopped_broker_is_503_and_nothing_is_half_written(
             assert (answer.status, answer.body) == (503, {"error": "Service temporarily unavailable"})
             assert store.exists(f"gateway:idem:{user}:{key}") == 0, "a failed publish caches no answer"
             ready = gateway.get("/ready")
-            assert ready.status == 503 and ready.body["checks"]["broker"]["status"] == "unhealthy"
-            assert ready.body["checks"]["redis"]["status"] == "healthy"
+            assert ready.status == 503 and ready.body["status"] == "fail"
+            assert ready.body["checks"]["kafka:responseTime"][0]["status"] == "fail"
+            assert ready.body["checks"]["redis:responseTime"][0]["status"] == "pass"
             assert gateway.get("/api/dashboard", subject=user).status == 200, "reads need only Redis"
         finally:
             stop_gateway(gateway)
@@ -602,28 +610,64 @@ def test_a_stopped_broker_is_503_and_nothing_is_half_written(
         assert published == [before.body["order_id"]], "the refused order was not written, even later"
 
 
+def passing_health(pipeline: Pipeline, service: str, base: str) -> Answer:
+    """The worker's /health once it passes (the view service's views are whole a moment after it is ready)."""
+    seen: list[Answer] = []
+
+    def passes() -> bool:
+        pipeline.assert_alive()
+        seen.append(http("GET", base + "/health"))
+        return seen[-1].status == 200 and seen[-1].body["status"] == "pass"
+
+    wait_until(passes, timeout=60, what=lambda: f"{service} passing on {base}: {seen[-1].body if seen else None}")
+    return seen[-1]
+
+
 def test_every_worker_serves_health_readiness_liveness_and_metrics(pipeline: Pipeline) -> None:
     for service, port in pipeline.http_ports.items():
         base = f"http://127.0.0.1:{port}"
-
-        def ready(url: str = base) -> bool:
-            pipeline.assert_alive()
-            return http("GET", url + "/ready").status == 200
-
-        wait_until(ready, timeout=60, what=f"{service} ready on {base}")
-        health = http("GET", base + "/health")
-        assert health.status == 200 and health.body["status"] == "healthy", health.body
-        assert {"broker", "redis", "memory"} <= set(health.body["checks"])
-        assert all(c["duration_ms"] >= 0 for c in health.body["checks"].values())
+        health = passing_health(pipeline, service, base)
+        body = health.body
+        assert health.headers["Content-Type"].startswith("application/health+json")
+        assert body["serviceId"] == service
+        assert {"uptime", "progress:stalledFor", "kafka:responseTime", "memory:utilization", "tables:recovered",
+                "partitions:assigned", "kafka:consumerLag"} <= set(body["checks"])  # fmt: skip
+        assert all(c["status"] == "pass" for listed in body["checks"].values() for c in listed)
+        assert body["checks"]["partitions:assigned"][0]["observedValue"] > 0
         if service == "payments":
-            assert health.body["checks"]["payment-provider"]["status"] == "healthy"
-        assert health.body["worker"]["partitions"] > 0
+            assert body["checks"]["payment-provider:responseTime"][0]["observedUnit"] == "ms"
+            assert body["checks"]["payment-provider:circuitBreaker"][0]["observedValue"] == "closed"
+        if service == "views":
+            assert body["checks"]["views:mirrored"][0]["observedValue"] > 0
+            assert "redis:responseTime" in http("GET", base + "/ready").body["checks"]
+        else:
+            assert "redis:responseTime" not in body["checks"], f"{service} never uses the query side's Redis"
+        ready = http("GET", base + "/ready")
+        assert ready.status == 200 and ready.body["status"] == "pass"
         live = http("GET", base + "/live")
-        assert live.status == 200 and live.body["status"] == "alive"
+        assert live.status == 200 and live.body["status"] == "pass"
+        assert set(live.body["checks"]) == {"uptime", "progress:stalledFor"}
         with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
             exposition = response.read().decode()
         assert "pipeline_step_seconds_bucket" in exposition
         assert "pipeline_consumer_lag{" in exposition
+
+
+def test_the_payments_worker_warns_while_its_provider_is_down_and_stays_ready(
+    pipeline: Pipeline, provider_ledger: redis.Redis
+) -> None:
+    base = f"http://127.0.0.1:{pipeline.http_ports['payments']}"
+    provider_ledger.set(OUTAGE, "1")
+    try:
+        health = http("GET", base + "/health")
+        assert health.status == 200 and health.body["status"] == "warn", health.body
+        [provider] = health.body["checks"]["payment-provider:responseTime"]
+        assert provider["status"] == "warn" and provider["output"].endswith("payment provider unavailable (503)")
+        assert health.body["output"].startswith("payment-provider:responseTime warn")
+        assert http("GET", base + "/ready").status == 200, "charges it cannot take are parked: still ready"
+    finally:
+        provider_ledger.delete(OUTAGE)
+    wait_until(lambda: http("GET", base + "/health").body["status"] == "pass", timeout=30, what="provider back")
 
 
 def test_readiness_fails_while_redis_is_down_and_recovers(settings: Settings, topics: None, workdir: Path) -> None:
@@ -638,7 +682,9 @@ def test_readiness_fails_while_redis_is_down_and_recovers(settings: Settings, to
             container.stop(timeout=5)
             wait_until(lambda: gateway.get("/ready").status == 503, timeout=30, what="not ready without Redis")
             body = gateway.get("/ready").body
-            assert body["checks"]["redis"]["status"] == "unhealthy" and "error" in body["checks"]["redis"]
+            [check] = body["checks"]["redis:responseTime"]
+            assert body["status"] == "fail" and check["status"] == "fail" and check["output"]
+            assert gateway.get("/health").status == 503, "/health fails whenever /ready does"
             assert gateway.get("/live").status == 200, "alive all the same"
             container.start()
             wait_until(lambda: gateway.get("/ready").status == 200, timeout=60, what="ready again with Redis back")

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 
 from common.envelope import Envelope
-from common.health import Check
+from common.health import Check, run_check
 from gateway.ratelimit import RedisRateLimiter
 from schemas.errors import InvalidRecord
 from schemas.topics import TopicSpec
 from streams.views.keys import MIRRORED_KEY
 from streams.views.tables import MIRRORED_FIELDS
-from tests.gateway_support import Client, DictRedis, Env, MemoryPublisher, ok, token_for, until
+from tests.gateway_support import Client, DictRedis, Env, MemoryPublisher, gateway_settings, ok, token_for, until
 
 pytestmark = pytest.mark.unit
 
@@ -47,46 +47,71 @@ def env() -> Env:
 
 
 def test_public_endpoints_need_no_token(env: Env) -> None:
-    env.checks = [Check("broker", ok), Check("redis", ok), Check("extra", broken, critical=False)]
+    env.checks = [
+        Check("kafka:responseTime", ok),
+        Check("redis:responseTime", ok),
+        Check("extra", broken, critical=False),
+    ]
 
     async def scenario(client: Client) -> None:
         live = await client.get("/live")
-        assert live.status == 200 and (await live.json())["uptime_s"] >= 0
+        assert live.status == 200 and live.content_type == "application/health+json"
+        body = await live.json(content_type=None)
+        assert body["status"] == "pass" and body["serviceId"] == "gateway"
+        assert body["checks"]["uptime"][0]["observedValue"] >= 0
+        assert body["checks"]["uptime"][0]["observedUnit"] == "s"
         assert (await client.get("/openapi.json")).status == 200
 
         health = await client.get("/health")
-        body = await health.json()
-        assert health.status == 503 and body["status"] == "unhealthy"
-        assert body["checks"]["broker"]["status"] == "healthy"
-        assert isinstance(body["checks"]["broker"]["duration_ms"], float)
-        assert body["checks"]["extra"] == {
-            "status": "unhealthy",
-            "duration_ms": body["checks"]["extra"]["duration_ms"],
-            "critical": False,
-            "error": "ConnectionError: refused",
-        }
+        body = await health.json(content_type=None)
+        assert health.status == 200 and body["status"] == "warn", "a check that is not critical only warns"
+        assert set(body["checks"]) == {"uptime", "kafka:responseTime", "redis:responseTime", "extra"}
+        kafka = body["checks"]["kafka:responseTime"][0]
+        assert kafka["status"] == "pass" and kafka["observedUnit"] == "ms" and "output" not in kafka
+        extra = body["checks"]["extra"]
+        assert extra == [{"status": "warn", "time": extra[0]["time"], "output": "ConnectionError: refused"}]
+        assert body["output"] == "extra warn: ConnectionError: refused"
         ready = await client.get("/ready")
         assert ready.status == 200
-        assert set((await ready.json())["checks"]) == {"broker", "redis"}
+        assert set((await ready.json(content_type=None))["checks"]) == {"kafka:responseTime", "redis:responseTime"}
 
     env.run(scenario)
 
 
-def test_ready_is_503_when_a_critical_check_fails_or_hangs(env: Env) -> None:
+def test_ready_and_health_are_503_when_a_critical_check_fails_or_hangs(env: Env) -> None:
     async def hangs() -> None:
         await asyncio.Event().wait()  # never answers
 
-    env.checks = [Check("broker", broken), Check("redis", hangs, timeout_s=0.2)]
+    env.checks = [Check("kafka:responseTime", broken), Check("redis:responseTime", hangs, timeout_s=0.2)]
 
     async def scenario(client: Client) -> None:
         started = time.monotonic()
-        ready = await client.get("/ready")
+        for path in ("/ready", "/health"):
+            answer = await client.get(path)
+            body = await answer.json(content_type=None)
+            assert answer.status == 503 and body["status"] == "fail"
+            assert body["checks"]["redis:responseTime"][0]["output"] == "no answer within 0.2s"
+            assert body["checks"]["kafka:responseTime"][0]["status"] == "fail"
         assert time.monotonic() - started < 5
-        body = await ready.json()
-        assert ready.status == 503 and body["status"] == "unhealthy"
-        assert body["checks"]["redis"]["error"] == "no answer within 0.2s"
+        assert (await client.get("/live")).status == 200, "alive all the same"
 
     env.run(scenario)
+
+
+def test_the_default_checks_include_memory_against_the_gateways_own_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.app
+
+    monkeypatch.setattr(gateway.app, "broker_check", lambda settings: Check("kafka:responseTime", ok))
+    settings = gateway_settings(gateway_memory_limit_mb=1)
+    checks = gateway.app.default_checks(settings, DictRedis())  # type: ignore[arg-type]
+    assert [(c.name, c.critical) for c in checks] == [
+        ("kafka:responseTime", True),
+        ("redis:responseTime", True),
+        ("memory:utilization", False),
+    ]
+    memory = asyncio.run(run_check(checks[2]))
+    assert memory["status"] == "warn" and memory["observedUnit"] == "MiB" and memory["observedValue"] > 1
+    assert memory["output"].endswith("over the 1 MiB limit (PIPELINE_GATEWAY_MEMORY_LIMIT_MB)")
 
 
 def test_unknown_routes_and_wrong_methods_answer_json(env: Env) -> None:
