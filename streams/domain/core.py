@@ -54,7 +54,8 @@ class UsersConfig:
     """Tunables of the user service (event sourcing and e-mail claims)."""
 
     snapshot_every: int = 5
-    """A UserSnapshot is taken whenever the aggregate's version reaches a multiple of this; at least 1."""
+    """A UserSnapshot is taken at registration and whenever the aggregate's version reaches a multiple of this;
+    at least 1 (:meth:`snapshot_due`)."""
     remembered_inputs: int = 50
     """How many recently handled input ids (``StepContext.message_id``) each user remembers to spot a
     redelivery; at least 1."""
@@ -72,6 +73,11 @@ class UsersConfig:
             raise ValueError("snapshot_every must be at least 1")
         if self.remembered_inputs < 1 or self.remembered_claims < 1:
             raise ValueError("remembered_inputs and remembered_claims must be at least 1")
+
+    def snapshot_due(self, version: int) -> bool:
+        """Whether the event that brings a user to ``version`` is followed by a snapshot: at registration, so that
+        every user has one and a reader knows where each history begins, and every ``snapshot_every`` events."""
+        return version == 1 or version % self.snapshot_every == 0
 
 
 @dataclass(frozen=True)

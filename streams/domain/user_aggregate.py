@@ -4,7 +4,8 @@
 UserDeactivated, UserReactivated, UserLoggedIn); its version is the number of events applied, and every event
 carries the version after it, so the first is 1. :func:`replay` folds a whole history, :func:`load` resumes from a
 snapshot with the events after it, and :func:`events_of` picks a user's aggregate events out of what was read back
-from the topic. The user service's step (:mod:`streams.domain.users`) decides with it.
+from the topic; :func:`tail_after` does so for a read that began somewhere inside it, after a snapshot. The user
+service's step (:mod:`streams.domain.users`) decides with it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class User:
     deactivation_reason: str | None = None
     login_count: int = 0
     last_login_at: datetime | None = None
+    updated_at: datetime | None = None
+    """When the last event happened (its own time); None if loaded from a v1 or v2 snapshot, which did not record
+    it, until the next event."""
 
 
 def apply(user: User | None, event: UserEvent) -> User:
@@ -60,10 +64,11 @@ def apply(user: User | None, event: UserEvent) -> User:
             email=event.email,
             profile=dict(event.profile),
             registered_at=event.registered_at,
+            updated_at=event.registered_at,
         )
     if event.user_id != user.user_id or event.version != user.version + 1:
         raise HistoryError(f"{event!r} does not follow user {user.user_id!r} at version {user.version}")
-    user = replace(user, version=event.version)
+    user = replace(user, version=event.version, updated_at=event.occurred_at)
     match event:
         case UserRegistered():
             raise HistoryError(f"user {user.user_id!r} registered twice")
@@ -103,6 +108,20 @@ def events_of(messages: Iterable[Message], after: int = 0) -> tuple[UserEvent, .
     return tuple(picked[version] for version in sorted(picked))
 
 
+def tail_after(snapshot: UserSnapshot, messages: Iterable[Message]) -> tuple[UserEvent, ...] | None:
+    """The events after ``snapshot`` among ``messages``, one user's as read from some offset of its partition up
+    to the end; None when they do not include the snapshot's own event (its version).
+
+    The snapshot is emitted with the event that reached its version, and every later version's first copy comes
+    after that event's first copy in the partition. So a read that shows the snapshot's event has every event
+    after it; one that does not may have begun too late (a clock that stepped back), and the caller reads again
+    from the partition's start."""
+    seen = tuple(messages)
+    if not any(isinstance(m, UserEvent) and m.version == snapshot.version for m in seen):
+        return None
+    return events_of(seen, after=snapshot.version)
+
+
 def take_snapshot(user: User, taken_at: datetime) -> UserSnapshot:
     """The aggregate as a UserSnapshot (latest schema version)."""
     return UserSnapshot(
@@ -117,11 +136,12 @@ def take_snapshot(user: User, taken_at: datetime) -> UserSnapshot:
         deactivation_reason=user.deactivation_reason,
         login_count=user.login_count,
         last_login_at=user.last_login_at,
+        updated_at=user.updated_at,
     )
 
 
 def from_snapshot(snapshot: UserSnapshot) -> User:
-    """The aggregate a snapshot holds; fields a v1 snapshot lacks come with their defaults."""
+    """The aggregate a snapshot holds; fields an older snapshot lacks come with their defaults."""
     return User(
         user_id=snapshot.user_id,
         version=snapshot.version,
@@ -133,4 +153,5 @@ def from_snapshot(snapshot: UserSnapshot) -> User:
         deactivation_reason=snapshot.deactivation_reason,
         login_count=snapshot.login_count,
         last_login_at=snapshot.last_login_at,
+        updated_at=snapshot.updated_at,
     )

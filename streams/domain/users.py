@@ -3,9 +3,11 @@
 **The aggregate** (:mod:`streams.domain.user_aggregate`): a :class:`User` is only ever the fold of its events.
 
 **The step's state** (:class:`UserHistory`) is the event-sourcing state, not the aggregate: the newest
-UserSnapshot plus the events after it, so it stays bounded. Whenever the version reaches a multiple of
-``ctx.users.snapshot_every`` the step also emits a UserSnapshot (to the compacted ``users.snapshots.v1``) and
-the tail starts empty again. Beside it: the e-mail claim in flight, and the inputs handled lately.
+UserSnapshot plus the events after it, so it stays bounded. At registration, and whenever the version reaches a
+multiple of ``ctx.users.snapshot_every`` (``UsersConfig.snapshot_due``), the step also emits a UserSnapshot (to the
+compacted ``users.snapshots.v1``) and the tail starts empty again. So every user has a snapshot, and a reader that
+loads users from them (:mod:`consumers.user_log`) never has to look for where a history begins. Beside it: the
+e-mail claim in flight, and the inputs handled lately.
 
 **Commands** (``users.commands.v1``): each one is accepted or answered with UserCommandRejected, whose reason
 a person can read; a rejected command changes nothing but the memory of handled inputs. Checks, in order: every
@@ -402,9 +404,9 @@ def _release(user_id: str, email: str, request_id: str, reason: str, ctx: StepCo
 
 
 def _record(history: UserHistory, user: User | None, event: UserEvent, ctx: StepContext) -> Decision[UserHistory]:
-    """Append ``event``; on a multiple of ``snapshot_every`` the snapshot replaces the tail and is emitted."""
+    """Append ``event``; when a snapshot is due the snapshot replaces the tail and is emitted."""
     after = apply(user, event)
-    if after.version % ctx.users.snapshot_every == 0:
+    if ctx.users.snapshot_due(after.version):
         snapshot = take_snapshot(after, ctx.now)
         return Decision(replace(history, snapshot=snapshot, events=()), (event, snapshot))
     return Decision(replace(history, events=(*history.events, event)), (event,))

@@ -129,7 +129,7 @@ HISTORY: list[users.UserEvent] = [
     UserDeactivated(user_id="u-1", version=5, reason="fraud", deactivated_at=T0),
     UserReactivated(user_id="u-1", version=6, reactivated_at=T0),
     UserLoggedIn(user_id="u-1", version=7, logged_in_at=T0 + timedelta(hours=2)),
-    UserDeactivated(user_id="u-1", version=8, reason="asked to", deactivated_at=T0),
+    UserDeactivated(user_id="u-1", version=8, reason="asked to", deactivated_at=T0 + timedelta(hours=3)),
 ]
 
 
@@ -146,9 +146,12 @@ def test_replay_folds_every_event_and_merges_profiles() -> None:
         deactivation_reason="asked to",
         login_count=2,
         last_login_at=T0 + timedelta(hours=2),
+        updated_at=T0 + timedelta(hours=3),
     )
     reactivated = replay(HISTORY[:6])
     assert reactivated is not None and reactivated.active and reactivated.deactivation_reason is None
+    logged_in = replay(HISTORY[:7])
+    assert logged_in is not None and logged_in.updated_at == T0 + timedelta(hours=2), "a login's own time"
 
 
 @pytest.mark.parametrize("cut", range(len(HISTORY) + 1))
@@ -193,18 +196,19 @@ def test_registration_claims_the_normalised_address_then_registers() -> None:
     assert topic_for_record("EmailClaimed").name == "users.commands.v1" and answer[0].key == "u-1"
 
     done = decide(first.state, answer[0], at(3, "a-1"))
-    assert done.events == (
-        UserRegistered(
-            user_id="u-1",
-            version=1,
-            username="ann",
-            email="ann@example.com",
-            profile={"tier": "gold"},
-            registered_at=at(3).now,
-        ),
+    registered = UserRegistered(
+        user_id="u-1",
+        version=1,
+        username="ann",
+        email="ann@example.com",
+        profile={"tier": "gold"},
+        registered_at=at(3).now,
     )
+    user = replay([registered])
+    assert user is not None
+    assert done.events == (registered, user_aggregate.take_snapshot(user, at(3).now)), "every user has a snapshot"
     assert done.state is not None and done.state.pending is None and done.state.email_claim == "u-1/claim/1"
-    assert done.state.user == replay(aggregate_events(done.events))
+    assert done.state.user == user and done.state.events == ()
 
 
 @pytest.mark.parametrize(
@@ -626,8 +630,10 @@ def test_only_the_latest_inputs_are_remembered() -> None:
 # --- snapshots ----------------------------------------------------------------------------------------------
 
 
-def test_a_snapshot_every_n_events_replaces_the_tail() -> None:
+def test_a_snapshot_at_registration_and_every_n_events_replaces_the_tail() -> None:
     bus = registered_bus("u-1", snapshot_every=3)
+    registration = bus.users["u-1"].snapshot
+    assert registration is not None and registration.version == 1 and bus.users["u-1"].events == ()
     snapshots: list[UserSnapshot] = []
     tails: list[int] = []
     for n in range(7):
@@ -635,12 +641,18 @@ def test_a_snapshot_every_n_events_replaces_the_tail() -> None:
         snapshots.extend(e for e in events if isinstance(e, UserSnapshot))
         tails.append(len(bus.users["u-1"].events))
     assert [s.version for s in snapshots] == [3, 6]
-    assert tails == [2, 0, 1, 2, 0, 1, 2], "versions 2..8: the tail empties at every snapshot"
+    assert tails == [1, 0, 1, 2, 0, 1, 2], "versions 2..8: the tail empties at every snapshot"
     history = bus.users["u-1"]
     assert history.snapshot == snapshots[-1] and topic_for_record("UserSnapshot").name == "users.snapshots.v1"
     assert snapshots[-1].key == "u-1" and snapshots[-1].taken_at == at(bus.clock - 2).now
     assert history.user == replay(bus.history_of("u-1"))
     assert history.user is not None and history.user.version == 8
+
+
+@pytest.mark.parametrize(("every", "due"), [(1, [1, 2, 3, 4]), (3, [1, 3, 6, 9]), (5, [1, 5, 10])])
+def test_a_snapshot_is_due_at_registration_and_at_every_multiple(every: int, due: list[int]) -> None:
+    config = UsersConfig(snapshot_every=every)
+    assert [v for v in range(1, due[-1] + 1) if config.snapshot_due(v)] == due
 
 
 def test_the_snapshot_follows_its_event_in_one_decision() -> None:
@@ -660,7 +672,7 @@ def test_a_v1_snapshot_from_the_real_codec_still_loads() -> None:
         "taken_at": T0,
     }
     decoded = CODEC.decode(CODEC.encode("UserSnapshot", v1_value, version=1), expected={"UserSnapshot"})
-    assert (decoded.writer_version, decoded.reader_version) == (1, 2)
+    assert (decoded.writer_version, decoded.reader_version) == (1, 3)
     snapshot = from_record(decoded.name, decoded.value)
     assert snapshot == UserSnapshot(
         user_id="u-1", version=4, username="ann", email="a@x.io", profile={"tier": "gold"}, active=True, taken_at=T0
@@ -675,6 +687,7 @@ def test_a_v1_snapshot_from_the_real_codec_still_loads() -> None:
         profile={"tier": "gold"},
         login_count=1,
         last_login_at=T0,
+        updated_at=T0,
     )
     latest = user_aggregate.take_snapshot(user, T0)
     round_trip = CODEC.decode(CODEC.encode("UserSnapshot", to_record(latest)))
@@ -784,3 +797,23 @@ def test_events_of_picks_the_aggregate_events_from_the_log() -> None:
     assert user_aggregate.events_of(log, after=1) == tuple(HISTORY[1:3])
     snapshot = user_aggregate.take_snapshot(replay(HISTORY[:1]), T0)  # type: ignore[arg-type]
     assert load(snapshot, user_aggregate.events_of(log, after=snapshot.version)) == replay(HISTORY[:3])
+
+
+def test_a_read_from_inside_the_log_resumes_only_if_it_shows_the_snapshot_s_own_event() -> None:
+    snapshot = user_aggregate.take_snapshot(replay(HISTORY[:3]), T0)  # type: ignore[arg-type]
+    started = UserOnboardingStarted(user_id="u-1", started_at=T0)
+    replayed = [HISTORY[2], started, HISTORY[3], HISTORY[4], HISTORY[2], HISTORY[3], HISTORY[4], HISTORY[5]]
+    tail = user_aggregate.tail_after(snapshot, replayed)
+    assert tail == tuple(HISTORY[3:6]), "copies after a crash are taken once"
+    assert load(snapshot, tail) == replay(HISTORY[:6])
+    assert user_aggregate.tail_after(snapshot, HISTORY[2:3]) == (), "nothing after the snapshot yet"
+    assert user_aggregate.tail_after(snapshot, HISTORY[3:]) is None, "began after the snapshot's event: unproven"
+    assert user_aggregate.tail_after(snapshot, []) is None
+
+
+def test_an_older_snapshot_without_updated_at_gets_it_from_the_next_event() -> None:
+    user = replay(HISTORY[:4])
+    assert user is not None and user.updated_at == T0 + timedelta(hours=1)
+    v2 = replace(user_aggregate.take_snapshot(user, T0), updated_at=None)
+    assert user_aggregate.from_snapshot(v2) == replace(user, updated_at=None)
+    assert load(v2, HISTORY[4:5]) == replay(HISTORY[:5])

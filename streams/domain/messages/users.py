@@ -109,8 +109,8 @@ class UserCommandRejected(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class UserSnapshot(Message):
-    """The user aggregate at ``version``; loading resumes with the events after it. v2 added the last four
-    fields, so a v1 snapshot loads with them defaulted."""
+    """The user aggregate at ``version``; loading resumes with the events after it. v2 added ``registered_at`` …
+    ``last_login_at`` and v3 ``updated_at``, so an older snapshot loads with them defaulted."""
 
     KEY_FIELD: ClassVar[str] = "user_id"
     TIME_FIELD: ClassVar[str] = "taken_at"
@@ -125,6 +125,7 @@ class UserSnapshot(Message):
     deactivation_reason: str | None = None
     login_count: int = 0
     last_login_at: datetime | None = None
+    updated_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
