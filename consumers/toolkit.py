@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -280,16 +280,50 @@ class EventConsumer:
         that could not be read to their end (idle for ``idle_timeout``) are left in :attr:`unfinished`.
         """
         ends = self.assign_from_beginning(topics)
+        yield from self._read_to(ends, idle_timeout)
+
+    def read_from(
+        self, starts: Mapping[tuple[str, int], int | None], *, idle_timeout: float = 30.0, timeout: float = 10.0
+    ) -> Iterator[Consumed]:
+        """Every message of the ``(topic, partition)``s from their start offset (None: the log's start) up to
+        their end as it is now, then stop; like :meth:`read_log`, for a reader that knows where to begin.
+
+        A start below the log's start (retention took it) begins at the log's start, one past its end at its end.
+        """
+        ends: dict[tuple[str, int], tuple[int, int]] = {}
+        for (name, p), start in starts.items():
+            low, high = self._watermarks(TopicPartition(name, p), timeout=timeout)
+            begin = low if start is None else min(max(start, low), max(low, high))
+            ends[(name, p)] = (begin, max(begin, high))
+        self._consumer.assign([TopicPartition(t, p, begin) for (t, p), (begin, _) in ends.items()])
+        yield from self._read_to(ends, idle_timeout)
+
+    def _read_to(self, ends: dict[tuple[str, int], tuple[int, int]], idle_timeout: float) -> Iterator[Consumed]:
+        """The assigned partitions' messages from ``ends``' first offset (their assignment) below its second."""
 
         def unfinished() -> list[tuple[str, int]]:
             positions = self.positions()
-            return [tp for tp, (low, high) in ends.items() if high > low and positions.get(tp, -1) < high]
+            return [tp for tp, (begin, high) in ends.items() if high > begin and positions.get(tp, -1) < high]
 
         for message in self.messages(until=lambda: not unfinished(), idle_timeout=idle_timeout):
             if message.offset < ends[(message.topic, message.partition)][1]:
                 yield message
         self.unfinished = unfinished()
         self.ends = ends
+
+    def offset_for_time(self, topic: str, partition: int, time_ms: int, *, timeout: float = 10.0) -> int:
+        """The first offset of a partition whose message was written at ``time_ms`` or later (the broker's time
+        index); the partition's end when none was."""
+        try:
+            (found,) = self._consumer.offsets_for_times([TopicPartition(topic, partition, time_ms)], timeout=timeout)
+        except KafkaException as exc:
+            raise ConsumeError(f"cannot look up {topic}[{partition}] by time: {exc.args[0].str()}") from exc
+        if found.error is not None:
+            raise ConsumeError(f"cannot look up {topic}[{partition}] by time: {found.error.str()}")
+        offset = int(found.offset)
+        if offset < 0:
+            return self._watermarks(TopicPartition(topic, partition), timeout=timeout)[1]
+        return offset
 
     def group_position(self, topics: Sequence[str], *, timeout: float = 5.0) -> GroupPosition | None:
         """Where this consumer's group stands on ``topics`` (``None``: the broker could not say). Counts every

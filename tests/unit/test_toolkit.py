@@ -121,3 +121,87 @@ def test_handled_messages_keep_the_watch_quiet_without_asking_the_broker() -> No
         watch.progressed()
         assert not watch.stalled()
     assert asked == []
+
+
+# --- reading from given offsets up to the end as it is now -----------------------------------------------------
+
+
+class _Record:
+    def __init__(self, topic: str, partition: int, offset: int, ts: int) -> None:
+        self._at = (topic, partition, offset, ts)
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._at[0]
+
+    def partition(self) -> int:
+        return self._at[1]
+
+    def offset(self) -> int:
+        return self._at[2]
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return b"v"
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._at[3])
+
+
+class PartitionLog:
+    """One partition of a topic, offsets ``low`` … ``high - 1`` (the record at offset n written at 1000 + 10 n);
+    fetching goes on past ``high``, as it would while producers write."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+        self.next = -1001
+        self.assigned: list[TopicPartition] = []
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        return self.low, self.high
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = partitions
+        self.next = partitions[0].offset
+
+    def assignment(self) -> list[TopicPartition]:
+        return self.assigned
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        at = self.next if self.next != self.assigned[0].offset else -1001
+        return [TopicPartition(tp.topic, tp.partition, at) for tp in partitions]
+
+    def poll(self, timeout: float) -> _Record:
+        record = _Record("t", 0, self.next, 1000 + 10 * self.next)
+        self.next += 1
+        return record
+
+    def offsets_for_times(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        (tp,) = partitions
+        first = max(self.low, -(-(tp.offset - 1000) // 10))
+        return [TopicPartition(tp.topic, tp.partition, first if first < self.high else -1)]
+
+
+def test_a_read_from_an_offset_stops_at_the_end_as_it_was_when_it_began() -> None:
+    log = PartitionLog(low=3, high=9)
+    reader = consumer(log)
+    assert [m.offset for m in reader.read_from({("t", 0): 5})] == [5, 6, 7, 8]
+    assert reader.ends == {("t", 0): (5, 9)} and not reader.unfinished
+    assert [m.offset for m in reader.read_from({("t", 0): None})] == list(range(3, 9)), "None: the log's start"
+    assert [m.offset for m in reader.read_from({("t", 0): 0})] == list(range(3, 9)), "retention took 0 … 2"
+    assert list(reader.read_from({("t", 0): 12})) == [] and reader.ends == {("t", 0): (9, 9)}
+
+
+def test_the_offset_for_a_time_is_the_first_written_then_or_later_else_the_end() -> None:
+    reader = consumer(PartitionLog(low=3, high=9))
+    assert reader.offset_for_time("t", 0, 1055) == 6
+    assert reader.offset_for_time("t", 0, 1060) == 6
+    assert reader.offset_for_time("t", 0, 0) == 3
+    assert reader.offset_for_time("t", 0, 5000) == 9, "nothing written since: the end, where nothing is to read"
