@@ -3,15 +3,22 @@
 
 The profile index is the seed's "update the search index when the profile changes": every attribute of every
 user is one member of :data:`~streams.views.keys.PROFILES_KEY`, moved when its value changes.
+
+A document holds the user aggregate (:data:`AGGREGATE_FIELDS`, as :func:`aggregate_view` gives them) and one
+field more, the onboarding stamp a reaction leaves. So a document can also begin from a UserSnapshot
+(:func:`view_from_snapshot`) and fold only the events after it, and a document can be checked against the
+aggregate loaded from the log (:func:`disagreements`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from schemas.topics import USER_EVENTS
-from streams.views.events import CannotProject, Event, Op, canonical_json, required_str
+from streams.domain.user_aggregate import User
+from streams.views.events import CannotProject, Event, Op, canonical_json, required_str, to_millis
 from streams.views.keys import (
     PROFILES_KEY,
     REGISTERED_KEY,
@@ -24,6 +31,64 @@ USER_RECORDS = frozenset(USER_EVENTS.records)
 """The user events, as the topic contract declares them."""
 REJECTIONS_KEPT = 20
 """How many rejected commands a user's list keeps (the newest)."""
+AGGREGATE_FIELDS = (
+    "user_id",
+    "username",
+    "email",
+    "profile",
+    "active",
+    "deactivation_reason",
+    "version",
+    "registered_at",
+    "updated_at",
+    "login_count",
+    "last_login_at",
+)
+"""The fields of a user's document that the aggregate holds: all but ``onboarding_started_at``."""
+
+
+def aggregate_view(user: User) -> dict[str, Any]:
+    """The aggregate's fields of ``user``'s document, as its events fold them (times in epoch milliseconds)."""
+
+    def millis(moment: datetime | None) -> int | None:
+        return None if moment is None else to_millis(moment)
+
+    return {
+        "user_id": user.user_id,
+        "username": user.username,
+        "email": user.email,
+        "profile": dict(user.profile),
+        "active": user.active,
+        "deactivation_reason": user.deactivation_reason,
+        "version": user.version,
+        "registered_at": millis(user.registered_at),
+        "updated_at": millis(user.updated_at),
+        "login_count": user.login_count,
+        "last_login_at": millis(user.last_login_at),
+    }
+
+
+def view_from_snapshot(user: User) -> dict[str, Any] | None:
+    """The document a user loaded from a snapshot begins with: not yet stamped onboarded (a reaction does that,
+    the aggregate does not know it). None when the snapshot lacks a time the document shows (one written as v1
+    or v2): such a user's document is folded from its whole history."""
+    if user.registered_at is None or user.updated_at is None:
+        return None
+    return {**aggregate_view(user), "onboarding_started_at": None}
+
+
+def disagreements(doc: Mapping[str, Any] | None, user: User | None) -> dict[str, tuple[Any, Any]]:
+    """The aggregate's fields on which a user's document and the aggregate differ: field → (document, aggregate);
+    empty when they agree (neither existing counts as agreeing)."""
+    if doc is None and user is None:
+        return {}
+    mine = aggregate_view(user) if user is not None else {}
+    theirs = doc or {}
+    return {
+        name: (theirs.get(name), mine.get(name))
+        for name in AGGREGATE_FIELDS
+        if doc is None or user is None or theirs.get(name) != mine.get(name)
+    }
 
 
 def apply_to_user(doc: Mapping[str, Any] | None, event: Event) -> dict[str, Any] | None:
