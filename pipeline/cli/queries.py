@@ -228,11 +228,21 @@ def stock_view(sku: str) -> None:
 @click.command("user")
 @click.argument("user_id")
 @click.option("--json", "as_json", is_flag=True, help="print the view as JSON")
-def user_view(user_id: str, as_json: bool) -> None:
-    """Print USER_ID's view (profile, e-mail, version, stats) and refused commands from Redis."""
+@click.option("--replay", is_flag=True,
+              help="load the user from the log (newest snapshot + the events after it) and compare it with the view;"
+                   " exit 1 if they disagree")  # fmt: skip
+def user_view(user_id: str, as_json: bool, replay: bool) -> None:
+    """Print USER_ID's view (profile, e-mail, version, stats) and refused commands from Redis.
+
+    With --replay, load USER_ID from the topics as the event store does (its newest UserSnapshot, then only the
+    events after it) and print it beside the view: every field the aggregate holds, and whether the two agree.
+    """
     from streams.views.read import get_user, user_rejections, user_stats
 
     settings = get_settings()
+    if replay:
+        replay_user(settings, user_id, as_json)
+        return
     client = query_redis(settings)
     view = get_user(client, user_id)
     if view is None:
@@ -250,3 +260,77 @@ def user_view(user_id: str, as_json: bool) -> None:
         click.echo(f"  profile     {name} = {value}")
     for entry in refused:
         click.echo(f"  refused     {entry['command']}: {entry['reason']}  ({ms_iso(entry.get('rejected_at'))})")
+
+
+def replay_user(settings: Settings, user_id: str, as_json: bool) -> None:
+    """``user ID --replay``: the user loaded from the log beside its view; CliError when they disagree."""
+    from consumers.user_log import load_user
+    from streams.domain.user_aggregate import HistoryError
+    from streams.views.read import get_user
+    from streams.views.users import aggregate_view, disagreements
+
+    client = query_redis(settings, kafka_at(settings))
+    try:
+        loaded = load_user(settings, user_id)
+    except HistoryError as exc:
+        raise CliError(f"the log's events of user {user_id!r} are not a history: {exc}") from exc
+    view = get_user(client, user_id)
+    if loaded.user is None and view is None:
+        raise CliError(f"no user {user_id!r} in the log or in the views")
+    logged = aggregate_view(loaded.user) if loaded.user is not None else None
+    differ = disagreements(view, loaded.user)
+    read = {
+        "partition": loaded.partition,
+        "snapshot_version": loaded.snapshot.version if loaded.snapshot else None,
+        "events_after": len(loaded.events_after),
+        "snapshot_records": loaded.snapshot_records,
+        "event_records": loaded.event_records,
+        "began_at": loaded.began_at,
+        "from_start": loaded.from_start,
+    }
+    if as_json:
+        click.echo(json.dumps({"log": logged, "view": view, "read": read, "agree": not differ,
+                               "differences": sorted(differ)}, indent=2, sort_keys=True))  # fmt: skip
+    else:
+        for line in replay_lines(user_id, loaded.snapshot, read, logged, view, differ):
+            click.echo(line)
+    if differ:
+        raise CliError(f"user {user_id!r}: the views and the log disagree on {', '.join(sorted(differ))}")
+
+
+def replay_lines(
+    user_id: str,
+    snapshot: Any,
+    read: dict[str, Any],
+    logged: dict[str, Any] | None,
+    view: dict[str, Any] | None,
+    differ: dict[str, Any],
+) -> list[str]:
+    """The text of ``user ID --replay``: how the user was loaded, then each aggregate field, log beside view."""
+    from streams.views.users import AGGREGATE_FIELDS
+
+    p, events = read["partition"], read["events_after"]
+    if snapshot is None:
+        source = f"no snapshot; {events} events from the start"
+    else:
+        taken = snapshot.taken_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        source = f"snapshot v{snapshot.version} (taken {taken}) + {events} event{'s' * (events != 1)} after it"
+    lines = [
+        f"user {user_id} from the log: {source}" + (f" = v{logged['version']}" if logged else ", no user"),
+        f"  read {read['snapshot_records']} records of users.snapshots.v1[{p}] and {read['event_records']} of "
+        f"users.events.v1[{p}] from offset {read['began_at']}" + (" (its start)" if read["from_start"] else ""),
+        f"user {user_id} in the views: " + (f"v{view.get('version')}" if view else "none"),
+        f"  {'field':<20} {'log':<36} view",
+    ]
+
+    def shown(doc: dict[str, Any] | None, name: str) -> str:
+        if doc is None:
+            return "-"
+        value = doc.get(name)
+        return ms_iso(value) if name.endswith("_at") and value is not None else json.dumps(value, sort_keys=True)
+
+    for name in AGGREGATE_FIELDS:
+        mark = "≠" if name in differ else " "
+        lines.append(f"{mark} {name:<20} {shown(logged, name):<36} {shown(view, name)}")
+    lines.append("they disagree" if differ else "they agree")
+    return lines
