@@ -3,12 +3,27 @@ event, computed in one pass with the same pure folds (:func:`streams.views.table
 
 Used to check the live views against the log (the chaos test compares the two), and by ``pipeline views
 rebuild`` to clear what the view service owns so that it folds the log again.
+
+**User views from snapshots** (``fold_log(users_from_snapshots=True)``): every user's document begins from the
+user's newest UserSnapshot (:func:`streams.views.users.view_from_snapshot`) and only what lies after it is folded;
+the other views are folded as always. ``users.events.v1`` is read per partition from a cut: the first offset
+written at or after the oldest ``taken_at`` among that partition's newest snapshots (the broker's time index, as
+:mod:`consumers.user_log` seeks one user). Every user has a snapshot from its registration on, so nobody's history
+begins before the cut. The read proves, per user, that it met the snapshot's own event; a partition where it did
+not is folded again from its start, as is one without any snapshot or with one written before v3.
+
+What this saves is the records before each partition's cut, so it depends on the log: a user who has been quiet
+since an early snapshot holds their partition's cut back. What it cannot give is what the aggregate does not hold
+and lies before the cut: a user's onboarding stamp and older refused commands (their document's
+``onboarding_started_at`` stays unset, their list holds the refusals after the cut only), and the refusals of a
+user who never registered. The aggregate's fields (:data:`~streams.views.users.AGGREGATE_FIELDS`) are exactly
+those of the full fold.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +31,7 @@ import redis
 
 from common.settings import Settings
 from consumers.toolkit import Consumed, EventConsumer
+from consumers.user_log import newest_snapshots, partition_of
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
@@ -26,13 +42,17 @@ from schemas.topics import (
     ORDER_EVENTS,
     PAYMENT_EVENTS,
     USER_EVENTS,
+    USER_SNAPSHOTS,
 )
 from schemas.topics import topic as find_topic
+from streams.domain.messages import UserSnapshot
+from streams.domain.user_aggregate import from_snapshot
 from streams.incoming import mismatched, misplaced
-from streams.views.events import CannotProject, Event, Op, make_event
+from streams.views.events import CannotProject, Event, Op, make_event, to_millis
 from streams.views.keys import MIRRORED_KEY, VIEW_PREFIX
 from streams.views.stock import STOCK_LINE_RECORDS
-from streams.views.tables import MIRRORED_FIELDS, VIEW_TABLES, fold, mirror
+from streams.views.tables import MIRRORED_FIELDS, USER_VIEWS, VIEW_TABLES, fold, mirror
+from streams.views.users import USER_RECORDS, view_from_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +70,14 @@ class LogFold:
     skipped: int = 0
     incomplete: list[str] = field(default_factory=list)
     """Partitions not read up to their end as of the start (the reader went idle first); empty when complete."""
+    read: dict[str, int] = field(default_factory=dict)
+    """Records read, by topic (``users.snapshots.v1`` too when the user views began from snapshots)."""
+    user_cuts: dict[int, int] = field(default_factory=dict)
+    """From snapshots: the offset each partition of ``users.events.v1`` was read from."""
+
+    @property
+    def records_read(self) -> int:
+        return sum(self.read.values())
 
     def lookup(self, table: str, key: str) -> Any:
         return self.tables[table].get(key)
@@ -61,6 +89,8 @@ class LogFold:
             "skipped": self.skipped,
             "entries": {name: len(entries) for name, entries in self.tables.items()},
             "incomplete": self.incomplete,
+            "read": self.read,
+            "user_cuts": self.user_cuts,
         }
 
 
@@ -96,22 +126,89 @@ def fold_into(result: LogFold, event: Event, *, stock_line: bool) -> None:
     result.changed += bool(changes)
 
 
-def fold_log(settings: Settings, *, catalog: SchemaCatalog | None = None, idle_timeout: float = 30.0) -> LogFold:
-    """Fold every projected topic from its start to its end as of now (assigned partitions, no group)."""
+def fold_log(
+    settings: Settings,
+    *,
+    catalog: SchemaCatalog | None = None,
+    idle_timeout: float = 30.0,
+    users_from_snapshots: bool = False,
+) -> LogFold:
+    """Fold every projected topic from its start to its end as of now (assigned partitions, no group); with
+    ``users_from_snapshots``, the user views from each user's snapshot on (see the module's notes)."""
     codec = AvroCodec(catalog or SchemaCatalog.load())
     result = LogFold()
+    topics = [t.name for t in PROJECTED_TOPICS if not (users_from_snapshots and t is USER_EVENTS)]
     with EventConsumer.reader(settings) as consumer:
-        for message in consumer.read_log([t.name for t in PROJECTED_TOPICS], idle_timeout=idle_timeout):
-            result.handled += 1
-            try:
-                event = event_of(message, codec)
-                fold_into(result, event, stock_line=message.topic == INVENTORY_EVENTS.name
-                          and event.record in STOCK_LINE_RECORDS)  # fmt: skip
-            except (DecodeError, CannotProject) as exc:
-                log.info("skipped %s[%s]@%s: %s", message.topic, message.partition, message.offset, exc)
-                result.skipped += 1
+        fold_messages(result, consumer.read_log(topics, idle_timeout=idle_timeout), codec)
         result.incomplete = [f"{t}[{p}]" for t, p in consumer.unfinished]
+        if users_from_snapshots:
+            fold_users_from_snapshots(result, consumer, codec, idle_timeout=idle_timeout)
     return result
+
+
+def fold_messages(
+    result: LogFold, messages: Iterable[Consumed], codec: AvroCodec, folded: Callable[[Event], None] | None = None
+) -> None:
+    """Fold ``messages`` into ``result``, counting them by topic; ``folded`` sees each event that was folded."""
+    for message in messages:
+        result.handled += 1
+        result.read[message.topic] = result.read.get(message.topic, 0) + 1
+        try:
+            event = event_of(message, codec)
+            fold_into(result, event, stock_line=message.topic == INVENTORY_EVENTS.name
+                      and event.record in STOCK_LINE_RECORDS)  # fmt: skip
+        except (DecodeError, CannotProject) as exc:
+            log.info("skipped %s[%s]@%s: %s", message.topic, message.partition, message.offset, exc)
+            result.skipped += 1
+            continue
+        if folded is not None:
+            folded(event)
+
+
+def fold_users_from_snapshots(
+    result: LogFold, consumer: EventConsumer, codec: AvroCodec, *, idle_timeout: float
+) -> None:
+    """Begin each user's document from its newest snapshot and fold ``users.events.v1`` from each partition's cut."""
+    snapshots, read = newest_snapshots(consumer, codec, idle_timeout=idle_timeout)
+    result.read[USER_SNAPSHOTS.name] = read
+    by_partition: dict[int, list[UserSnapshot]] = {}
+    for snapshot in snapshots.values():
+        by_partition.setdefault(partition_of(snapshot.user_id), []).append(snapshot)
+    table = result.tables[USER_VIEWS]
+    cuts: dict[tuple[str, int], int | None] = {}
+    awaited: dict[str, int] = {}
+    """User id → its snapshot's version, until the read meets that event."""
+    for p in range(USER_EVENTS.partitions):
+        on_p = by_partition.get(p, [])
+        seeds = {s.user_id: view_from_snapshot(from_snapshot(s)) for s in on_p}
+        if not on_p or any(seed is None for seed in seeds.values()):
+            cuts[(USER_EVENTS.name, p)] = None  # no snapshot to begin from, or one without the times a view shows
+            continue
+        oldest = min(to_millis(s.taken_at) for s in on_p)
+        cuts[(USER_EVENTS.name, p)] = consumer.offset_for_time(USER_EVENTS.name, p, oldest)
+        for s in on_p:
+            table[s.user_id] = {"user": seeds[s.user_id], "rejections": []}
+            awaited[s.user_id] = s.version
+
+    def met(event: Event) -> None:
+        user_id = event.value.get("user_id")
+        if event.record in USER_RECORDS and user_id in awaited and event.value.get("version") == awaited[user_id]:
+            del awaited[user_id]
+
+    fold_messages(result, consumer.read_from(cuts, idle_timeout=idle_timeout), codec, met)
+    unfinished = list(consumer.unfinished)
+    result.user_cuts = {p: begin for (_, p), (begin, _) in consumer.ends.items()}
+    unproven = sorted({partition_of(user_id) for user_id in awaited})
+    if unproven:
+        log.warning("%s: the read from the snapshots' time did not meet every snapshot's event; folding "
+                    "partitions %s from their start", USER_EVENTS.name, unproven)  # fmt: skip
+        for key in [key for key in table if partition_of(key) in unproven]:
+            del table[key]
+        again = {(USER_EVENTS.name, p): None for p in unproven}
+        fold_messages(result, consumer.read_from(again, idle_timeout=idle_timeout), codec)
+        unfinished += consumer.unfinished
+        result.user_cuts.update({p: begin for (_, p), (begin, _) in consumer.ends.items()})
+    result.incomplete += [f"{t}[{p}]" for t, p in unfinished]
 
 
 def drop_views(client: redis.Redis) -> int:
