@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,12 +147,12 @@ def worker_env(settings: Settings, data_dir: Path, **overrides: str) -> dict[str
 
 _WAIT_FOR_GROUPS = """
 import json, sys, time
-from common.admin import admin_client, groups_not_ready, worker_groups
+from common.admin import admin_client, groups_not_ready
 from common.settings import Settings
 admin, members = admin_client(Settings()), json.loads(sys.argv[1])
 while True:
     try:
-        if not groups_not_ready(admin, worker_groups(), members=members, timeout=15):
+        if not groups_not_ready(admin, list(members), members=members, timeout=15):
             break
     except Exception as exc:  # a coordinator still loading or moving: ask again
         print(repr(exc), flush=True)
@@ -162,7 +162,7 @@ while True:
 
 @contextmanager
 def groups_ready(env: dict[str, str], members: dict[str, int]) -> Iterator[Callable[[], bool]]:
-    """A check that every worker group is stable with its members holding partitions.
+    """A check that every group of ``members`` is stable with its members holding partitions.
 
     Asked from a child process: librdkafka's admin client can abort the whole process (assertion
     ``eonce->refcnt > 0`` in ``rd_kafka_enq_once_del_source_return``, librdkafka issues 4605 and 3663) when a
@@ -193,9 +193,11 @@ def running_pipeline(
     *,
     worker_http: bool = False,
     workers_per_service: int = 1,
+    services: Sequence[str] = SERVICES,
     **env_overrides: str,
 ) -> Iterator[Pipeline]:
-    """Start every service's worker(s), the view service's included; stop them all afterwards (logs in ``workdir``).
+    """Start every service's worker(s), the view service's included, or only ``services``'; stop them all
+    afterwards (logs in ``workdir``).
 
     With ``workers_per_service`` N, each service runs N processes in its one consumer group, each with its own
     data dir (``workdir/faust``, ``workdir/faust.1`` …) and log (``orders.log``, ``orders.1.log`` …). With
@@ -203,7 +205,7 @@ def running_pipeline(
     (``Pipeline.http_ports``, by worker name)."""
     env = worker_env(settings, workdir / "faust", **env_overrides)
     pipeline = Pipeline(settings, env)
-    for service in SERVICES:
+    for service in services:
         for index in range(workers_per_service):
             name = worker_name(service, index)
             own = dict(env)
@@ -216,7 +218,7 @@ def running_pipeline(
     try:
         for process in pipeline.processes.values():
             process.start()
-        members = {f"{APP_PREFIX}-{service}": workers_per_service for service in SERVICES}
+        members = {f"{APP_PREFIX}-{service}": workers_per_service for service in services}
         with groups_ready(env, members) as ready:
 
             def all_ready() -> bool:
