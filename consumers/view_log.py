@@ -14,10 +14,10 @@ not is folded again from its start, as is one without any snapshot or with one w
 
 What this saves is the records before each partition's cut, so it depends on the log: a user who has been quiet
 since an early snapshot holds their partition's cut back. What it cannot give is what the aggregate does not hold
-and lies before the cut: a user's onboarding stamp and older refused commands (their document's
-``onboarding_started_at`` stays unset, their list holds the refusals after the cut only), and the refusals of a
-user who never registered. The aggregate's fields (:data:`~streams.views.users.AGGREGATE_FIELDS`) are exactly
-those of the full fold.
+and lies before the cut: a user's onboarding stamp (their document's ``onboarding_started_at`` stays unset), their
+older refused commands and commands' outcomes (the entry holds those after the cut only), and the entry of a user
+who never registered. The aggregate's fields (:data:`~streams.views.users.AGGREGATE_FIELDS`) are exactly those of
+the full fold.
 """
 
 from __future__ import annotations

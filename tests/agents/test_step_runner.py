@@ -300,8 +300,9 @@ async def test_a_user_command_s_outcome_names_the_command_even_after_waiting_for
     edge.recorder.clear()
     granted = EmailClaimed(user_id="u-1", email="ann@example.com", request_id="u-1/claim/1", claimed_at=T0)
     await edge.runner.handle(incoming(granted, event_id="answer-1"))
-    [registered] = edge.recorder.sent
+    [registered, snapshot] = edge.recorder.sent  # every user has a snapshot from its registration on
     assert registered.decoded().name == "UserRegistered" and registered.header["ce_causationid"] == "cmd-register"
+    assert snapshot.decoded().name == "UserSnapshot"
 
     edge.recorder.clear()
     await edge.runner.handle(incoming(ChangeEmail(user_id="u-1", new_email="b@x.io"), event_id="cmd-change"))

@@ -190,6 +190,7 @@ def test_user_views_from_snapshots_equal_the_whole_log_s_and_read_fewer_records(
     busy = from_snapshots.tables[USER_VIEWS][users["busy"]]
     assert busy["user"]["onboarding_started_at"] is None, "onboarded before the cut: not the aggregate's to know"
     assert len(busy["rejections"]) == 1, "the refusal after the cut, not the one before"
+    assert len(busy["commands"]) < len(full.tables[USER_VIEWS][users["busy"]]["commands"])
 
     print(f"records read: whole log {full.read}, from snapshots {from_snapshots.read}, cuts {from_snapshots.user_cuts}")
     assert from_snapshots.user_cuts[partition_of(users["busy"])] > 0
@@ -199,7 +200,8 @@ def test_user_views_from_snapshots_equal_the_whole_log_s_and_read_fewer_records(
 
 def expected_from_cuts(settings: Settings, full: dict[str, Any], cuts: dict[int, int]) -> dict[str, Any]:
     """The user views a fold from snapshots gives, derived from the full fold's: the same, but for what the
-    aggregate does not hold and lies before its partition's cut (the onboarding stamp, refused commands)."""
+    aggregate does not hold and lies before its partition's cut (the onboarding stamp, refused commands, the
+    commands' outcomes)."""
     position: dict[str, tuple[int, int]] = {}
     onboarded: dict[str, int] = {}
     with EventConsumer.reader(settings) as consumer:
@@ -213,11 +215,12 @@ def expected_from_cuts(settings: Settings, full: dict[str, Any], cuts: dict[int,
     for user_id, entry in full.items():
         cut = cuts[partition_of(user_id)]
         rejections = [r for r in entry["rejections"] if position[r["event_id"]][1] >= cut]
+        commands = [c for c in entry.get("commands", ()) if position[c["event_id"]][1] >= cut]
         user = entry["user"]
         if user is not None and onboarded.get(user_id, cut) < cut:
             user = {**user, "onboarding_started_at": None}
-        if user is not None or rejections:
-            expected[user_id] = {"user": user, "rejections": rejections}
+        if user is not None or rejections or commands:
+            expected[user_id] = {"user": user, "rejections": rejections} | ({"commands": commands} if commands else {})
     return expected
 
 
