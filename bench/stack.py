@@ -281,6 +281,15 @@ class KafkaCluster:
             if len(p.isrs) < len(p.replicas)
         ]
 
+    def wait_in_sync(self, timeout: float = 120) -> None:
+        """Wait until replication is whole again (a node that was down has caught up on every partition)."""
+        wait_until(
+            lambda: not self.under_replicated(),
+            timeout=timeout,
+            what=lambda: f"every partition in sync again (still behind: {self.under_replicated()[:5]})",
+            interval=1.0,
+        )
+
 
 @contextmanager
 def kafka_cluster(*, label: str = LABEL, heap: str | None = None) -> Iterator[KafkaCluster]:

@@ -24,6 +24,8 @@ from bench.stack import (
 )
 
 __all__ = [
+    "CLUSTER_MIN_INSYNC_REPLICAS",
+    "CLUSTER_REPLICATION_FACTOR",
     "LABEL",
     "ROOT",
     "KafkaCluster",
@@ -43,6 +45,8 @@ testcontainers_env()
 
 LABEL = "org.order-pipeline.test"
 HEAP = "-Xmx512m -Xms256m"
+CLUSTER_REPLICATION_FACTOR, CLUSTER_MIN_INSYNC_REPLICAS = 3, 2
+"""What compose.cluster.yaml gives every topic: the settings of the pipeline's processes on the cluster."""
 
 
 _cleaned = False

@@ -10,7 +10,17 @@ from common.settings import Settings
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
 from tests.forensics import describe_failure
-from tests.stack import KafkaNode, RedisNode, kafka_node, redis_node, remove_stale_containers
+from tests.stack import (
+    CLUSTER_MIN_INSYNC_REPLICAS,
+    CLUSTER_REPLICATION_FACTOR,
+    KafkaCluster,
+    KafkaNode,
+    RedisNode,
+    kafka_cluster,
+    kafka_node,
+    redis_node,
+    remove_stale_containers,
+)
 from tests.workers import Pipeline
 
 
@@ -54,6 +64,24 @@ def settings(kafka: KafkaNode, redis_server: RedisNode) -> Settings:
     return Settings(kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url)
 
 
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[KafkaCluster]:
+    """Three brokers (compose.cluster.yaml's nodes) for the module that asks for them, gone after it."""
+    with kafka_cluster() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def cluster_settings(cluster: KafkaCluster, redis_server: RedisNode) -> Settings:
+    """Settings pointing at the module's cluster, with its replication (3 replicas, 2 in sync)."""
+    return Settings(
+        kafka_bootstrap=cluster.bootstrap,
+        redis_url=redis_server.url,
+        topic_replication_factor=CLUSTER_REPLICATION_FACTOR,
+        topic_min_insync_replicas=CLUSTER_MIN_INSYNC_REPLICAS,
+    )
+
+
 @pytest.fixture(scope="session")
 def cli_env(settings: Settings) -> dict[str, str]:
     """The environment a person would set to point the CLI at the test stack."""
@@ -85,6 +113,7 @@ def provider_ledger(settings: Settings) -> redis.Redis:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The chaos runs' own reports (seed, faults, exits, outcomes, stock, charges) even when they pass."""
     for report in terminalreporter.stats.get("passed", []):
-        if report.when == "call" and "chaos" in report.keywords and report.capstdout:
+        chaos = "chaos" in report.keywords or "chaos_long" in report.keywords
+        if report.when == "call" and chaos and report.capstdout:
             terminalreporter.write_sep("-", f"chaos run: {report.nodeid}")
             terminalreporter.write_line(report.capstdout.strip())

@@ -36,33 +36,17 @@ import redis
 from common.admin import admin_client, all_topics, apply_topics
 from common.settings import Settings
 from tests.integration.promises import OrderLoad
-from tests.stack import KafkaCluster, RedisNode, kafka_cluster, wait_until
+from tests.stack import CLUSTER_REPLICATION_FACTOR as REPLICATION_FACTOR
+from tests.stack import KafkaCluster, wait_until
 from tests.workers import Pipeline, running_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 ORDERS = int(os.environ.get("PIPELINE_TEST_SCALE_ORDERS", "300"))
 WORKERS_PER_SERVICE = 2
-REPLICATION_FACTOR, MIN_INSYNC_REPLICAS = 3, 2
 KILLED_SERVICE, KILLED_INDEX = "inventory", 1
 SAGA_TIMEOUT_S = 180
 """Far above an order's time through the saga here, so an order cancelled by its deadline means a lost step."""
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[KafkaCluster]:
-    with kafka_cluster() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def cluster_settings(cluster: KafkaCluster, redis_server: RedisNode) -> Settings:
-    return Settings(
-        kafka_bootstrap=cluster.bootstrap,
-        redis_url=redis_server.url,
-        topic_replication_factor=REPLICATION_FACTOR,
-        topic_min_insync_replicas=MIN_INSYNC_REPLICAS,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +119,7 @@ def test_a_broker_and_a_worker_killed_mid_load_lose_nothing(
     outcomes = load.check_promises(store)
     timed_out = outcomes.get("CANCELLED:deadline_exceeded", 0)
     assert not timed_out, f"{timed_out} orders waited {SAGA_TIMEOUT_S}s for a step: lost or stuck (worker logs above)"
-    wait_until(
-        lambda: not cluster.under_replicated(),
-        timeout=120,
-        what=lambda: f"every partition in sync again (still behind: {cluster.under_replicated()[:5]})",
-        interval=1.0,
-    )
+    cluster.wait_in_sync()
     print(
         f"{ORDERS} orders on {len(cluster.nodes)} brokers, {WORKERS_PER_SERVICE} workers per service: "
         f"published in {published - started:.0f}s, settled {settled - started:.0f}s after the first; "
