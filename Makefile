@@ -1,6 +1,6 @@
 # One entry point for people and CI. `make help` lists the targets.
 .DEFAULT_GOAL := help
-.PHONY: help run test down setup unit agents integration chaos lint format bench
+.PHONY: help run test down setup unit agents integration chaos chaos-long lint format bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,11 +26,14 @@ unit: ## unit tests only
 agents: ## Faust agent tests only
 	.venv/bin/python -m pytest -m agents
 
-integration: ## integration tests only (testcontainers)
-	infra/test.sh -m integration
+integration: ## integration tests only (testcontainers), the long chaos run left out
+	infra/test.sh -m "integration and not chaos_long"
 
 chaos: ## chaos tests only (kills, broker restarts, Redis flushed, three brokers), with the reproducers of open bugs
 	infra/test.sh -m chaos
+
+chaos-long: ## the long chaos run only: 10,000 orders, 3 brokers, 2 workers per service, 20+ kills (≤ 90 min)
+	infra/test.sh -m chaos_long
 
 lint: ## ruff, mypy and the import layers (lint-imports)
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy && .venv/bin/lint-imports
