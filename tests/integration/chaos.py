@@ -40,7 +40,7 @@ WORKER_ENV = {
 """The workers' settings under chaos: a saga deadline a stalled step can reach, a watchdog that notices a stall."""
 
 FAULT_WAIT_S = 600.0
-"""How long a fault may wait for its share of the orders to be terminal."""
+"""How long a fault may wait for its share of the orders to be terminal, beyond the time the load takes to place."""
 
 
 @dataclass(frozen=True, order=True)
@@ -151,10 +151,11 @@ class ChaosRun:
         placing = threading.Thread(target=place, name="orders", daemon=True)
         started = time.monotonic()
         placing.start()
+        patience = FAULT_WAIT_S + self.orders / rate
         for fault in plan:
             wait_until(
                 lambda f=fault: self.supervise() or self.load.terminal_count(self.store) >= f.share * self.orders,
-                timeout=FAULT_WAIT_S,
+                timeout=patience,
                 what=f"{fault.share} of the orders terminal",
                 interval=1.0,
             )
@@ -162,7 +163,7 @@ class ChaosRun:
             print(f"{seconds:6.1f}s {terminal} terminal: {fault.action}")
             self.struck.append(Struck(fault, seconds, terminal, self._strike(fault.action) or ""))
 
-        placing.join(timeout=FAULT_WAIT_S)
+        placing.join(timeout=patience)
         assert not placing.is_alive() and not failures, failures
         self.placed_s = placed_at[0] - started
         self.load.wait_settled(self.store, self.supervise, timeout=settle_timeout)
