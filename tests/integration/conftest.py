@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -71,15 +72,25 @@ def cluster() -> Iterator[KafkaCluster]:
         yield running
 
 
+CLUSTER_VIEWS_DB = 6
+"""The Redis database of a cluster module's views: its view service's tables live on the module's own brokers, so
+its keys must not outlive it in the database the session's view service mirrors (a flush there could not give them
+back)."""
+
+
 @pytest.fixture(scope="module")
-def cluster_settings(cluster: KafkaCluster, redis_server: RedisNode) -> Settings:
-    """Settings pointing at the module's cluster, with its replication (3 replicas, 2 in sync)."""
-    return Settings(
+def cluster_settings(cluster: KafkaCluster, redis_server: RedisNode) -> Iterator[Settings]:
+    """Settings pointing at the module's cluster, with its replication (3 replicas, 2 in sync), and a Redis
+    database of the module's own, empty at its start and at its end."""
+    url = urlunsplit(urlsplit(redis_server.url)._replace(path=f"/{CLUSTER_VIEWS_DB}"))
+    redis.Redis.from_url(url).flushdb()
+    yield Settings(
         kafka_bootstrap=cluster.bootstrap,
-        redis_url=redis_server.url,
+        redis_url=url,
         topic_replication_factor=CLUSTER_REPLICATION_FACTOR,
         topic_min_insync_replicas=CLUSTER_MIN_INSYNC_REPLICAS,
     )
+    redis.Redis.from_url(url).flushdb()
 
 
 @pytest.fixture(scope="session")
