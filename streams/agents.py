@@ -98,7 +98,6 @@ def register_step(
     )
 
     admission = Admission(service.app, step.agent, frozenset(spec.name for spec in sources if spec.compacted))
-    app = service.app
 
     def admit_next(stream: Any, fetched: dict[tuple[str, int, int], EventT[Any]], incoming: Incoming) -> bool:
         """Admit the next message of a batch; an admitted one becomes the agent's current event, as Faust's stream
@@ -109,21 +108,38 @@ def register_step(
         make_current(stream, event)
         return True
 
+    async def handle(manual: Any, events: list[EventT[Any]]) -> int:
+        incomings = [incoming_of(event.message) for event in events]
+        fetched = {(i.topic, i.partition, i.offset): e for i, e in zip(incomings, events, strict=True)}
+        return await runner.handle_batch(incomings, functools.partial(admit_next, manual, fetched))
+
+    add_batch_agent(service, channel, step.agent, handle)
+    service.runners[step.agent] = runner
+    return runner
+
+
+def add_batch_agent(
+    service: ServiceApp, channel: Any, name: str, handle: Callable[[Any, list[EventT[Any]]], Awaitable[int]]
+) -> None:
+    """Register agent ``name`` on ``channel`` (concurrency 1: per-partition order): it hands ``handle`` the events
+    already fetched, in batches (:func:`~streams.app.ready_batches`), and acks the ones it says it handled.
+
+    Acks are the agent's own: a message is acked only once its batch's writes and outputs are acknowledged. A
+    batch that raises stops the worker before Faust acks its inputs, so whoever takes the partition replays them."""
+    app = service.app
+
     async def agent(stream: Any) -> None:
-        # acks are the agent's own: a message is acked only once its batch's writes and outputs are acknowledged
         manual = stream.noack()
         async with aclosing(ready_batches(manual.events(), service.batch_max)) as batches:
             async for events in batches:
-                incomings = [incoming_of(event.message) for event in events]
-                fetched = {(i.topic, i.partition, i.offset): e for i, e in zip(incomings, events, strict=True)}
                 try:
-                    handled = await runner.handle_batch(incomings, functools.partial(admit_next, manual, fetched))
+                    handled = await handle(manual, events)
                 except RestartForRedelivery:
                     return  # nothing after the hole is acked; the agent stops (the real exit ended the process)
                 except Exception as exc:
-                    # a state write or an event the broker did not take: stop the worker before Faust acks the
-                    # inputs, so they are replayed (and their events re-emitted) by whoever takes the partition
-                    log.critical("%s could not store the outcome of %s: %r; stopping", step.agent, incomings, exc)
+                    # a state write or an event the broker did not take
+                    log.critical("%s could not store the outcome of a batch of %d: %r; stopping", name, len(events),
+                                 exc)  # fmt: skip
                     await app.crash(exc)
                     raise
                 finally:
@@ -131,7 +147,5 @@ def register_step(
                 for event in events[:handled]:
                     await manual.ack(event)
 
-    agent.__name__ = agent.__qualname__ = step.agent
-    service.app.agent(channel, name=step.agent, concurrency=1)(agent)
-    service.runners[step.agent] = runner
-    return runner
+    agent.__name__ = agent.__qualname__ = name
+    app.agent(channel, name=name, concurrency=1)(agent)

@@ -27,7 +27,6 @@ import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,10 +62,10 @@ from schemas.topics import (
     table,
     topic,
 )
-from streams.agents import ServiceApp, incoming_of
-from streams.app import new_table, ready_batches
+from streams.agents import ServiceApp, add_batch_agent, incoming_of
+from streams.app import new_table
 from streams.checks import views_check
-from streams.faust_patches import Admission, DurableTable, RestartForRedelivery, make_current
+from streams.faust_patches import Admission, DurableTable, make_current
 from streams.incoming import Incoming, key_partition
 from streams.outbox import Outgoing
 from streams.views.events import CannotProject, Event, Op, make_event
@@ -232,26 +231,11 @@ def _register(
     admission = Admission(app, name, frozenset(s.name for s in sources if s.compacted))
     channel = app.topic(*agent.sources, key_serializer="raw", value_serializer="raw", partitions=PARTITIONS)
 
-    async def fold_views(stream: Any) -> None:
-        manual = stream.noack()
-        async with aclosing(ready_batches(manual.events(), built.batch_max)) as batches:
-            async for events in batches:
-                try:
-                    handled = await _fold_batch(built, agent, admission, manual, events, codec, views,
-                                                forward_stock_lines=forward_stock_lines)  # fmt: skip
-                except RestartForRedelivery:
-                    return
-                except Exception as exc:
-                    log.critical("%s could not store a batch: %r; stopping", name, exc)
-                    await app.crash(exc)
-                    raise
-                finally:
-                    make_current(manual, None)
-                for event in events[:handled]:
-                    await manual.ack(event)
+    async def fold_views(manual: Any, events: list[EventT[Any]]) -> int:
+        return await _fold_batch(built, agent, admission, manual, events, codec, views,
+                                 forward_stock_lines=forward_stock_lines)  # fmt: skip
 
-    fold_views.__name__ = fold_views.__qualname__ = name
-    app.agent(channel, name=name, concurrency=1)(fold_views)
+    add_batch_agent(built, channel, name, fold_views)
     return agent
 
 
