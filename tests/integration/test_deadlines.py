@@ -111,8 +111,11 @@ def test_no_order_is_confirmed_on_a_charge_after_its_deadline_and_every_late_cha
     assert confirmed, "orders charged in time are confirmed"
     timed_out = {o for o, f in facts.items() if ("OrderCancelled", "deadline_exceeded") in f.get("ends", set())}
     assert len(timed_out) == outcomes["CANCELLED:deadline_exceeded"] and late <= timed_out
-    for order_id in timed_out - late:
-        assert "charged_at" not in facts[order_id], f"{order_id} charged in time, yet cancelled for its deadline"
+    for order_id in timed_out:
+        # a charge made in time can still reach the order service after its deadline timer fired under backlog;
+        # that order is cancelled too, and its charge must be refunded like a late one
+        if "charged_at" in facts[order_id]:
+            assert facts[order_id].get("refunded"), f"{order_id}: charged, cancelled for its deadline, not refunded"
     # how the burst splits between late charges and no charge at all depends on the machine's speed (a faster
     # pipeline charges every one of them, late); the timer cancelling a charge never made is pinned by
     # test_resilience.py::test_a_charge_still_waiting_at_the_deadline_is_cancelled_with_nothing_charged
