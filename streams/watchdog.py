@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from common.settings import LIBRDKAFKA_LOGGER, Settings
 from common.telemetry import CONSUMER_LAG
@@ -31,6 +31,9 @@ STALLED_EXIT_CODE = 75
 """EX_TEMPFAIL: try again."""
 
 TopicPart = tuple[str, int]
+
+PARTITIONS_REFRESH_S = 60.0
+"""How long the watchdog trusts the source topics' partition lists it read."""
 
 
 @dataclass
@@ -84,6 +87,8 @@ class Watchdog:
         self.lag: dict[str, int] | None = None
         """Messages behind per source topic at the last look (None: not looked yet, or the broker is away)."""
         self._clients: tuple[Consumer, Consumer] | None = None
+        self._partitions: list[TopicPart] | None = None
+        self._partitions_at = 0.0
         self._started = time.monotonic()
 
     def _offsets(self) -> tuple[dict[TopicPart, int], dict[TopicPart, int]]:
@@ -101,15 +106,24 @@ class Watchdog:
                 Consumer({**common, "group.id": self._group_id, "enable.auto.offset.store": False}),
             )
         consumer, group_reader = self._clients
-        partitions = [
-            (name, p)
-            for name in self._sources
-            for p in sorted(consumer.list_topics(name, timeout=10).topics[name].partitions)
-        ]
+        partitions = self._source_partitions(consumer)
         read = group_reader.committed([TopicPartition(t, p) for t, p in partitions], timeout=10)
         committed = {(tp.topic, tp.partition): tp.offset for tp in read if tp.error is None and tp.offset >= 0}
-        ends = {tp: consumer.get_watermark_offsets(TopicPartition(*tp), timeout=10)[1] for tp in partitions}
+        # one ListOffsets request per leader for every partition (a timestamp of OFFSET_END asks for the end),
+        # not one per partition as get_watermark_offsets sends: at rest this look was most of the broker's work
+        latest = consumer.offsets_for_times([TopicPartition(t, p, OFFSET_END) for t, p in partitions], timeout=10)
+        ends = {(tp.topic, tp.partition): tp.offset for tp in latest if tp.error is None and tp.offset >= 0}
         return committed, ends
+
+    def _source_partitions(self, consumer: Consumer) -> list[TopicPart]:
+        """The partitions of the sources, from one metadata request, asked again at most every
+        :data:`PARTITIONS_REFRESH_S` (partitions are added rarely; a look between misses them for that long)."""
+        now = time.monotonic()
+        if self._partitions is None or now - self._partitions_at >= PARTITIONS_REFRESH_S:
+            metadata = consumer.list_topics(timeout=10).topics
+            self._partitions = [(name, p) for name in self._sources for p in sorted(metadata[name].partitions)]
+            self._partitions_at = now
+        return self._partitions
 
     def stalled_for(self) -> float:
         """How long the worker has had waiting messages and no progress (0: it is moving or has nothing to do)."""
@@ -131,6 +145,7 @@ class Watchdog:
             committed, ends = await asyncio.to_thread(self._offsets)
         except Exception as exc:  # the broker is away: that is not this worker's stall
             log.warning("watchdog could not read offsets: %r", exc)
+            self._partitions = None  # read the partitions again too
             self.lag = None
             self._detector.forgive(time.monotonic())
             return False
