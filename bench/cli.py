@@ -20,12 +20,13 @@ class BenchError(click.ClickException):
 
 
 def _stages(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
-    from bench.figures import STAGES
+    from bench.figures import STAGES, STAGES_ON_REQUEST
 
+    known = STAGES + STAGES_ON_REQUEST
     chosen = tuple(s.strip() for s in value.split(",") if s.strip())
-    unknown = [s for s in chosen if s not in STAGES]
+    unknown = [s for s in chosen if s not in known]
     if unknown or not chosen:
-        raise click.BadParameter(f"choose among {', '.join(STAGES)} (comma-separated), got {value!r}")
+        raise click.BadParameter(f"choose among {', '.join(known)} (comma-separated), got {value!r}")
     return chosen
 
 
@@ -53,7 +54,7 @@ def _rates(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
     callback=_stages,
     default="raw,faust,pipeline,codec,query,history",
     show_default=True,
-    help="which stages to run, comma-separated",
+    help="which stages to run, comma-separated; `rest` (only when named) measures make run's stack at rest",
 )
 @click.option(
     "--bootstrap", default=None, help="use this running Kafka (e.g. make run's 127.0.0.1:9092) instead of starting one"

@@ -14,8 +14,10 @@ from typing import Any
 
 RESULT_VERSION = 1
 STAGES = ("raw", "faust", "pipeline", "codec", "query", "history")
-"""The benchmark's stages, in the order they run."""
-BROKERLESS = frozenset({"codec", "history"})
+"""The benchmark's stages, in the order they run: the default run."""
+STAGES_ON_REQUEST = ("rest",)
+"""Stages run only when named: ``rest`` measures `make run`'s stack, which the other stages do not start."""
+BROKERLESS = frozenset({"codec", "history", "rest"})
 """Stages that need no broker: run alone, they start no stack."""
 
 
@@ -312,6 +314,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "codec": ("iterations", "records"),
     "query": ("connections", "duration_s", "endpoints"),
     "history": ("orders", "additions", "place_order_ratio", "largest_value_bytes"),
+    "rest": ("seconds", "box_busy_share", "containers_cpu_ms_per_s", "docker_daemons_cpu_ms_per_s"),
     "ratios": ("pipeline_over_faust", "faust_over_raw", "pipeline_over_raw"),
 }
 

@@ -26,6 +26,7 @@ from bench.figures import (
     QUICK_SCHEDULE,
     RESULT_VERSION,
     STAGES,
+    STAGES_ON_REQUEST,
     Schedule,
     check_result,
     ratios,
@@ -137,7 +138,7 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
             "mode": "quick" if options.quick else "full",
             "machine": _machine(),
             "kafka": {},
-            "stages": [s for s in STAGES if s in options.stages],
+            "stages": [s for s in STAGES + STAGES_ON_REQUEST if s in options.stages],
             "versions": _versions(),
             "sizes": {k: v for k, v in sizes.__dict__.items() if k != "schedule"}
             | {"rates": list(sizes.schedule.rates), "step_s": sizes.schedule.step_s},
@@ -253,6 +254,13 @@ def _run_stages(
 
         with console.status("filling one customer and one SKU, then timing their steps"):
             doc["history"] = run_history(QUICK_ENTRIES if options.quick else FULL_ENTRIES)
+    if "rest" in stages:
+        console.rule("7. the stack at rest: make run's stack, nothing flowing, the kernel's CPU counters")
+        from bench.rest import measure_rest
+
+        with console.status("reading the box's and each container's CPU while the stack rests"):
+            doc["rest"] = measure_rest(20.0 if options.quick else 60.0)
+        console.print(f"the stack at rest: {doc['rest']['box_busy_share']:.1%} of the box")
 
 
 def _raw_stage(
