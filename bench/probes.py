@@ -158,6 +158,47 @@ def view_counters(port: int, timeout: float = 5.0) -> dict[str, float]:
     return totals
 
 
+BATCH_SUM, BATCH_COUNT = "pipeline_batch_messages_sum", "pipeline_batch_messages_count"
+
+
+def batch_counters(ports: Mapping[str, int], timeout: float = 5.0) -> dict[str, tuple[float, float]]:
+    """Each worker's (messages, batches) so far, over all its agents, from its ``/metrics``."""
+    import urllib.request
+
+    totals: dict[str, tuple[float, float]] = {}
+    for service, port in ports.items():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:  # noqa: S310
+                text = response.read().decode()
+        except OSError:
+            continue
+        messages = batches = 0.0
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            metric = name.split("{", 1)[0]
+            if metric == BATCH_SUM:
+                messages += float(value)
+            elif metric == BATCH_COUNT:
+                batches += float(value)
+        totals[service] = (messages, batches)
+    return totals
+
+
+def batch_sizes(
+    before: Mapping[str, tuple[float, float]], after: Mapping[str, tuple[float, float]]
+) -> dict[str, dict[str, float]]:
+    """Per worker, the batches a step's agents took and their mean size (a batch costs two produce requests)."""
+    sizes = {}
+    for service, (messages, batches) in after.items():
+        messages0, batches0 = before.get(service, (0.0, 0.0))
+        if batches > batches0:
+            sizes[service] = {
+                "batches": int(batches - batches0),
+                "messages_per_batch": round((messages - messages0) / (batches - batches0), 2),
+            }
+    return sizes
+
+
 def view_costs(
     before: Mapping[str, float], after: Mapping[str, float], events: int, cpu_s: float | None
 ) -> dict[str, Any] | None:

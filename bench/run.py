@@ -366,6 +366,7 @@ def _pipeline_stage(
             pids=workers.pids if workers else dict,
             containers=containers,
             views_port=workers.views_port if workers else 0,
+            worker_ports=dict(workers.ports) if workers else {},
         )
         seed(ctx)
         steps = run_schedule(

@@ -27,7 +27,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from bench.figures import is_saturated, latency_growth, latency_summary, per_second, send_offsets
-from bench.probes import CpuSnapshot, Offsets, box_cpu_per_order, deltas, read_offsets, view_costs, view_counters
+from bench.probes import (
+    CpuSnapshot,
+    Offsets,
+    batch_counters,
+    batch_sizes,
+    box_cpu_per_order,
+    deltas,
+    read_offsets,
+    view_costs,
+    view_counters,
+)
 from bench.stack import wait_until
 from common.admin import worker_groups
 from producers.orders import place_order, random_order
@@ -73,6 +83,8 @@ class LoadContext:
     containers: dict[str, str] = field(default_factory=dict)
     views_port: int = 0
     """The view service's endpoint (its batch and Redis counters); 0: not read."""
+    worker_ports: dict[str, int] = field(default_factory=dict)
+    """Every worker's endpoint, for its agents' batch sizes; empty: not read."""
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     customers: list[str] = field(default_factory=list)
     skus: list[str] = field(default_factory=list)
@@ -167,6 +179,7 @@ def run_step(
     before = wait_quiet(ctx)
     cpu_before = CpuSnapshot.take(ctx.pids(), ctx.containers)
     views_before = view_counters(ctx.views_port)
+    batches_before = batch_counters(ctx.worker_ports)
     offsets = send_offsets(rate, duration_s)
     placed: dict[str, Placed] = {}
     pending: dict[str, Placed] = {}
@@ -210,6 +223,7 @@ def run_step(
     cpu_after = CpuSnapshot.take(ctx.pids(), ctx.containers)
     after = wait_quiet(ctx)
     views_after = view_counters(ctx.views_port)
+    batches_after = batch_counters(ctx.worker_ports)
     if record:
         ctx.orders.update(placed)
     step = summarise_step(rate, duration_s, placed, before, after, cpu_after.since(cpu_before))
@@ -217,6 +231,7 @@ def run_step(
     views_cores = cpu.get("process_cores", {}).get("views")
     views_cpu_s = views_cores * cpu["wall_s"] if views_cores is not None and cpu.get("wall_s") else None
     step["box"] = box_cpu_per_order(cpu, step["achieved_orders_per_s"])
+    step["batches"] = batch_sizes(batches_before, batches_after)
     step["views"] = view_costs(views_before, views_after, step["consumed_per_group"].get(VIEWS_GROUP, 0), views_cpu_s)
     return step
 

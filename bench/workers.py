@@ -59,8 +59,13 @@ class Process:
 class Workers:
     processes: dict[str, Process] = field(default_factory=dict)
     watchdog_restarts: int = 0
-    views_port: int = 0
-    """The view service's endpoint port (0: none)."""
+    ports: dict[str, int] = field(default_factory=dict)
+    """Each worker's endpoint port (its /metrics: batch sizes, the view service's Redis counters)."""
+
+    @property
+    def views_port(self) -> int:
+        """The view service's endpoint port (0: none)."""
+        return self.ports.get("views", 0)
 
     def pids(self) -> dict[str, int]:
         return {name: pid for name, p in self.processes.items() if (pid := p.pid) is not None}
@@ -98,9 +103,9 @@ def running_workers(settings: Settings, workdir: Path, **env_overrides: str) -> 
     workers = Workers()
     for service in SERVICES:
         own = dict(env)
-        if service == "views":  # its /metrics count the Redis round trips and batches (bench.probes.view_counters)
-            workers.views_port = free_port()
-            own["PIPELINE_WORKER_HTTP_PORT"] = str(workers.views_port)
+        # each /metrics counts its agents' batches; the view service's also its Redis round trips (bench.probes)
+        workers.ports[service] = free_port()
+        own["PIPELINE_WORKER_HTTP_PORT"] = str(workers.ports[service])
         workers.processes[service] = Process(service, [PIPELINE, "worker", service], own, workdir / f"{service}.log")
     try:
         for process in workers.processes.values():

@@ -58,6 +58,13 @@ STEP_SECONDS = Histogram(
     ["agent"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+BATCH_MESSAGES = Histogram(
+    "pipeline_batch_messages",
+    "Messages an agent took together (those already fetched): a batch's writes and events share two produce "
+    "requests, so larger batches under load cost the broker fewer requests per message.",
+    ["agent"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 SAGA_OUTCOMES = Counter(
     "pipeline_saga_outcomes_total",
     "Orders that reached a terminal state, by outcome and reason.",

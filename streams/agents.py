@@ -20,6 +20,7 @@ import faust
 from faust.types import EventT, Message
 
 from common.health import Check
+from common.telemetry import BATCH_MESSAGES
 from schemas.codec import AvroCodec
 from schemas.topics import PARTITIONS, TopicSpec, parked_keys_table
 from streams.app import new_table, ready_batches
@@ -127,11 +128,13 @@ def add_batch_agent(
     Acks are the agent's own: a message is acked only once its batch's writes and outputs are acknowledged. A
     batch that raises stops the worker before Faust acks its inputs, so whoever takes the partition replays them."""
     app = service.app
+    batch_size = BATCH_MESSAGES.labels(name).observe
 
     async def agent(stream: Any) -> None:
         manual = stream.noack()
         async with aclosing(ready_batches(manual.events(), service.batch_max)) as batches:
             async for events in batches:
+                batch_size(len(events))
                 try:
                     handled = await handle(manual, events)
                 except RestartForRedelivery:

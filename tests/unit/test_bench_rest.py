@@ -30,3 +30,14 @@ def test_shares_are_of_the_whole_box_and_per_container_in_ms_per_second() -> Non
 def test_the_rest_stage_needs_no_broker_of_its_own_and_its_result_is_checked() -> None:
     assert "rest" in STAGES_ON_REQUEST and "rest" not in STAGES  # the default run does not start make run's stack
     assert "rest" in BROKERLESS and "box_busy_share" in REQUIRED["rest"]
+
+
+def test_batch_sizes_are_a_steps_messages_over_its_batches_per_worker() -> None:
+    from bench.probes import batch_sizes
+
+    before = {"orders": (100.0, 80.0), "views": (50.0, 50.0)}
+    after = {"orders": (400.0, 180.0), "views": (50.0, 50.0), "payments": (30.0, 10.0)}
+    assert batch_sizes(before, after) == {
+        "orders": {"batches": 100, "messages_per_batch": 3.0},
+        "payments": {"batches": 10, "messages_per_batch": 3.0},  # started during the step: counted from nothing
+    }  # the view service took no batch in the step: left out
