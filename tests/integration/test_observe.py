@@ -32,6 +32,19 @@ from tests.workers import Pipeline, running_pipeline
 
 pytestmark = pytest.mark.timeout(1500)  # a first run on a fresh machine builds the two images
 SAGA_SERVICES = {"gateway", "orders", "inventory", "payments", "notifications", "views"}
+SAGA_SPANS = {
+    "POST /api/orders", "admit_orders PlaceOrder", "reserve_inventory OrderPlaced", "keep_stock ReserveStock",
+    "settle_payments InventoryReserved", "run_order_sagas PaymentSucceeded", "fold_order_views OrderConfirmed",
+}  # fmt: skip
+"""Spans of one confirmed order's trace, as test_gateway.py names them (Zipkin keeps names in lower case)."""
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 (a plain-text health page: not JSON)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return bool(response.status == 200)
 
 
 def image(name: str) -> str:
@@ -59,7 +72,7 @@ def zipkin() -> Iterator[str]:
     container.start()
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: http("GET", f"{url}/health").status == 200, timeout=120, what="Zipkin answering")
+        wait_until(lambda: answers(f"{url}/health"), timeout=120, what="Zipkin answering")
         yield url
     finally:
         container.stop()
@@ -119,7 +132,7 @@ def prometheus(pipeline: Pipeline, gateway: Gateway, workdir: Path) -> Iterator[
     container.start()
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: http("GET", f"{url}/-/ready").status == 200, timeout=120, what="Prometheus ready")
+        wait_until(lambda: answers(f"{url}/-/ready"), timeout=120, what="Prometheus ready")
         yield url
     finally:
         container.stop()
@@ -159,19 +172,19 @@ def test_an_order_placed_through_the_gateway_is_one_trace_in_zipkin_across_every
         pipeline.assert_alive()
         traces = http("GET", f"{zipkin}/api/v2/traces?{query}").body
         seen["traces"] = traces
-        services = {span.get("localEndpoint", {}).get("serviceName") for trace in traces for span in trace}
-        return {f"order-pipeline-{s}" for s in SAGA_SERVICES} <= services
+        names = {span["name"] for trace in traces for span in trace}
+        return {name.lower() for name in SAGA_SPANS} <= names
 
     def described() -> str:
         traces = seen.get("traces") or []
-        services = sorted({span.get("localEndpoint", {}).get("serviceName") for t in traces for span in t})
-        return f"one trace with spans of {sorted(SAGA_SERVICES)} (traces: {len(traces)}, services: {services})"
+        names = {span["name"] for trace in traces for span in trace}
+        return f"the order's trace (traces: {len(traces)}, missing {sorted({n.lower() for n in SAGA_SPANS} - names)})"
 
     wait_until(whole_trace, timeout=60, what=described, interval=0.5)
     [trace] = seen["traces"]
-    names = {span["name"] for span in trace}
-    assert "post /api/orders" in names and "fold_order_views orderconfirmed" in names, sorted(names)
     assert len({span["traceId"] for span in trace}) == 1
+    services = {span.get("localEndpoint", {}).get("serviceName") for span in trace}
+    assert services >= {f"order-pipeline-{service}" for service in SAGA_SERVICES}, sorted(services)
 
 
 def test_prometheus_scrapes_pipeline_events_total_of_every_service(
