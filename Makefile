@@ -5,7 +5,7 @@
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-run: ## the main job: stack and workers up, sample orders streamed through the saga, summary printed
+run: ## the main job: stack and workers up, sample orders through the saga, a summary (ARGS=--observe: Zipkin, Prometheus)
 	infra/run.sh $(ARGS)
 
 test: ## the whole suite: lint, types, schema check, unit, agent and integration tests (real Kafka and Redis)
@@ -15,7 +15,7 @@ bench: ## the benchmark: Kafka, Faust, pipeline, codec and gateway figures, JSON
 	infra/bench.sh $(ARGS)
 
 down: ## stop everything `make run` started (`make down ARGS=-v` also drops the volumes)
-	infra/compose.sh --profile app down $(ARGS)
+	infra/compose.sh --profile app --profile observe down $(ARGS)
 
 setup: ## install everything the pipeline needs: Docker engine, images, kcat, the Python environment
 	infra/setup.sh all

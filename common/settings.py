@@ -56,7 +56,11 @@ class Settings(BaseSettings):
     worker_memory_limit_mb: float = Field(
         default=1024, gt=0, description="health: a worker's resident memory above this warns (MiB)"
     )
-    otel_exporter: str = Field(default="none", description="tracing exporter: none, console, otlp or file:<path>")
+    otel_exporter: str | None = Field(
+        default=None,
+        description="tracing exporters: none, console, otlp, zipkin or file:<path>, comma-separated"
+        " (unset: OpenTelemetry's OTEL_TRACES_EXPORTER, else none)",
+    )
     otel_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint (default: the SDK's)")
     max_refund_attempts: int = Field(default=5, ge=1, description="refund tries before a saga needs attention")
     refund_backoff_base_s: float = Field(default=0.05, gt=0, description="first refund retry delay")

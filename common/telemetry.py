@@ -3,13 +3,20 @@
 **Tracing** is OpenTelemetry. The W3C ``traceparent`` travels in every Kafka message's headers (the envelope),
 so one order is one trace: the gateway's request span is the parent of admission's step span, which is the
 parent of every step its events cause, down to the last projection. Each process names itself as a service
-(``order-pipeline-<name>``). The exporter is chosen by ``PIPELINE_OTEL_EXPORTER``:
+(``order-pipeline-<name>``, or ``OTEL_SERVICE_NAME`` where set). The exporters are OpenTelemetry's standard
+``OTEL_TRACES_EXPORTER`` (a comma-separated list), or ``PIPELINE_OTEL_EXPORTER`` where set, which wins:
 
-* ``none`` (default): spans are made (ids travel on) but not exported;
+* ``none`` (the default when neither is set): spans are made (ids travel on) but not exported;
 * ``console``: spans printed as JSON on stdout;
-* ``otlp``: OTLP over HTTP to ``PIPELINE_OTEL_ENDPOINT`` (Jaeger, the OpenTelemetry collector…);
+* ``otlp``: OTLP over HTTP to ``PIPELINE_OTEL_ENDPOINT``, else where the SDK's ``OTEL_EXPORTER_OTLP_ENDPOINT`` /
+  ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` say (Jaeger, the OpenTelemetry collector…);
+* ``zipkin``: Zipkin's JSON v2 API at ``OTEL_EXPORTER_ZIPKIN_ENDPOINT`` (the exporter's default:
+  ``http://localhost:9411/api/v2/spans``);
 * ``file:<path>``: one JSON line per finished span appended to ``<path>`` (the integration tests merge the
   files of every process and check the whole trace).
+
+The SDK itself reads the rest of the standard variables: ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``
+(the tracer provider's sampler), ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_BSP_*`` (the batch processor).
 
 **Metrics** are Prometheus counters, histograms and gauges defined once here and served on ``/metrics`` by each
 process's HTTP endpoint.
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,7 +37,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -146,25 +154,42 @@ def span_record(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
-def setup_tracing(service: str, exporter: str, endpoint: str | None = None) -> TracerProvider:
-    """Install this process's tracer provider with the configured exporter (see the module doc)."""
-    provider = TracerProvider(resource=Resource.create({"service.name": f"order-pipeline-{service}"}))
-    if exporter == "console":
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-    elif exporter == "otlp":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+def exporter_names(configured: str | None, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The exporters to install: ``PIPELINE_OTEL_EXPORTER`` (``configured``) where set, else the standard
+    ``OTEL_TRACES_EXPORTER`` list, else none."""
+    env = os.environ if environ is None else environ
+    chosen = configured if configured else env.get("OTEL_TRACES_EXPORTER", "")
+    names = [name.strip() for name in chosen.split(",") if name.strip() and name.strip() != "none"]
+    return names
 
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter())
-        )
-    elif exporter.startswith("file:"):
-        provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(exporter.removeprefix("file:"))))
-    elif exporter != "none":
-        raise ValueError(f"unknown OpenTelemetry exporter {exporter!r}: none, console, otlp or file:<path>")
+
+def setup_tracing(service: str, exporter: str | None = None, endpoint: str | None = None) -> TracerProvider:
+    """Install this process's tracer provider with the configured exporters (see the module doc)."""
+    name = os.environ.get("OTEL_SERVICE_NAME") or f"order-pipeline-{service}"
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    names = exporter_names(exporter)
+    for chosen in names:
+        provider.add_span_processor(_span_processor(chosen, endpoint))
     trace.set_tracer_provider(provider)
     global _EXPORTING
-    _EXPORTING = exporter != "none"
+    _EXPORTING = bool(names)
     return provider
+
+
+def _span_processor(exporter: str, endpoint: str | None) -> SpanProcessor:
+    if exporter == "console":
+        return BatchSpanProcessor(ConsoleSpanExporter())
+    if exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter())
+    if exporter == "zipkin":
+        from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+        return BatchSpanProcessor(ZipkinExporter())
+    if exporter.startswith("file:"):
+        return SimpleSpanProcessor(JsonLinesExporter(exporter.removeprefix("file:")))
+    raise ValueError(f"unknown OpenTelemetry exporter {exporter!r}: none, console, otlp, zipkin or file:<path>")
 
 
 _EXPORTING = False

@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
 # The main job: Kafka (KRaft) and Redis up, topics created, the workers (the view service among them) started, then a
 # stream of sample orders through the saga with a closing summary. Everything stays up afterwards for kcat,
-# the CLI and orders published by hand; `make down` stops it. Arguments go to `pipeline demo`.
+# the CLI and orders published by hand; `make down` stops it. Arguments go to `pipeline demo`, except --observe:
+# it also starts the observe profile (Zipkin, Prometheus) with every process exporting its spans to Zipkin.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
+observe=0
+demo_args=()
+for arg in "$@"; do
+  if [[ $arg == --observe ]]; then observe=1; else demo_args+=("$arg"); fi
+done
 infra/setup.sh all
 infra/setup.sh app-image
+profiles=(--profile app)
+if [[ $observe == 1 ]]; then
+  infra/setup.sh observe
+  profiles+=(--profile observe)
+  export OTEL_TRACES_EXPORTER=${OTEL_TRACES_EXPORTER:-zipkin}
+fi
 
 # PIPELINE_CLUSTER=1: three Kafka nodes (compose.cluster.yaml); PIPELINE_WORKERS_PER_SERVICE=N: N workers each
 if [[ "${PIPELINE_CLUSTER:-0}" == 1 ]]; then
@@ -23,8 +35,8 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "checking schema compatibility"
 $pipeline schemas check
-step "starting Kafka, Redis, the topics, ${PIPELINE_WORKERS_PER_SERVICE:-1} worker(s) per service, the view service included (compose.yaml, profile app)"
-infra/compose.sh --profile app up -d "${scale[@]}"
+step "starting Kafka, Redis, the topics, ${PIPELINE_WORKERS_PER_SERVICE:-1} worker(s) per service, the view service included (compose.yaml, ${profiles[*]})"
+infra/compose.sh "${profiles[@]}" up -d "${scale[@]}"
 $pipeline wait-ready --timeout 180
 # on a cluster, librdkafka's admin client can abort (SIGABRT, exit 134) while group coordinators settle
 # (librdkafka issue 4605): ask again, a few times
@@ -36,7 +48,7 @@ done
 [[ $rc == 0 ]] || exit "$rc"
 
 step "streaming sample orders through the saga"
-$pipeline demo "$@"
+$pipeline demo ${demo_args[@]+"${demo_args[@]}"}
 
 cat <<MSG
 
@@ -50,3 +62,10 @@ The pipeline is up: Kafka at $PIPELINE_KAFKA_BOOTSTRAP, Redis at $PIPELINE_REDIS
   .venv/bin/pipeline tail orders.events.v1 --from-beginning --max 10
 Stop it all with: ${PIPELINE_CLUSTER:+PIPELINE_CLUSTER=$PIPELINE_CLUSTER }make down
 MSG
+if [[ $observe == 1 ]]; then
+  cat <<MSG
+Observe (spans of every process go to Zipkin, Prometheus scrapes every process's /metrics every 5 s):
+  Zipkin, the traces:        http://127.0.0.1:9411/zipkin/
+  Prometheus, the metrics:   http://127.0.0.1:9090/graph?g0.expr=sum%20by%20(service)%20(rate(pipeline_events_total%5B1m%5D))
+MSG
+fi

@@ -2,13 +2,16 @@
 # Brings a machine to the point where the pipeline runs: a Docker engine, the Kafka and Redis images,
 # host tools (kcat) and the Python environment. Every step is idempotent and cached; a second run is fast.
 #
-#   infra/setup.sh [all|docker|images|app-image|tools|python|bench|secret|env]
+#   infra/setup.sh [all|docker|images|app-image|observe|tools|python|bench|secret|env]
 #
 # `secret` (part of `all`) writes this installation's random JWT secret to .cache/jwt-secret (mode 0600,
 # outside git); the gateway and `pipeline token` read it, and compose mounts it into the gateway's container.
 # Where no Docker engine answers and the machine is Debian with root, Debian's docker.io is installed and
-# dockerd started with published ports bound to 127.0.0.1. Where images cannot be pulled, they are built
-# here: a Debian root filesystem (mmdebstrap) with a JRE and redis-server, plus Kafka's jars from Maven Central.
+# dockerd started with published ports bound to 127.0.0.1; where one answers (Docker Desktop, a user in the
+# docker group), no step needs root. Where images can be pulled, the official ones serve (apache/kafka, redis,
+# python:3.11-slim under infra/app/Dockerfile). Where they cannot, root on Debian builds them here from the same
+# Dockerfiles on a Debian root filesystem (mmdebstrap) with a JRE, redis-server and Python, Kafka's jars from
+# Maven Central and a wheelhouse from PyPI. No GNU-only tools outside that offline path.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -53,9 +56,14 @@ ensure_docker() {
   fi
 }
 
-recipe_hash() {
-  { declare -f build_images; cat "$root"/infra/kafka/*; } | sha256sum | cut -c1-16
+# A command with a time limit, in perl: GNU timeout is absent on stock macOS.
+with_timeout() {
+  local secs=$1
+  shift
+  perl -e 'alarm shift @ARGV; exec @ARGV or exit 127' "$secs" "$@"
 }
+
+sha256() { if command -v sha256sum >/dev/null 2>&1; then sha256sum; else shasum -a 256; fi; }
 
 # An image is current when it exists and, if we built it, was built from this recipe.
 image_current() {
@@ -66,12 +74,40 @@ image_current() {
 
 try_pull() {
   local official=$1 image=$2
-  if timeout 120 docker pull -q "$official" >/dev/null 2>&1; then
+  if with_timeout 120 docker pull -q "$official" >/dev/null 2>&1; then
     docker tag "$official" "$image"
     log "using the official image $official as $image"
     return 0
   fi
   return 1
+}
+
+# The offline path, root on Debian only. One Debian root filesystem (mmdebstrap, then docker import) with a JRE,
+# redis-server and Python 3.11 serves as the base image of all three Dockerfiles (infra/kafka, infra/redis,
+# infra/app), in place of apache/kafka, redis and python:3.11-slim.
+debian_base_hash() { declare -f build_debian_base | sha256 | cut -c1-16; }
+debian_base() { printf 'order-pipeline/debian:%s' "$(debian_base_hash)"; }
+
+build_debian_base() {
+  local base
+  base=$(debian_base)
+  if docker image inspect "$base" >/dev/null 2>&1; then return; fi
+  is_debian_root || { log "no image registry answers and this is not Debian as root: cannot build $base"; exit 1; }
+  command -v mmdebstrap >/dev/null 2>&1 || apt_install mmdebstrap
+  log "building $base: a Debian root filesystem with a JRE, redis-server and Python 3.11 (mmdebstrap; about a minute)"
+  mmdebstrap --quiet --variant=apt --mode=root \
+    --include=openjdk-17-jre-headless,redis-server,python3,python3-venv,ca-certificates,procps \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --customize-hook='rm -rf "$1/var/cache/apt"/*.bin "$1/var/lib/apt/lists"/*' \
+    bookworm "$cache/rootfs.tar" "deb $DEBIAN_MIRROR bookworm main"
+  docker import --change 'ENV LANG=C.UTF-8' "$cache/rootfs.tar" "$base" >/dev/null
+  rm -f "$cache/rootfs.tar"
+  docker images order-pipeline/debian --format '{{.Tag}}' | grep -vx "$(debian_base_hash)" \
+    | xargs -r -I{} docker rmi order-pipeline/debian:{} >/dev/null 2>&1 || true
+}
+
+recipe_hash() {
+  { declare -f build_images build_debian_base; cat "$root"/infra/kafka/* "$root"/infra/redis/*; } | sha256 | cut -c1-16
 }
 
 build_kafka_libs() {
@@ -88,36 +124,20 @@ build_kafka_libs() {
 }
 
 build_images() {
-  local hash=$1 libs base
+  local hash=$1 libs base context=$cache/kafka-context
   libs=$(build_kafka_libs)
-  command -v mmdebstrap >/dev/null 2>&1 || apt_install mmdebstrap
-  base=order-pipeline/base:$hash
-  log "building a Debian root filesystem with a JRE and redis-server (mmdebstrap; about a minute)"
-  mmdebstrap --quiet --variant=apt --mode=root \
-    --include=openjdk-17-jre-headless,redis-server,ca-certificates,procps \
-    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
-    --customize-hook="mkdir -p \"\$1/opt/kafka/libs\" \"\$1/etc/kafka/docker\" \"\$1/var/lib/kafka/data\" \"\$1/data\"" \
-    --customize-hook="cp $libs/*.jar \"\$1/opt/kafka/libs/\"" \
-    --customize-hook="cp $root/infra/kafka/run \"\$1/etc/kafka/docker/run\"" \
-    --customize-hook="cp $root/infra/kafka/log4j.properties \"\$1/opt/kafka/log4j.properties\"" \
-    --customize-hook="rm -rf \"\$1/var/cache/apt\"/*.bin \"\$1/var/lib/apt/lists\"/*" \
-    bookworm "$cache/rootfs.tar" "deb $DEBIAN_MIRROR bookworm main"
-  docker import --change 'ENV LANG=C.UTF-8' "$cache/rootfs.tar" "$base" >/dev/null
-  rm -f "$cache/rootfs.tar"
-
-  local tmp
-  tmp=$(docker create "$base" true)
-  docker commit \
-    --change 'CMD ["/etc/kafka/docker/run"]' --change 'EXPOSE 9092' \
-    --change "ENV KAFKA_VERSION=$KAFKA_VERSION" \
-    --change "LABEL org.order-pipeline.recipe=$hash" "$tmp" "$KAFKA_IMAGE" >/dev/null
-  docker commit \
-    --change 'CMD ["redis-server", "--protected-mode", "no"]' --change 'EXPOSE 6379' \
-    --change "LABEL org.order-pipeline.recipe=$hash" "$tmp" "$REDIS_IMAGE" >/dev/null
-  docker rm "$tmp" >/dev/null
-  docker images order-pipeline/base --format '{{.Tag}}' | grep -vx "$hash" \
-    | xargs -r -I{} docker rmi order-pipeline/base:{} >/dev/null 2>&1 || true
-  log "built $KAFKA_IMAGE and $REDIS_IMAGE (recipe $hash)"
+  build_debian_base
+  base=$(debian_base)
+  # the Kafka build's context: the recipe beside the jars (hard links, no copy)
+  rm -rf "$context" && mkdir -p "$context/libs"
+  cp "$root"/infra/kafka/* "$context/"
+  cp -l "$libs"/*.jar "$context/libs/"
+  docker build -q --build-arg "BASE=$base" --build-arg "KAFKA_VERSION=$KAFKA_VERSION" \
+    --label "org.order-pipeline.recipe=$hash" -t "$KAFKA_IMAGE" "$context" >/dev/null
+  rm -rf "$context"
+  docker build -q --build-arg "BASE=$base" --label "org.order-pipeline.recipe=$hash" \
+    -t "$REDIS_IMAGE" "$root/infra/redis" >/dev/null
+  log "built $KAFKA_IMAGE and $REDIS_IMAGE from $base (recipe $hash)"
 }
 
 ensure_images() {
@@ -129,44 +149,81 @@ ensure_images() {
   build_images "$hash"
 }
 
-# The pipeline's own processes in a container: Debian's python3 (3.11) with the project and its dependencies
-# installed from wheels built here, so the image builds without a registry. Rebuilt when the code changes.
+# The pipeline's own processes in a container, built from infra/app/Dockerfile: on python:3.11-slim with the
+# dependencies from the package index where the official image can be pulled; else on the Debian base above with
+# a wheelhouse built here by the host's pip (a build here cannot verify the index's TLS certificate: the host
+# trusts a CA the containers do not). Docker's layer cache makes a second build take seconds.
 APP_IMAGE=${PIPELINE_APP_IMAGE:-order-pipeline/app:latest}
+OFFICIAL_PYTHON=python:3.11-slim
 
-app_hash() {
-  (cd "$root" && git ls-files -z -- pyproject.toml common pipeline schemas streams producers consumers gateway bench 2>/dev/null \
-     | xargs -0 sha256sum; declare -f build_app_image) | sha256sum | cut -c1-16
-}
-
-build_app_image() {
-  local hash=$1 wheels=$cache/app-wheels
-  command -v mmdebstrap >/dev/null 2>&1 || apt_install mmdebstrap
-  log "building $APP_IMAGE: wheels of the project and its dependencies, then a Debian root filesystem"
+ensure_wheelhouse() {
+  local wheels=$cache/wheelhouse stamp
+  stamp=$(sha256 < "$root/pyproject.toml" | cut -c1-16)
+  if [ -f "$wheels/.stamp" ] && [ "$(cat "$wheels/.stamp")" = "$stamp" ]; then return; fi
+  log "building the wheelhouse in $wheels: the project's dependencies and its build backend"
   rm -rf "$wheels" && mkdir -p "$wheels"
-  "$root/.venv/bin/pip" wheel -q "$root" -w "$wheels"
-  mmdebstrap --quiet --variant=apt --mode=root --include=python3,python3-venv,ca-certificates \
-    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
-    --customize-hook="mkdir -p \"\$1/tmp/wheels\" && cp $wheels/*.whl \"\$1/tmp/wheels/\"" \
-    --customize-hook='chroot "$1" python3 -m venv /opt/venv' \
-    --customize-hook='chroot "$1" /opt/venv/bin/pip install -q --no-index --find-links /tmp/wheels order-pipeline' \
-    --customize-hook='rm -rf "$1/tmp/wheels" "$1/var/cache/apt"/*.bin "$1/var/lib/apt/lists"/*' \
-    bookworm "$cache/app-rootfs.tar" "deb $DEBIAN_MIRROR bookworm main"
-  docker import \
-    --change 'ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change 'ENV LANG=C.UTF-8 PYTHONUNBUFFERED=1 PIPELINE_DATA_DIR=/var/lib/pipeline' \
-    --change 'WORKDIR /var/lib/pipeline' --change 'CMD ["pipeline", "--help"]' \
-    --change "LABEL org.order-pipeline.recipe=$hash" "$cache/app-rootfs.tar" "$APP_IMAGE" >/dev/null
-  rm -f "$cache/app-rootfs.tar"
-  log "built $APP_IMAGE (code $hash)"
+  "$root/.venv/bin/python" -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))
+print("\n".join(p["project"]["dependencies"] + p["build-system"]["requires"]))' "$root/pyproject.toml" \
+    > "$wheels/requirements.txt"
+  "$root/.venv/bin/pip" wheel -q -r "$wheels/requirements.txt" -w "$wheels"
+  echo "$stamp" > "$wheels/.stamp"
 }
 
 ensure_app_image() {
   ensure_docker
+  local args=()
+  if docker image inspect "$OFFICIAL_PYTHON" >/dev/null 2>&1 \
+     || with_timeout 120 docker pull -q "$OFFICIAL_PYTHON" >/dev/null 2>&1; then
+    args=(--build-arg "PYTHON_BASE=$OFFICIAL_PYTHON")
+  else
+    build_debian_base
+    ensure_wheelhouse
+    args=(--build-arg "PYTHON_BASE=$(debian_base)" --build-arg WHEELHOUSE=.cache/wheelhouse)
+  fi
+  log "building $APP_IMAGE (infra/app/Dockerfile, ${args[1]})"
+  docker build -q "${args[@]}" -f "$root/infra/app/Dockerfile" -t "$APP_IMAGE" "$root" >/dev/null
+}
+
+# The observe profile's images: Zipkin and Prometheus, official where they can be pulled; else Zipkin's server jar
+# from Maven Central on the Kafka image's JRE and Debian's prometheus package on the Debian base.
+ZIPKIN_VERSION=3.5.1
+ZIPKIN_IMAGE=${PIPELINE_ZIPKIN_IMAGE:-order-pipeline/zipkin:$ZIPKIN_VERSION}
+PROMETHEUS_IMAGE=${PIPELINE_PROMETHEUS_IMAGE:-order-pipeline/prometheus:2}
+OFFICIAL_ZIPKIN=openzipkin/zipkin:$ZIPKIN_VERSION
+OFFICIAL_PROMETHEUS=prom/prometheus:v2.53.4
+
+observe_hash() {
+  { declare -f build_observe_images build_debian_base; cat "$root"/infra/observe/*; } | sha256 | cut -c1-16
+}
+
+build_observe_images() {
+  local hash=$1 jars=$cache/zipkin-$ZIPKIN_VERSION context=$cache/zipkin-context
+  if [ ! -f "$jars/.done" ]; then
+    command -v mvn >/dev/null 2>&1 || apt_install maven
+    log "fetching Zipkin $ZIPKIN_VERSION's server jar from Maven Central"
+    rm -rf "$jars"
+    mvn -q -B -f "$root/infra/kafka/pom.xml" dependency:copy \
+      -Dartifact="io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec" -DoutputDirectory="$jars" >&2
+    touch "$jars/.done"
+  fi
+  rm -rf "$context" && mkdir -p "$context"
+  cp -l "$jars"/zipkin-server-*.jar "$context/zipkin.jar"
+  docker build -q --build-arg "BASE=$KAFKA_IMAGE" --label "org.order-pipeline.recipe=$hash" \
+    -f "$root/infra/observe/zipkin.Dockerfile" -t "$ZIPKIN_IMAGE" "$context" >/dev/null
+  rm -rf "$context"
+  build_debian_base
+  docker build -q --build-arg "BASE=$(debian_base)" --label "org.order-pipeline.recipe=$hash" \
+    -f "$root/infra/observe/prometheus.Dockerfile" -t "$PROMETHEUS_IMAGE" "$root/infra/observe" >/dev/null
+  log "built $ZIPKIN_IMAGE and $PROMETHEUS_IMAGE (recipe $hash)"
+}
+
+ensure_observe_images() {
+  ensure_images
   local hash
-  hash=$(app_hash)
-  local label
-  label=$(docker image inspect -f '{{ index .Config.Labels "org.order-pipeline.recipe" }}' "$APP_IMAGE" 2>/dev/null || true)
-  [ "$label" = "$hash" ] || build_app_image "$hash"
+  hash=$(observe_hash)
+  if image_current "$ZIPKIN_IMAGE" "$hash" && image_current "$PROMETHEUS_IMAGE" "$hash"; then return; fi
+  if try_pull "$OFFICIAL_ZIPKIN" "$ZIPKIN_IMAGE" && try_pull "$OFFICIAL_PROMETHEUS" "$PROMETHEUS_IMAGE"; then return; fi
+  build_observe_images "$hash"
 }
 
 ensure_tools() {
@@ -178,7 +235,7 @@ ensure_tools() {
 
 ensure_python() {
   local venv=$root/.venv stamp
-  stamp=$(sha256sum "$root/pyproject.toml" | cut -c1-16)
+  stamp=$(sha256 < "$root/pyproject.toml" | cut -c1-16)
   if [ -f "$venv/.stamp" ] && [ "$(cat "$venv/.stamp")" = "$stamp" ]; then return; fi
   log "installing the Python environment in .venv"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
@@ -191,7 +248,7 @@ ensure_python() {
 ensure_bench_python() {
   ensure_python
   local venv=$root/.venv stamp
-  stamp=$(sha256sum "$root/pyproject.toml" | cut -c1-16)
+  stamp=$(sha256 < "$root/pyproject.toml" | cut -c1-16)
   if [ -f "$venv/.stamp-bench" ] && [ "$(cat "$venv/.stamp-bench")" = "$stamp" ]; then return; fi
   log "installing the benchmark's dependency group (pyproject.toml: bench)"
   "$venv/bin/pip" install -q --group "$root/pyproject.toml:bench"
@@ -211,7 +268,7 @@ ensure_secret() {
     return
   fi
   log "writing a random JWT secret for this installation to $JWT_SECRET_FILE (mode 0600)"
-  (umask 077 && head -c 48 /dev/urandom | base64 -w0 >"$JWT_SECRET_FILE.tmp")
+  (umask 077 && head -c 48 /dev/urandom | base64 | tr -d '\n' >"$JWT_SECRET_FILE.tmp")
   mv -f "$JWT_SECRET_FILE.tmp" "$JWT_SECRET_FILE"
 }
 
@@ -219,12 +276,14 @@ case "${1:-all}" in
   docker) ensure_docker ;;
   images) ensure_images ;;
   app-image) ensure_python; ensure_app_image ;;
+  observe) ensure_observe_images ;;
   tools) ensure_tools ;;
   python) ensure_python ;;
   bench) ensure_bench_python ;;
   secret) ensure_secret ;;
   all) ensure_secret; ensure_python; ensure_tools; ensure_images ;;
   env)
-    printf 'PIPELINE_KAFKA_IMAGE=%s\nPIPELINE_REDIS_IMAGE=%s\nPIPELINE_APP_IMAGE=%s\n' "$KAFKA_IMAGE" "$REDIS_IMAGE" "$APP_IMAGE" ;;
-  *) echo "usage: $0 [all|docker|images|app-image|tools|python|bench|secret|env]" >&2; exit 2 ;;
+    printf 'PIPELINE_KAFKA_IMAGE=%s\nPIPELINE_REDIS_IMAGE=%s\nPIPELINE_APP_IMAGE=%s\n' "$KAFKA_IMAGE" "$REDIS_IMAGE" "$APP_IMAGE"
+    printf 'PIPELINE_ZIPKIN_IMAGE=%s\nPIPELINE_PROMETHEUS_IMAGE=%s\n' "$ZIPKIN_IMAGE" "$PROMETHEUS_IMAGE" ;;
+  *) echo "usage: $0 [all|docker|images|app-image|observe|tools|python|bench|secret|env]" >&2; exit 2 ;;
 esac

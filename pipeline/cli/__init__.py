@@ -38,6 +38,7 @@ class PipelineGroup(PluginGroup):
 
 
 @click.group(cls=PipelineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="order-pipeline", prog_name="pipeline", message="%(prog)s %(version)s")
 def main() -> None:
     """Work with the order pipeline: topics, schemas, publishing and tailing events."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # in time order, like the workers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -16,7 +17,8 @@ def topics() -> None:
 
 
 @topics.command("apply")
-def topics_apply() -> None:
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per topic: topic, action, detail")
+def topics_apply(as_json: bool) -> None:
     """Create or update every declared topic (and its dead-letter topic); safe to run again."""
     from confluent_kafka import KafkaException
 
@@ -30,17 +32,27 @@ def topics_apply() -> None:
     except (KafkaException, TopicDrift, TimeoutError) as exc:
         raise CliError(f"applying topics at {settings.kafka_bootstrap}: {exc}") from exc
     for change in changes:
-        click.echo(str(change))
+        if as_json:
+            click.echo(json.dumps({"topic": change.topic, "action": change.action, "detail": change.detail}))
+        else:
+            click.echo(str(change))
 
 
 @topics.command("list")
-def topics_list() -> None:
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per topic")
+def topics_list(as_json: bool) -> None:
     """Each declared topic with its records."""
     from common.admin import all_topics
 
     for spec in all_topics():
-        records = ", ".join(spec.records) if spec.records else "(raw dead letters)"
         policy = "compact" if spec.compacted else ("forever" if spec.retention_ms < 0 else "delete")
+        if as_json:
+            click.echo(json.dumps({
+                "topic": spec.name, "partitions": spec.partitions, "policy": policy,
+                "retention_ms": spec.retention_ms, "key_field": spec.key_field or None, "records": list(spec.records),
+            }))  # fmt: skip
+            continue
+        records = ", ".join(spec.records) if spec.records else "(raw dead letters)"
         click.echo(f"{spec.name:<32} p={spec.partitions} {policy:<8} {records}")
 
 
@@ -59,7 +71,8 @@ def schemas() -> None:
     default=None,
     help="schema tree to check (default: the installed schemas/)",
 )
-def schemas_check(root: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="the outcome as one JSON object (problems included)")
+def schemas_check(root: Path | None, as_json: bool) -> None:
     """Fail when any schema version is not compatible both ways with every other of its topic's major version."""
     from schemas.catalog import SCHEMA_ROOT, SchemaCatalog
     from schemas.compat import check_compatibility
@@ -71,6 +84,14 @@ def schemas_check(root: Path | None) -> None:
     except SchemaError as exc:
         raise CliError(str(exc)) from exc
     problems = check_compatibility(catalog, records_by_topic())
+    if as_json:
+        click.echo(json.dumps({
+            "ok": not problems, "versions": len(catalog), "records": len(catalog.names()),
+            "problems": [str(problem) for problem in problems],
+        }))  # fmt: skip
+        if problems:
+            raise click.exceptions.Exit(1)
+        return
     if problems:
         for problem in problems:
             click.echo(f"incompatible: {problem}", err=True)
@@ -79,9 +100,16 @@ def schemas_check(root: Path | None) -> None:
 
 
 @schemas.command("list")
-def schemas_list() -> None:
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per schema version")
+def schemas_list(as_json: bool) -> None:
     """Every schema version with its CRC-64-AVRO fingerprint."""
     from schemas.catalog import SchemaCatalog
 
     for schema in SchemaCatalog.load():
+        if as_json:
+            click.echo(json.dumps({
+                "record": schema.full_name, "version": schema.version,
+                "fingerprint": schema.fingerprint.hex(), "file": schema.path.name,
+            }))  # fmt: skip
+            continue
         click.echo(f"{schema.full_name:<44} v{schema.version}  {schema.fingerprint.hex()}  {schema.path.name}")

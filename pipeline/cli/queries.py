@@ -174,7 +174,8 @@ def order_view(order_id: str, as_json: bool) -> None:
 @click.command("trace")
 @click.argument("order_id")
 @click.option("--width", type=click.IntRange(min=10), default=40, show_default=True, help="width of the bars")
-def trace_view(order_id: str, width: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="the steps as one JSON object, offsets and gaps in ms")
+def trace_view(order_id: str, width: int, as_json: bool) -> None:
     """Show ORDER_ID's saga as a waterfall: each step's service, event and time since the order began."""
     from streams.views.read import get_order
 
@@ -182,11 +183,30 @@ def trace_view(order_id: str, width: int) -> None:
     view = get_order(query_redis(settings), order_id)
     if view is None:
         raise not_projected(f"order {order_id!r}", settings)
+    if as_json:
+        doc = {"order_id": order_id, "status": view.get("status"), "cancel_reason": view.get("cancel_reason"),
+               "steps": trace_steps(view.get("timeline") or [])}  # fmt: skip
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
     for line in waterfall(view.get("timeline") or [], width):
         click.echo(line)
     click.echo(
         f"{order_id}: {view.get('status')}" + (f" ({view['cancel_reason']})" if view.get("cancel_reason") else "")
     )
+
+
+def trace_steps(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The waterfall's numbers: each step's time, offset from the first event and gap since the step before."""
+    if not timeline:
+        return []
+    start = previous = int(timeline[0]["at"])
+    steps = []
+    for entry in timeline:
+        at = int(entry["at"])
+        steps.append({"at": at, "offset_ms": at - start, "gap_ms": at - previous,
+                      "service": entry.get("service"), "event": entry["event"]})  # fmt: skip
+        previous = at
+    return steps
 
 
 def waterfall(timeline: list[dict[str, Any]], width: int) -> list[str]:
@@ -211,7 +231,8 @@ def waterfall(timeline: list[dict[str, Any]], width: int) -> list[str]:
 
 @click.command("stock")
 @click.argument("sku")
-def stock_view(sku: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the view as JSON")
+def stock_view(sku: str, as_json: bool) -> None:
     """Print SKU's stock view (available, reserved, sold, stock_version) from Redis."""
     from streams.views.read import stock
 
@@ -219,6 +240,9 @@ def stock_view(sku: str) -> None:
     view = stock(query_redis(settings), sku)
     if view is None:
         raise CliError(f"no stock view for SKU {sku!r} at {redacted_url(settings.redis_url)}")
+    if as_json:
+        click.echo(json.dumps(view, indent=2, sort_keys=True))
+        return
     click.echo(
         f"{view['sku']}  available={view['available']} reserved={view['reserved']} sold={view['sold']}"
         f"  version={view['stock_version']}  last={view.get('last_event', '-')} at {ms_iso(view.get('updated_at'))}"
