@@ -2,13 +2,15 @@
 # Brings a machine to the point where the pipeline runs: a Docker engine, the Kafka and Redis images,
 # host tools (kcat) and the Python environment. Every step is idempotent and cached; a second run is fast.
 #
-#   infra/setup.sh [all|docker|images|app-image|tools|python|bench|secret|env]
+#   infra/setup.sh [all|docker|images|registry-image|app-image|tools|python|bench|secret|env]
 #
 # `secret` (part of `all`) writes this installation's random JWT secret to .cache/jwt-secret (mode 0600,
 # outside git); the gateway and `pipeline token` read it, and compose mounts it into the gateway's container.
 # Where no Docker engine answers and the machine is Debian with root, Debian's docker.io is installed and
 # dockerd started with published ports bound to 127.0.0.1. Where images cannot be pulled, they are built
 # here: a Debian root filesystem (mmdebstrap) with a JRE and redis-server, plus Kafka's jars from Maven Central.
+# The schema registry (Apicurio Registry) is the official image where it can be pulled, else the Kafka image's
+# JRE with Apicurio's built application from Maven Central (io.apicurio:apicurio-registry-app, tar.gz "all").
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,6 +21,9 @@ KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$root
 KAFKA_IMAGE=${PIPELINE_KAFKA_IMAGE:-order-pipeline/kafka:$KAFKA_VERSION}
 REDIS_IMAGE=${PIPELINE_REDIS_IMAGE:-order-pipeline/redis:7}
 OFFICIAL_KAFKA=apache/kafka:$KAFKA_VERSION
+REGISTRY_VERSION=3.0.9  # 3.0.x runs on Java 17 (the Kafka image's JRE); 3.1+ needs Java 21
+REGISTRY_IMAGE=${PIPELINE_REGISTRY_IMAGE:-order-pipeline/registry:$REGISTRY_VERSION}
+OFFICIAL_REGISTRY=apicurio/apicurio-registry:$REGISTRY_VERSION
 OFFICIAL_REDIS=redis:7.4
 DEBIAN_MIRROR=${PIPELINE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
@@ -129,6 +134,53 @@ ensure_images() {
   build_images "$hash"
 }
 
+# Apicurio Registry's Quarkus application (runner jar + lib/), unpacked under .cache once.
+fetch_registry_app() {
+  local app=$cache/apicurio-registry-$REGISTRY_VERSION
+  if [ ! -f "$app/.done" ]; then
+    command -v mvn >/dev/null 2>&1 || apt_install maven
+    log "fetching Apicurio Registry $REGISTRY_VERSION from Maven Central (about 110 MB)"
+    rm -rf "$app" "$cache/registry-download" && mkdir -p "$app"
+    mvn -q -B dependency:copy -Dartifact="io.apicurio:apicurio-registry-app:$REGISTRY_VERSION:tar.gz:all" \
+      -DoutputDirectory="$cache/registry-download" >&2
+    tar -xzf "$cache/registry-download/apicurio-registry-app-$REGISTRY_VERSION-all.tar.gz" -C "$app" --strip-components=1
+    rm -rf "$cache/registry-download"
+    [ -f "$app/apicurio-registry-app-$REGISTRY_VERSION-runner.jar" ] || { log "unexpected layout in $app"; exit 1; }
+    touch "$app/.done"
+  fi
+  printf '%s' "$app"
+}
+
+registry_hash() {
+  { declare -f build_registry_image; echo "$REGISTRY_VERSION"; docker image inspect -f '{{.Id}}' "$KAFKA_IMAGE"; } \
+    | sha256sum | cut -c1-16
+}
+
+# The Kafka image's filesystem (Debian, OpenJDK 17) plus the registry's application in /opt/apicurio; its data
+# (H2 database files) in /var/lib/registry, a volume in compose.
+build_registry_image() {
+  local hash=$1 app tmp
+  app=$(fetch_registry_app)
+  tmp=$(docker create "$KAFKA_IMAGE" true)
+  docker cp "$app/." "$tmp:/opt/apicurio/" >/dev/null
+  docker commit \
+    --change "CMD [\"java\", \"-jar\", \"/opt/apicurio/apicurio-registry-app-$REGISTRY_VERSION-runner.jar\"]" \
+    --change 'WORKDIR /opt/apicurio' --change 'EXPOSE 8080' \
+    --change "ENV REGISTRY_VERSION=$REGISTRY_VERSION" \
+    --change "LABEL org.order-pipeline.recipe=$hash" "$tmp" "$REGISTRY_IMAGE" >/dev/null
+  docker rm "$tmp" >/dev/null
+  log "built $REGISTRY_IMAGE (recipe $hash)"
+}
+
+ensure_registry_image() {
+  ensure_images
+  local hash
+  hash=$(registry_hash)
+  if image_current "$REGISTRY_IMAGE" "$hash"; then return; fi
+  if try_pull "$OFFICIAL_REGISTRY" "$REGISTRY_IMAGE"; then return; fi
+  build_registry_image "$hash"
+}
+
 # The pipeline's own processes in a container: Debian's python3 (3.11) with the project and its dependencies
 # installed from wheels built here, so the image builds without a registry. Rebuilt when the code changes.
 APP_IMAGE=${PIPELINE_APP_IMAGE:-order-pipeline/app:latest}
@@ -217,14 +269,16 @@ ensure_secret() {
 
 case "${1:-all}" in
   docker) ensure_docker ;;
-  images) ensure_images ;;
+  images) ensure_images; ensure_registry_image ;;
+  registry-image) ensure_registry_image ;;
   app-image) ensure_python; ensure_app_image ;;
   tools) ensure_tools ;;
   python) ensure_python ;;
   bench) ensure_bench_python ;;
   secret) ensure_secret ;;
-  all) ensure_secret; ensure_python; ensure_tools; ensure_images ;;
+  all) ensure_secret; ensure_python; ensure_tools; ensure_images; ensure_registry_image ;;
   env)
-    printf 'PIPELINE_KAFKA_IMAGE=%s\nPIPELINE_REDIS_IMAGE=%s\nPIPELINE_APP_IMAGE=%s\n' "$KAFKA_IMAGE" "$REDIS_IMAGE" "$APP_IMAGE" ;;
-  *) echo "usage: $0 [all|docker|images|app-image|tools|python|bench|secret|env]" >&2; exit 2 ;;
+    printf 'PIPELINE_KAFKA_IMAGE=%s\nPIPELINE_REDIS_IMAGE=%s\nPIPELINE_REGISTRY_IMAGE=%s\nPIPELINE_APP_IMAGE=%s\n' \
+      "$KAFKA_IMAGE" "$REDIS_IMAGE" "$REGISTRY_IMAGE" "$APP_IMAGE" ;;
+  *) echo "usage: $0 [all|docker|images|registry-image|app-image|tools|python|bench|secret|env]" >&2; exit 2 ;;
 esac
