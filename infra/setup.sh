@@ -159,10 +159,13 @@ registry_hash() {
 # The Kafka image's filesystem (Debian, OpenJDK 17) plus the registry's application in /opt/apicurio; its data
 # (H2 database files) in /var/lib/registry, a volume in compose.
 build_registry_image() {
-  local hash=$1 app tmp
+  local hash=$1 app tmp stage=$cache/registry-stage
   app=$(fetch_registry_app)
+  rm -rf "$stage" && mkdir -p "$stage/opt" "$stage/var/lib/registry"
+  cp -al "$app" "$stage/opt/apicurio" && rm -f "$stage/opt/apicurio/.done"
   tmp=$(docker create "$KAFKA_IMAGE" true)
-  docker cp "$app/." "$tmp:/opt/apicurio/" >/dev/null
+  docker cp "$stage/." "$tmp:/" >/dev/null
+  rm -rf "$stage"
   docker commit \
     --change "CMD [\"java\", \"-jar\", \"/opt/apicurio/apicurio-registry-app-$REGISTRY_VERSION-runner.jar\"]" \
     --change 'WORKDIR /opt/apicurio' --change 'EXPOSE 8080' \

@@ -182,6 +182,14 @@ class AvroCodec:
         writer = self._by_id.get(int.from_bytes(data[1:HEADER_SIZE], "big"))
         return None if writer is None else writer.name
 
+    def unknown_id(self, data: bytes | bytearray | memoryview | None) -> int | None:
+        """The schema id of Confluent-framed ``data`` when this codec has not met it yet (decoding it would ask the
+        registry); None for a known id or bytes that are not framed."""
+        if data is None or len(data) < HEADER_SIZE or data[:1] != MAGIC:
+            return None
+        schema_id = int.from_bytes(data[1:HEADER_SIZE], "big")
+        return None if schema_id in self._by_id else schema_id
+
     def writer(self, schema_id: int) -> SchemaVersion:
         """The writer schema of ``schema_id``: from the cache, else fetched from the registry once.
 
