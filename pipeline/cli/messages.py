@@ -129,6 +129,7 @@ def tail(
     from schemas.catalog import SchemaCatalog
     from schemas.codec import to_json_compatible
     from schemas.errors import DecodeError
+    from schemas.registry import RegistryUnavailable
     from schemas.topics import UnknownTopic, dead_letter_topics
     from schemas.topics import topic as find_topic
 
@@ -170,5 +171,7 @@ def tail(
                 click.echo(json.dumps(line, ensure_ascii=False))
     except ConsumeError as exc:
         raise CliError(f"{exc} (Kafka at {settings.kafka_bootstrap})") from exc
+    except RegistryUnavailable as exc:
+        raise CliError(str(exc)) from exc
     except KeyboardInterrupt:
         pass
