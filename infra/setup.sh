@@ -143,7 +143,7 @@ fetch_registry_app() {
     rm -rf "$app" "$cache/registry-download" && mkdir -p "$app"
     mvn -q -B dependency:copy -Dartifact="io.apicurio:apicurio-registry-app:$REGISTRY_VERSION:tar.gz:all" \
       -DoutputDirectory="$cache/registry-download" >&2
-    tar -xzf "$cache/registry-download/apicurio-registry-app-$REGISTRY_VERSION-all.tar.gz" -C "$app" --strip-components=1
+    tar -xzf "$cache/registry-download/apicurio-registry-app-$REGISTRY_VERSION-all.tar.gz" -C "$app"
     rm -rf "$cache/registry-download"
     [ -f "$app/apicurio-registry-app-$REGISTRY_VERSION-runner.jar" ] || { log "unexpected layout in $app"; exit 1; }
     touch "$app/.done"
