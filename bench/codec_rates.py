@@ -1,4 +1,4 @@
-"""Stage 4, the codec: single-object encode and decode rates of the pipeline's codec against the alternatives.
+"""Stage 4, the codec: Confluent-framed encode and decode rates of the pipeline's codec against the alternatives.
 
 On the same records (an ``OrderPlaced`` and a ``PlaceOrder`` as the pipeline sends them):
 
@@ -7,7 +7,8 @@ On the same records (an ``OrderPlaced`` and a ``PlaceOrder`` as the pipeline sen
   validation (what the codec's checks cost);
 * ``apache_avro``: the Apache ``avro`` package (``avro.io.DatumWriter`` / ``DatumReader``), same framing.
 
-Every variant writes ``C3 01`` + fingerprint + body, and the bodies are checked to be byte-identical.
+Every variant writes the Confluent frame (``00`` + schema id, from an in-memory registry) + body, and the bodies
+are checked to be byte-identical.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from bench.raw import order_placed_value
 from schemas.catalog import SchemaCatalog, SchemaVersion
-from schemas.codec import HEADER_SIZE, MAGIC, AvroCodec
+from schemas.codec import HEADER_SIZE, AvroCodec, frame
 
 
 def sample_records() -> dict[str, dict[str, Any]]:
@@ -60,13 +61,13 @@ def _avrocodec(codec: AvroCodec, sv: SchemaVersion) -> Codec:
     return encode, codec.decode
 
 
-def _apache(sv: SchemaVersion) -> Codec:
+def _apache(codec: AvroCodec, sv: SchemaVersion) -> Codec:
     import avro.io
     import avro.schema
 
     schema = avro.schema.parse(json.dumps(sv.definition))
     writer, reader = avro.io.DatumWriter(schema), avro.io.DatumReader(schema)
-    prefix = MAGIC + sv.fingerprint
+    prefix = frame(codec.schema_id(sv))
 
     def encode(value: Any) -> bytes:
         out = io.BytesIO()
@@ -80,10 +81,10 @@ def _apache(sv: SchemaVersion) -> Codec:
     return encode, decode
 
 
-def _fastavro(sv: SchemaVersion) -> Codec:
+def _fastavro(codec: AvroCodec, sv: SchemaVersion) -> Codec:
     from fastavro import schemaless_reader, schemaless_writer
 
-    prefix = MAGIC + sv.fingerprint
+    prefix = frame(codec.schema_id(sv))
 
     def encode(value: Any) -> bytes:
         out = io.BytesIO()
@@ -106,7 +107,11 @@ def run_codec(catalog: SchemaCatalog, iterations: int) -> dict[str, Any]:
         sv = catalog.latest(name)
         encoded = codec.encode(sv.full_name, value, version=sv.version)
         decoded = codec.decode(encoded).value  # timestamps as aware datetimes: what Apache avro insists on
-        variants = {"avrocodec": _avrocodec(codec, sv), "fastavro_raw": _fastavro(sv), "apache_avro": _apache(sv)}
+        variants = {
+            "avrocodec": _avrocodec(codec, sv),
+            "fastavro_raw": _fastavro(codec, sv),
+            "apache_avro": _apache(codec, sv),
+        }
         figures: dict[str, Any] = {"bytes": len(encoded), "variants": {}}
         for variant, (encode, decode) in variants.items():
             if encode(decoded) != encoded:

@@ -123,7 +123,7 @@ def print_summary(doc: Mapping[str, Any], console: Console) -> None:
 
     codec = doc.get("codec") or {}
     if codec:
-        table = Table(title=f"codec: single-object encoding, ops/s ({codec['iterations']} iterations)")
+        table = Table(title=f"codec: Confluent wire format, ops/s ({codec['iterations']} iterations)")
         for column in ("record", "variant", "encode/s", "decode/s", "encode µs", "decode µs"):
             table.add_column(column, justify="left" if column in ("record", "variant") else "right")
         for record, figures in codec["records"].items():

@@ -186,15 +186,26 @@ def _stack(
         container = options.kafka_container or containers.container_publishing(port)
         meta.update(bootstrap=bootstrap, redis=redis_url, own_stack=False, container=container)
     else:
-        with console.status("starting Kafka and Redis from compose.yaml (testcontainers)"):
+        with console.status("starting Kafka, Redis and the schema registry from compose.yaml (testcontainers)"):
             containers.testcontainers_env()
             containers.remove_stale_containers()
             kafka = stack.enter_context(containers.kafka_node())
             redis_node = stack.enter_context(containers.redis_node())
+            registry = stack.enter_context(containers.registry_node())
         bootstrap, redis_url, container = kafka.bootstrap, redis_node.url, kafka.container_id
         image = containers.compose_service("kafka")["image"]
-        meta.update(bootstrap=bootstrap, redis=redis_url, own_stack=True, container=container, image=image)
-        console.print(f"stack: Kafka {bootstrap} ({image}), Redis {redis_url}")
+        meta.update(
+            bootstrap=bootstrap,
+            redis=redis_url,
+            registry=registry.url,
+            own_stack=True,
+            container=container,
+            image=image,
+        )
+        console.print(f"stack: Kafka {bootstrap} ({image}), Redis {redis_url}, registry {registry.url}")
+        return base.model_copy(
+            update={"kafka_bootstrap": bootstrap, "redis_url": redis_url, "schema_registry_url": registry.url}
+        ), container
     return base.model_copy(update={"kafka_bootstrap": bootstrap, "redis_url": redis_url}), container
 
 

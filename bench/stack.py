@@ -1,4 +1,4 @@
-"""Kafka and Redis started through testcontainers from compose.yaml's own service definitions.
+"""Kafka, Redis and the schema registry started through testcontainers from compose.yaml's own service definitions.
 
 The service definitions (image, environment, command) are read from compose.yaml, so what the benchmark and
 the integration tests run is the documented stack; only the published port changes (a free one of 127.0.0.1),
@@ -347,6 +347,53 @@ def redis_node(*, label: str = LABEL) -> Iterator[RedisNode]:
         client = redis.Redis.from_url(node.url, socket_timeout=2)
         with _logs_on_failure(container):
             wait_until(lambda: bool(client.ping()), timeout=60, what=f"Redis at {node.url}")
+        yield node
+    finally:
+        container.stop()
+
+
+@dataclass
+class RegistryNode:
+    """The schema registry; ``url`` is its Confluent-compatible API, as ``PIPELINE_SCHEMA_REGISTRY_URL`` takes it."""
+
+    container: DockerContainer
+    url: str
+
+    def stop(self) -> None:
+        """A clean shutdown; its data stays in the container's data directory."""
+        self.container.get_wrapped_container().stop(timeout=10)
+
+    def start(self) -> None:
+        """Start the stopped registry again (same container, same data, same port) and wait until it is ready."""
+        self.container.get_wrapped_container().start()
+        wait_registry(self.url)
+
+
+def registry_ready(url: str) -> bool:
+    """Whether the registry at ``url`` (its ccompat API) answers its readiness check."""
+    import urllib.request
+
+    base = url.split("/apis/", 1)[0]
+    with urllib.request.urlopen(f"{base}/health/ready", timeout=2) as response:  # noqa: S310 - 127.0.0.1
+        return bool(response.status == 200)
+
+
+def wait_registry(url: str, timeout: float = 120) -> None:
+    wait_until(lambda: registry_ready(url), timeout=timeout, what=f"schema registry at {url}", interval=0.5)
+
+
+@contextmanager
+def registry_node(*, label: str = LABEL) -> Iterator[RegistryNode]:
+    """The schema registry as compose.yaml declares it (H2 on its data directory), on a free port of 127.0.0.1."""
+    port = free_port()
+    service = compose_service("registry")
+    container = _container(service, label)
+    container.ports["8080/tcp"] = ("127.0.0.1", port)  # type: ignore[assignment]
+    container.start()
+    try:
+        node = RegistryNode(container, f"http://127.0.0.1:{port}/apis/ccompat/v7")
+        with _logs_on_failure(container):
+            wait_registry(node.url)
         yield node
     finally:
         container.stop()

@@ -88,6 +88,7 @@ def worker_env(settings: Settings, workdir: Path, **overrides: str) -> dict[str,
     env.update(
         PIPELINE_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
         PIPELINE_REDIS_URL=settings.redis_url,
+        PIPELINE_SCHEMA_REGISTRY_URL=settings.schema_registry_url,
         PIPELINE_DATA_DIR=str(workdir / "faust"),
         PIPELINE_WORKER_LOG_LEVEL="warning",
         PYTHONUNBUFFERED="1",

@@ -12,9 +12,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from common.envelope import Envelope
+from common.settings import Settings
 from schemas.catalog import SchemaCatalog
 from schemas.codec import AvroCodec
+from schemas.registry import registry_at
 from schemas.topics import TopicSpec
+
+
+def registry_codec(catalog: SchemaCatalog, settings: Settings) -> AvroCodec:
+    """The codec of a process of the pipeline: values framed with the ids of the registry the settings name
+    (``memory:``: this process's own, for tests that run everything in one process)."""
+    return AvroCodec(catalog, registry_at(settings.schema_registry_url))
 
 
 class PublishError(Exception):
@@ -32,7 +40,7 @@ class WrongKey(RecordNotAllowed):
 
 @dataclass(frozen=True)
 class EncodedRecord:
-    """A record ready to send: its topic, key, Avro value (single-object encoding) and envelope."""
+    """A record ready to send: its topic, key, Avro value (Confluent wire format) and envelope."""
 
     topic: str
     key: str

@@ -12,7 +12,7 @@ Headers stay readable in kcat (``-f '%h'``) and let a consumer route or trace a 
 ``ce_correlationid``   the saga the event belongs to (the order id, the user id)
 ``ce_causationid``     the id of the event that caused this one
 ``traceparent``        W3C trace context
-``content-type``       ``application/avro`` (Avro single-object encoding)
+``content-type``       ``application/avro`` (Avro, Confluent wire format: ``00`` + schema id)
 =====================  ===============================================================
 """
 

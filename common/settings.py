@@ -25,6 +25,11 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers")
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis of the query side")
+    schema_registry_url: str = Field(
+        default="http://127.0.0.1:8081/apis/ccompat/v7",
+        description="the schema registry's Confluent-compatible API: values name their writer schema by its id "
+        "there (memory: a registry inside the process, for tests that run everything in one process)",
+    )
     topic_replication_factor: int = Field(default=1, ge=1, description="replicas per topic partition")
     topic_min_insync_replicas: int = Field(default=1, ge=1, description="min.insync.replicas per topic")
     client_id: str = Field(default="pipeline", description="client.id sent to the broker")

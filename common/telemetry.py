@@ -104,6 +104,12 @@ MAILS = Counter(
     "Notices handed to the mail server, by kind and outcome: sent, or undeliverable (dead-lettered with the reason).",
     ["kind", "outcome"],
 )
+REGISTRY_WAITS = Counter(
+    "pipeline_registry_waits_total",
+    "Times an agent waited for the schema registry to look up a schema id it had not met (the registry was "
+    "unreachable; the partition held, nothing was dead-lettered).",
+    ["agent"],
+)
 VIEW_BATCHES = Counter("pipeline_view_batches_total", "Batches the view service folded, per agent.", ["agent"])
 VIEW_REDIS_ROUND_TRIPS = Counter(
     "pipeline_view_redis_round_trips_total",

@@ -3,7 +3,7 @@
 The message keeps its original key, value and headers; ``dlq_*`` headers say why and where it came from
 (the same headers the Faust agents write, see :mod:`streams.outbox`):
 
-``dlq_error``             the reason (``NotSingleObjectEncoded: …``)
+``dlq_error``             the reason (``NotConfluentFramed: …``)
 ``dlq_agent``             who parked it (``fold_order_views``)
 ``dlq_attempts``          how many times it was tried
 ``dlq_source_topic``      where it was read …

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from common.encoding import registry_codec
 from common.settings import Settings
 from consumers.toolkit import Consumed, EventConsumer
 from schemas.catalog import SchemaCatalog
@@ -97,7 +98,7 @@ def load_user(
 ) -> LoadedUser:
     """``user_id`` loaded from its newest snapshot and the events after it (see the module's notes); raises
     :class:`~streams.domain.user_aggregate.HistoryError` when the events read are not a history (a gap)."""
-    codec = AvroCodec(catalog or SchemaCatalog.load())
+    codec = registry_codec(catalog or SchemaCatalog.load(), settings)
     partition = partition_of(user_id)
     key = user_id.encode()
     with EventConsumer.reader(settings) as consumer:

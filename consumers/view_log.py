@@ -29,6 +29,7 @@ from typing import Any
 
 import redis
 
+from common.encoding import registry_codec
 from common.settings import Settings
 from consumers.toolkit import Consumed, EventConsumer
 from consumers.user_log import newest_snapshots, partition_of
@@ -135,7 +136,7 @@ def fold_log(
 ) -> LogFold:
     """Fold every projected topic from its start to its end as of now (assigned partitions, no group); with
     ``users_from_snapshots``, the user views from each user's snapshot on (see the module's notes)."""
-    codec = AvroCodec(catalog or SchemaCatalog.load())
+    codec = registry_codec(catalog or SchemaCatalog.load(), settings)
     result = LogFold()
     topics = [t.name for t in PROJECTED_TOPICS if not (users_from_snapshots and t is USER_EVENTS)]
     with EventConsumer.reader(settings) as consumer:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job: Kafka (KRaft) and Redis up, topics created, the workers (the view service among them) started, then a
-# stream of sample orders through the saga with a closing summary. Everything stays up afterwards for kcat,
+# The main job: Kafka (KRaft), Redis and the schema registry up, topics created and schemas registered, the workers
+# (the view service among them) started, then a stream of sample orders through the saga with a closing summary. Everything stays up afterwards for kcat,
 # the CLI and orders published by hand; `make down` stops it. Arguments go to `pipeline demo`, except --observe:
 # it also starts the observe profile (Zipkin, Prometheus) with every process exporting its spans to Zipkin.
 set -euo pipefail
@@ -30,12 +30,13 @@ for service in orders inventory payments notifications users; do
   scale+=(--scale "worker-$service=${PIPELINE_WORKERS_PER_SERVICE:-1}")
 done
 export PIPELINE_REDIS_URL=${PIPELINE_REDIS_URL:-redis://127.0.0.1:6379/0}
+export PIPELINE_SCHEMA_REGISTRY_URL=${PIPELINE_SCHEMA_REGISTRY_URL:-http://127.0.0.1:8081/apis/ccompat/v7}
 pipeline=.venv/bin/pipeline
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "checking schema compatibility"
 $pipeline schemas check
-step "starting Kafka, Redis, the topics, ${PIPELINE_WORKERS_PER_SERVICE:-1} worker(s) per service, the view service included (compose.yaml, ${profiles[*]})"
+step "starting Kafka, Redis, the schema registry, the topics and schemas, ${PIPELINE_WORKERS_PER_SERVICE:-1} worker(s) per service, the view service included (compose.yaml, ${profiles[*]})"
 infra/compose.sh "${profiles[@]}" up -d "${scale[@]}"
 $pipeline wait-ready --timeout 180
 # on a cluster, librdkafka's admin client can abort (SIGABRT, exit 134) while group coordinators settle
@@ -52,7 +53,8 @@ $pipeline demo ${demo_args[@]+"${demo_args[@]}"}
 
 cat <<MSG
 
-The pipeline is up: Kafka at $PIPELINE_KAFKA_BOOTSTRAP, Redis at $PIPELINE_REDIS_URL, workers in compose.
+The pipeline is up: Kafka at $PIPELINE_KAFKA_BOOTSTRAP, Redis at $PIPELINE_REDIS_URL, the schema registry at
+$PIPELINE_SCHEMA_REGISTRY_URL, workers in compose.
   infra/compose.sh --profile app logs -f worker-orders      # a worker's log
   infra/compose.sh --profile app ps                         # what runs
   .venv/bin/pipeline order <order id>                        # an order's view and saga timeline

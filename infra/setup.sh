@@ -2,16 +2,18 @@
 # Brings a machine to the point where the pipeline runs: a Docker engine, the Kafka and Redis images,
 # host tools (kcat) and the Python environment. Every step is idempotent and cached; a second run is fast.
 #
-#   infra/setup.sh [all|docker|images|app-image|observe|tools|python|bench|secret|env]
+#   infra/setup.sh [all|docker|images|registry-image|app-image|observe|tools|python|bench|secret|env]
 #
 # `secret` (part of `all`) writes this installation's random JWT secret to .cache/jwt-secret (mode 0600,
 # outside git); the gateway and `pipeline token` read it, and compose mounts it into the gateway's container.
 # Where no Docker engine answers and the machine is Debian with root, Debian's docker.io is installed and
 # dockerd started with published ports bound to 127.0.0.1; where one answers (Docker Desktop, a user in the
 # docker group), no step needs root. Where images can be pulled, the official ones serve (apache/kafka, redis,
-# python:3.11-slim under infra/app/Dockerfile). Where they cannot, root on Debian builds them here from the same
-# Dockerfiles on a Debian root filesystem (mmdebstrap) with a JRE, redis-server and Python, Kafka's jars from
-# Maven Central and a wheelhouse from PyPI. No GNU-only tools outside that offline path.
+# apicurio/apicurio-registry, python:3.11-slim under infra/app/Dockerfile). Where they cannot, root on Debian builds
+# them here from the same Dockerfiles on a Debian root filesystem (mmdebstrap) with a JRE, redis-server and Python,
+# Kafka's jars from Maven Central and a wheelhouse from PyPI; the schema registry (Apicurio Registry) on the Kafka
+# image's JRE with Apicurio's built application from Maven Central (io.apicurio:apicurio-registry-app, tar.gz "all").
+# No GNU-only tools outside that offline path.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,6 +24,9 @@ KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$root
 KAFKA_IMAGE=${PIPELINE_KAFKA_IMAGE:-order-pipeline/kafka:$KAFKA_VERSION}
 REDIS_IMAGE=${PIPELINE_REDIS_IMAGE:-order-pipeline/redis:7}
 OFFICIAL_KAFKA=apache/kafka:$KAFKA_VERSION
+REGISTRY_VERSION=3.0.9  # 3.0.x runs on Java 17 (the Kafka image's JRE); 3.1+ needs Java 21
+REGISTRY_IMAGE=${PIPELINE_REGISTRY_IMAGE:-order-pipeline/registry:$REGISTRY_VERSION}
+OFFICIAL_REGISTRY=apicurio/apicurio-registry:$REGISTRY_VERSION
 OFFICIAL_REDIS=redis:7.4
 DEBIAN_MIRROR=${PIPELINE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
@@ -149,6 +154,56 @@ ensure_images() {
   build_images "$hash"
 }
 
+# Apicurio Registry's Quarkus application (runner jar + lib/), unpacked under .cache once.
+fetch_registry_app() {
+  local app=$cache/apicurio-registry-$REGISTRY_VERSION
+  if [ ! -f "$app/.done" ]; then
+    command -v mvn >/dev/null 2>&1 || apt_install maven
+    log "fetching Apicurio Registry $REGISTRY_VERSION from Maven Central (about 110 MB)"
+    rm -rf "$app" "$cache/registry-download" && mkdir -p "$app"
+    mvn -q -B dependency:copy -Dartifact="io.apicurio:apicurio-registry-app:$REGISTRY_VERSION:tar.gz:all" \
+      -DoutputDirectory="$cache/registry-download" >&2
+    tar -xzf "$cache/registry-download/apicurio-registry-app-$REGISTRY_VERSION-all.tar.gz" -C "$app"
+    rm -rf "$cache/registry-download"
+    [ -f "$app/apicurio-registry-app-$REGISTRY_VERSION-runner.jar" ] || { log "unexpected layout in $app"; exit 1; }
+    touch "$app/.done"
+  fi
+  printf '%s' "$app"
+}
+
+registry_hash() {
+  { declare -f build_registry_image; echo "$REGISTRY_VERSION"; docker image inspect -f '{{.Id}}' "$KAFKA_IMAGE"; } \
+    | sha256 | cut -c1-16
+}
+
+# The Kafka image's filesystem (Debian, OpenJDK 17) plus the registry's application in /opt/apicurio; its data
+# (H2 database files) in /var/lib/registry, a volume in compose.
+build_registry_image() {
+  local hash=$1 app tmp stage=$cache/registry-stage
+  app=$(fetch_registry_app)
+  rm -rf "$stage" && mkdir -p "$stage/opt" "$stage/var/lib/registry"
+  cp -al "$app" "$stage/opt/apicurio" && rm -f "$stage/opt/apicurio/.done"
+  tmp=$(docker create "$KAFKA_IMAGE" true)
+  docker cp "$stage/." "$tmp:/" >/dev/null
+  rm -rf "$stage"
+  docker commit \
+    --change "CMD [\"java\", \"-jar\", \"/opt/apicurio/apicurio-registry-app-$REGISTRY_VERSION-runner.jar\"]" \
+    --change 'WORKDIR /opt/apicurio' --change 'EXPOSE 8080' \
+    --change "ENV REGISTRY_VERSION=$REGISTRY_VERSION" \
+    --change "LABEL org.order-pipeline.recipe=$hash" "$tmp" "$REGISTRY_IMAGE" >/dev/null
+  docker rm "$tmp" >/dev/null
+  log "built $REGISTRY_IMAGE (recipe $hash)"
+}
+
+ensure_registry_image() {
+  ensure_images
+  local hash
+  hash=$(registry_hash)
+  if image_current "$REGISTRY_IMAGE" "$hash"; then return; fi
+  if try_pull "$OFFICIAL_REGISTRY" "$REGISTRY_IMAGE"; then return; fi
+  build_registry_image "$hash"
+}
+
 # The pipeline's own processes in a container, built from infra/app/Dockerfile: on python:3.11-slim with the
 # dependencies from the package index where the official image can be pulled; else on the Debian base above with
 # a wheelhouse built here by the host's pip (a build here cannot verify the index's TLS certificate: the host
@@ -274,16 +329,18 @@ ensure_secret() {
 
 case "${1:-all}" in
   docker) ensure_docker ;;
-  images) ensure_images ;;
+  images) ensure_images; ensure_registry_image ;;
+  registry-image) ensure_registry_image ;;
   app-image) ensure_python; ensure_app_image ;;
   observe) ensure_observe_images ;;
   tools) ensure_tools ;;
   python) ensure_python ;;
   bench) ensure_bench_python ;;
   secret) ensure_secret ;;
-  all) ensure_secret; ensure_python; ensure_tools; ensure_images ;;
+  all) ensure_secret; ensure_python; ensure_tools; ensure_images; ensure_registry_image ;;
   env)
-    printf 'PIPELINE_KAFKA_IMAGE=%s\nPIPELINE_REDIS_IMAGE=%s\nPIPELINE_APP_IMAGE=%s\n' "$KAFKA_IMAGE" "$REDIS_IMAGE" "$APP_IMAGE"
+    printf 'PIPELINE_KAFKA_IMAGE=%s\nPIPELINE_REDIS_IMAGE=%s\nPIPELINE_REGISTRY_IMAGE=%s\nPIPELINE_APP_IMAGE=%s\n' \
+      "$KAFKA_IMAGE" "$REDIS_IMAGE" "$REGISTRY_IMAGE" "$APP_IMAGE"
     printf 'PIPELINE_ZIPKIN_IMAGE=%s\nPIPELINE_PROMETHEUS_IMAGE=%s\n' "$ZIPKIN_IMAGE" "$PROMETHEUS_IMAGE" ;;
-  *) echo "usage: $0 [all|docker|images|app-image|observe|tools|python|bench|secret|env]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|docker|images|registry-image|app-image|observe|tools|python|bench|secret|env]" >&2; exit 2 ;;
 esac

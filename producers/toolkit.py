@@ -16,7 +16,7 @@ from typing import Any, Self
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from common.encoding import PublishError, RecordEncoder, RecordNotAllowed, WrongKey
+from common.encoding import PublishError, RecordEncoder, RecordNotAllowed, WrongKey, registry_codec
 from common.envelope import Envelope
 from common.settings import LIBRDKAFKA_LOGGER, Settings
 from schemas.catalog import SchemaCatalog
@@ -87,7 +87,7 @@ class EventPublisher:
     def from_settings(cls, settings: Settings, catalog: SchemaCatalog, **overrides: Any) -> EventPublisher:
         return cls(
             Producer(producer_config(settings, **overrides)),
-            AvroCodec(catalog),
+            registry_codec(catalog, settings),
             catalog,
             source=f"/order-pipeline/{settings.service_name}",
         )

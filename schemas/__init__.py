@@ -1,4 +1,5 @@
-"""Avro schemas of the pipeline: the schema files, their catalog, the single-object codec and the CI check.
+"""Avro schemas of the pipeline: the schema files, their catalog, the registry client, the codec (Confluent
+wire format) and the CI check.
 
 Nothing is read at import time; call :meth:`SchemaCatalog.load`.
 """
@@ -10,14 +11,16 @@ from schemas.errors import (
     DecodeError,
     IncompatibleReader,
     InvalidRecord,
-    NotSingleObjectEncoded,
+    NotConfluentFramed,
     SchemaError,
     SchemaLoadError,
     UnexpectedRecord,
     UnknownFingerprint,
     UnknownRecord,
+    UnknownSchemaId,
     UnknownVersion,
 )
+from schemas.registry import HttpRegistry, MemoryRegistry, RegistryError, RegistryUnavailable
 
 __all__ = [
     "AvroCodec",
@@ -26,7 +29,11 @@ __all__ = [
     "Decoded",
     "IncompatibleReader",
     "InvalidRecord",
-    "NotSingleObjectEncoded",
+    "HttpRegistry",
+    "MemoryRegistry",
+    "NotConfluentFramed",
+    "RegistryError",
+    "RegistryUnavailable",
     "SchemaCatalog",
     "SchemaError",
     "SchemaLoadError",
@@ -34,6 +41,7 @@ __all__ = [
     "UnexpectedRecord",
     "UnknownFingerprint",
     "UnknownRecord",
+    "UnknownSchemaId",
     "UnknownVersion",
     "to_json_compatible",
 ]

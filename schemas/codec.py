@@ -1,39 +1,50 @@
-"""Avro single-object encoding: ``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint + Avro binary body.
+"""Avro in the Confluent wire format: ``00`` + 4-byte big-endian schema id + Avro binary body (fastavro).
 
-The fingerprint names the writer's schema, so a consumer resolves any version it has never been told about
-against its own reader version. Every decode failure is a :class:`~schemas.errors.DecodeError` with a message
-fit for a dead-letter header: a malformed message must never stop a partition.
+The id names the writer's schema in the schema registry (:mod:`schemas.registry`), so a consumer resolves any
+version it has never been told about: it fetches that writer schema once, caches it, and resolves it against its
+own reader version; any Confluent-compatible client reads the same bytes. Ids, parsed schemas and writer/reader
+pairs are cached: after the first record of each schema there is no registry call, and a record costs what fastavro
+costs. Every decode failure is a :class:`~schemas.errors.DecodeError` with a message fit for a dead-letter header:
+a malformed message must never stop a partition. A registry that cannot be reached is not the message's fault:
+that is :class:`~schemas.registry.RegistryUnavailable`, never a ``DecodeError``.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 from uuid import UUID
 
-from fastavro import schemaless_reader, schemaless_writer
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
+from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
-from schemas.catalog import SchemaCatalog, SchemaVersion
+from schemas.catalog import SchemaCatalog, SchemaVersion, fingerprint
 from schemas.errors import (
     CorruptPayload,
-    DecodeError,
     IncompatibleReader,
     InvalidRecord,
-    NotSingleObjectEncoded,
+    NotConfluentFramed,
     UnexpectedRecord,
+    UnknownFingerprint,
+    UnknownRecord,
     UnknownVersion,
 )
+from schemas.registry import PROCESS_REGISTRY, SchemaRegistry, schema_text, subject_of
 
-MAGIC = b"\xc3\x01"
-HEADER_SIZE = len(MAGIC) + 8
+MAGIC = b"\x00"
+HEADER_SIZE = len(MAGIC) + 4
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+"""The single-object encoding's marker: what this pipeline wrote before the registry (recognised, refused)."""
 
 _INT_RANGE = (-(2**31), 2**31 - 1)
 _LONG_RANGE = (-(2**63), 2**63 - 1)
@@ -58,21 +69,57 @@ class Decoded:
     value: dict[str, Any]
 
 
-class AvroCodec:
-    """Encodes and decodes records of a :class:`SchemaCatalog`; cheap per call, caches per schema pair."""
+def frame(schema_id: int) -> bytes:
+    """The 5-byte header of a value written with schema ``schema_id``."""
+    return MAGIC + schema_id.to_bytes(4, "big")
 
-    def __init__(self, catalog: SchemaCatalog) -> None:
+
+class AvroCodec:
+    """Encodes and decodes records of a :class:`SchemaCatalog` in the Confluent wire format against ``registry``.
+
+    Without a registry, the process's own in memory (:data:`~schemas.registry.PROCESS_REGISTRY`): ids then mean
+    something only inside this process (tests, the offline benchmark). Cheap per call: caches ids, writer schemas
+    and writer/reader pairs."""
+
+    def __init__(self, catalog: SchemaCatalog, registry: SchemaRegistry | None = None) -> None:
         self.catalog = catalog
-        self._writers: dict[tuple[str, int | None], tuple[SchemaVersion, _Check]] = {}
-        self._pairs: dict[tuple[bytes, int | None], tuple[SchemaVersion, SchemaVersion]] = {}
+        self.registry: SchemaRegistry = registry if registry is not None else PROCESS_REGISTRY
+        self._writers: dict[tuple[str, int | None], tuple[SchemaVersion, _Check, bytes]] = {}
+        self._ids: dict[tuple[str, int], int] = {}
+        self._by_id: dict[int, SchemaVersion] = {}
+        self._pairs: dict[tuple[int, int | None], tuple[SchemaVersion, SchemaVersion]] = {}
+
+    def schema_id(self, sv: SchemaVersion) -> int:
+        """The registry's id of a catalog schema, registering it if new (one call per schema per process)."""
+        schema_id = self._ids.get((sv.full_name, sv.version))
+        if schema_id is None:
+            schema_id = self.registry.register(subject_of(sv.full_name), schema_text(sv))
+            self._ids[(sv.full_name, sv.version)] = schema_id
+            self._by_id.setdefault(schema_id, sv)
+        return schema_id
+
+    def warm(self, names: Collection[str] | None = None) -> None:
+        """Resolve the id of every version of ``names`` (default: the whole catalog) now, so no registry call is
+        made later for them, neither when writing nor when reading. Raises what the registry raises."""
+        wanted = None if names is None else {self.catalog.resolve(n) for n in names}
+        for sv in self.catalog:
+            if wanted is None or sv.full_name in wanted:
+                self._writer(sv.full_name, sv.version)
+
+    def _writer(self, name: str, version: int | None) -> tuple[SchemaVersion, _Check, bytes]:
+        sv = self.catalog.latest(name) if version is None else self.catalog.get(name, version)
+        writer = self._writers[(name, version)] = (sv, _strict_check(sv), frame(self.schema_id(sv)))
+        return writer
 
     def encode(self, name: str, value: Mapping[str, Any], version: int | None = None) -> bytes:
-        """Validate ``value`` against the record (latest version unless given) and single-object encode it."""
+        """Validate ``value`` against the record (latest version unless given) and write it framed with its id.
+
+        The first value of a schema asks the registry for its id (registering it if new); a refusal raises the
+        registry's reason (:class:`~schemas.registry.RegistryError`)."""
         writer = self._writers.get((name, version))
         if writer is None:
-            sv = self.catalog.latest(name) if version is None else self.catalog.get(name, version)
-            writer = self._writers[(name, version)] = (sv, _strict_check(sv))
-        sv, strict = writer
+            writer = self._writer(name, version)
+        sv, strict, prefix = writer
         try:
             valid = strict(value) and validate(value, sv.parsed, raise_errors=False, strict=True)
         except Exception:  # a logical-type converter choking on an odd value: explain below
@@ -80,8 +127,7 @@ class AvroCodec:
         if not valid:
             raise InvalidRecord(f"{sv.label}: {'; '.join(_explain(value, sv))}")
         out = io.BytesIO()
-        out.write(MAGIC)
-        out.write(sv.fingerprint)
+        out.write(prefix)
         try:
             schemaless_writer(out, sv.parsed, value)
         except Exception as exc:  # validated above, so a fastavro corner case; still the caller's value
@@ -95,21 +141,18 @@ class AvroCodec:
         reader_version: int | None = None,
         expected: Collection[str] | None = None,
     ) -> Decoded:
-        """Decode a single-object encoded record, resolved to ``reader_version`` (default: latest).
+        """Decode a Confluent-framed record, resolved to ``reader_version`` (default: latest).
 
         ``expected`` lists the short record names the caller accepts (a topic's records). Raises only
-        :class:`~schemas.errors.DecodeError` subclasses, whatever the bytes.
+        :class:`~schemas.errors.DecodeError` subclasses, whatever the bytes, or
+        :class:`~schemas.registry.RegistryUnavailable` when an id not yet cached cannot be looked up now.
         """
-        if len(data) < HEADER_SIZE or data[:2] != MAGIC:
-            head = bytes(data[:HEADER_SIZE]).hex(" ") or "nothing"
-            why = f"too short ({len(data)} bytes)" if data[:2] == MAGIC[: len(data[:2])] else "wrong marker"
-            raise NotSingleObjectEncoded(
-                f"not Avro single-object encoded: {why}; expected C3 01 + 8-byte fingerprint, got {head}"
-            )
-        fp = bytes(data[2:HEADER_SIZE])
-        pair = self._pairs.get((fp, reader_version))
+        if len(data) < HEADER_SIZE or data[:1] != MAGIC:
+            raise NotConfluentFramed(_not_framed(data))
+        schema_id = int.from_bytes(data[1:HEADER_SIZE], "big")
+        pair = self._pairs.get((schema_id, reader_version))
         if pair is None:
-            pair = self._pair(fp, reader_version)
+            pair = self._pair(schema_id, reader_version)
         writer, reader = pair
         if expected is not None and writer.name not in expected:
             allowed = ", ".join(sorted(expected))
@@ -131,32 +174,90 @@ class AvroCodec:
         return Decoded(writer.name, writer.full_name, writer.version, reader.version, value)
 
     def record_name(self, data: bytes | bytearray | memoryview) -> str | None:
-        """The short name of the record ``data`` holds, read off its fingerprint without decoding the body; None
-        when the bytes are not single-object encoded or the fingerprint is unknown (:meth:`decode` says why)."""
-        if len(data) < HEADER_SIZE or data[:2] != MAGIC:
+        """The short name of the record ``data`` holds, read off its schema id without decoding the body; None
+        when the bytes are not framed or the id is not (yet) known here (:meth:`decode` says why). Never calls
+        the registry: an id not cached yet takes the full path."""
+        if len(data) < HEADER_SIZE or data[:1] != MAGIC:
             return None
-        fp = bytes(data[2:HEADER_SIZE])
-        pair = self._pairs.get((fp, None))
-        if pair is not None:
-            return pair[0].name
-        try:
-            return self._pair(fp, None)[0].name
-        except DecodeError:
-            return None
+        writer = self._by_id.get(int.from_bytes(data[1:HEADER_SIZE], "big"))
+        return None if writer is None else writer.name
 
-    def _pair(self, fp: bytes, reader_version: int | None) -> tuple[SchemaVersion, SchemaVersion]:
-        """Find writer and reader schema for a fingerprint once; later calls hit the cache."""
-        writer = self.catalog.by_fingerprint(fp)
+    def unknown_id(self, data: bytes | bytearray | memoryview | None) -> int | None:
+        """The schema id of Confluent-framed ``data`` when this codec has not met it yet (decoding it would ask the
+        registry); None for a known id or bytes that are not framed."""
+        if data is None or len(data) < HEADER_SIZE or data[:1] != MAGIC:
+            return None
+        schema_id = int.from_bytes(data[1:HEADER_SIZE], "big")
+        return None if schema_id in self._by_id else schema_id
+
+    def writer(self, schema_id: int) -> SchemaVersion:
+        """The writer schema of ``schema_id``: from the cache, else fetched from the registry once.
+
+        A schema this catalog has (same canonical form) is its catalog version; one it was not shipped is made a
+        version of its own from the registry's text (the registry's version number, the catalog's context)."""
+        found = self._by_id.get(schema_id)
+        if found is not None:
+            return found
+        registered = self.registry.lookup(schema_id)
+        try:
+            definition = json.loads(registered.schema)
+            canonical = to_parsing_canonical_form(definition)
+            try:
+                sv = self.catalog.by_fingerprint(fingerprint(canonical))
+            except UnknownFingerprint:
+                parsed = cast(dict[str, Any], parse_schema(definition))
+                full_name = str(parsed.get("name", ""))
+                namespace, _, short = full_name.rpartition(".")
+                sv = SchemaVersion(
+                    full_name=full_name,
+                    name=short,
+                    context=namespace.rpartition(".")[2],
+                    version=registered.version or 0,
+                    path=Path(f"registry:{schema_id}"),
+                    definition=definition,
+                    parsed=parsed,
+                    canonical_form=canonical,
+                    fingerprint=fingerprint(canonical),
+                )
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # not an Avro record schema
+            raise IncompatibleReader(f"schema id {schema_id} is not an Avro record schema: {exc}") from None
+        except Exception as exc:  # fastavro's SchemaParseException, UnknownType…
+            raise IncompatibleReader(f"schema id {schema_id} does not parse: {type(exc).__name__}: {exc}") from None
+        return self._by_id.setdefault(schema_id, sv)
+
+    def _pair(self, schema_id: int, reader_version: int | None) -> tuple[SchemaVersion, SchemaVersion]:
+        """Find writer and reader schema for an id once; later calls hit the cache."""
+        writer = self.writer(schema_id)
         try:
             reader = (
                 self.catalog.latest(writer.full_name)
                 if reader_version is None
                 else self.catalog.get(writer.full_name, reader_version)
             )
+        except UnknownRecord:
+            if reader_version is not None:
+                raise IncompatibleReader(
+                    f"cannot read {writer.label} as v{reader_version}: not in this catalog"
+                ) from None
+            reader = writer  # a record this catalog does not have: read as written (a topic's check refuses it)
         except UnknownVersion as exc:
             raise IncompatibleReader(f"cannot read {writer.label}: {exc}") from None
-        self._pairs[(fp, reader_version)] = (writer, reader)
+        if reader.fingerprint == writer.fingerprint:
+            reader = writer  # same schema: no resolution
+        self._pairs[(schema_id, reader_version)] = (writer, reader)
         return writer, reader
+
+
+def _not_framed(data: bytes | bytearray | memoryview) -> str:
+    """Why ``data`` is not Confluent-framed, with its first bytes."""
+    head = bytes(data[:HEADER_SIZE]).hex(" ") or "nothing"
+    if data[:2] == SINGLE_OBJECT_MAGIC:
+        why = "Avro single-object encoding (C3 01 + fingerprint), the format before the schema registry"
+    elif not data or data[:1] == MAGIC:
+        why = f"too short ({len(data)} bytes)"
+    else:
+        why = "wrong magic byte"
+    return f"not Confluent-framed Avro: {why}; expected 00 + 4-byte schema id, got {head}"
 
 
 _Check = Callable[[Any], bool]

@@ -31,8 +31,13 @@ class DecodeError(SchemaError):
     """Bytes that cannot be turned into a record; the base of every decode failure."""
 
 
-class NotSingleObjectEncoded(DecodeError):
-    """Too short, or not starting with the single-object marker ``C3 01``."""
+class NotConfluentFramed(DecodeError):
+    """Too short, or not starting with the Confluent wire format's magic byte ``00`` (e.g. the single-object
+    encoding ``C3 01`` this pipeline wrote before it had a schema registry)."""
+
+
+class UnknownSchemaId(DecodeError, LookupError):
+    """A schema id the registry does not know (error 40403): the bytes name a schema never registered there."""
 
 
 class UnknownFingerprint(DecodeError, LookupError):

@@ -20,8 +20,10 @@ import faust
 from faust.types import EventT, Message
 
 from common.health import Check
-from common.telemetry import BATCH_MESSAGES
+from common.telemetry import BATCH_MESSAGES, REGISTRY_WAITS
 from schemas.codec import AvroCodec
+from schemas.errors import DecodeError
+from schemas.registry import RegistryUnavailable
 from schemas.topics import PARTITIONS, TopicSpec, parked_keys_table
 from streams.app import new_table, ready_batches
 from streams.faust_patches import Admission, DurableTable, RestartForRedelivery, make_current
@@ -77,6 +79,31 @@ def incoming_of(message: Message) -> Incoming:
     )
 
 
+REGISTRY_BACKOFF_S = (0.2, 5.0)
+"""First and longest wait between two lookups of a schema id while the registry cannot be reached."""
+
+
+async def resolve_schema_ids(codec: AvroCodec, incomings: list[Incoming], agent: str) -> None:
+    """Look up the schema ids of a batch this process has not met, before it is handled: off the event loop, so an
+    agent never blocks it on the registry, and, while the registry cannot be reached, again and again with backoff.
+
+    The batch (so its partitions) waits meanwhile; nothing is dead-lettered because the registry is down. An id
+    the registry does not know is left to the decode, which dead-letters it with the reason."""
+    delay = REGISTRY_BACKOFF_S[0]
+    for schema_id in dict.fromkeys(i for m in incomings if (i := codec.unknown_id(m.value)) is not None):
+        while True:
+            try:
+                await asyncio.to_thread(codec.writer, schema_id)
+                break
+            except DecodeError:
+                break
+            except RegistryUnavailable as exc:
+                REGISTRY_WAITS.labels(agent).inc()
+                log.warning("%s waits for the schema registry (schema id %d): %s", agent, schema_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REGISTRY_BACKOFF_S[1])
+
+
 def register_step(
     service: ServiceApp,
     step: Step,
@@ -112,6 +139,7 @@ def register_step(
     async def handle(manual: Any, events: list[EventT[Any]]) -> int:
         incomings = [incoming_of(event.message) for event in events]
         fetched = {(i.topic, i.partition, i.offset): e for i, e in zip(incomings, events, strict=True)}
+        await resolve_schema_ids(codec, incomings, step.agent)
         return await runner.handle_batch(incomings, functools.partial(admit_next, manual, fetched))
 
     add_batch_agent(service, channel, step.agent, handle)

@@ -6,9 +6,9 @@ handed down; nothing imports this module back, and nothing connects until the ap
 
 from __future__ import annotations
 
+from common.encoding import registry_codec
 from common.settings import Settings
 from schemas.catalog import SchemaCatalog
-from schemas.codec import AvroCodec
 from streams.agents import ServiceApp
 from streams.app import app_id, faust_sender, new_faust_app
 from streams.endpoint import add_http_endpoint
@@ -20,7 +20,8 @@ from streams.watchdog import Watchdog, stop_stalled_process
 def create_app(service: str, settings: Settings) -> ServiceApp:
     """Build the Faust app of ``service`` with its tables and agents (nothing connects until it starts)."""
     catalog = SchemaCatalog.load()
-    codec = AvroCodec(catalog)
+    codec = registry_codec(catalog, settings)
+    codec.warm()  # every id known before the first record: no registry call from inside an agent
     app = new_faust_app(service, settings)
     outbox = Outbox(codec, catalog, faust_sender(app), source=f"/order-pipeline/{service}")
     built = ServiceApp(

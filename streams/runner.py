@@ -181,7 +181,7 @@ class StepRunner:
 
     def _passes_by(self, incoming: Incoming) -> bool:
         """Whether ``incoming`` holds a record of its topic this step does not handle (read off the writer's
-        fingerprint, not a header a producer could get wrong), well placed, no replay, its key not parked: the sort
+        schema id, not a header a producer could get wrong), well placed, no replay, its key not parked: the sort
         (:class:`~streams.parking.KeyParking`) would pass it by unchanged, and it costs neither a span nor a
         decode. Anything else takes the full path: a misplaced record is dead-lettered there, a parked key's
         queue may be waiting on it."""

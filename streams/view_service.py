@@ -62,7 +62,7 @@ from schemas.topics import (
     table,
     topic,
 )
-from streams.agents import ServiceApp, add_batch_agent, incoming_of
+from streams.agents import ServiceApp, add_batch_agent, incoming_of, resolve_schema_ids
 from streams.app import new_table
 from streams.checks import views_check
 from streams.faust_patches import Admission, DurableTable, make_current
@@ -232,6 +232,7 @@ def _register(
     channel = app.topic(*agent.sources, key_serializer="raw", value_serializer="raw", partitions=PARTITIONS)
 
     async def fold_views(manual: Any, events: list[EventT[Any]]) -> int:
+        await resolve_schema_ids(codec, [incoming_of(event.message) for event in events], name)
         return await _fold_batch(built, agent, admission, manual, events, codec, views,
                                  forward_stock_lines=forward_stock_lines)  # fmt: skip
 

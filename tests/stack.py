@@ -1,4 +1,4 @@
-"""Kafka and Redis for integration tests, started through testcontainers from compose.yaml's definitions.
+"""Kafka, Redis and the schema registry for integration tests, started through testcontainers from compose.yaml.
 
 The implementation lives in :mod:`bench.stack` (the benchmark starts the same stack); this module binds it to
 the tests' own container label and their smaller broker heap, so a test run and a benchmark never remove each
@@ -16,6 +16,7 @@ from bench.stack import (
     KafkaCluster,
     KafkaNode,
     RedisNode,
+    RegistryNode,
     compose_service,
     free_port,
     testcontainers_env,
@@ -31,11 +32,13 @@ __all__ = [
     "KafkaCluster",
     "KafkaNode",
     "RedisNode",
+    "RegistryNode",
     "compose_service",
     "free_port",
     "kafka_cluster",
     "kafka_node",
     "redis_node",
+    "registry_node",
     "remove_stale_containers",
     "wait_kafka",
     "wait_until",
@@ -79,4 +82,11 @@ def kafka_cluster() -> Iterator[KafkaCluster]:
 def redis_node() -> Iterator[RedisNode]:
     """Redis as compose.yaml declares it, on a free port of 127.0.0.1."""
     with _stack.redis_node(label=LABEL) as node:
+        yield node
+
+
+@contextmanager
+def registry_node() -> Iterator[RegistryNode]:
+    """The schema registry as compose.yaml declares it, on a free port of 127.0.0.1."""
+    with _stack.registry_node(label=LABEL) as node:
         yield node

@@ -135,6 +135,7 @@ def worker_env(settings: Settings, data_dir: Path, **overrides: str) -> dict[str
     env.update(
         PIPELINE_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
         PIPELINE_REDIS_URL=settings.redis_url,
+        PIPELINE_SCHEMA_REGISTRY_URL=settings.schema_registry_url,
         PIPELINE_DATA_DIR=str(data_dir),
         PIPELINE_TOPIC_REPLICATION_FACTOR=str(settings.topic_replication_factor),
         PIPELINE_TOPIC_MIN_INSYNC_REPLICAS=str(settings.topic_min_insync_replicas),

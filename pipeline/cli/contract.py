@@ -99,6 +99,43 @@ def schemas_check(root: Path | None, as_json: bool) -> None:
     click.echo(f"ok: {len(catalog)} schema versions of {len(catalog.names())} records, full transitive compatibility")
 
 
+@schemas.command("apply")
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="schema tree to register (default: the installed schemas/)",
+)
+@click.option("--wait", type=click.FloatRange(min=0), default=0.0, help="wait this long for the registry to answer")
+def schemas_apply(root: Path | None, wait: float) -> None:
+    """Register every schema version in the registry under FULL_TRANSITIVE (idempotent); fail with the registry's
+    reason when it refuses one."""
+    import time
+
+    from schemas.catalog import SCHEMA_ROOT, SchemaCatalog
+    from schemas.errors import SchemaError
+    from schemas.registry import HttpRegistry, RegistryUnavailable, apply_catalog
+
+    settings = get_settings()
+    registry = HttpRegistry(settings.schema_registry_url)
+    deadline = time.monotonic() + wait
+    try:
+        catalog = SchemaCatalog.load(root or SCHEMA_ROOT)
+        while True:
+            try:
+                ids = apply_catalog(registry, catalog)
+                break
+            except RegistryUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1)
+    except SchemaError as exc:
+        raise CliError(str(exc)) from exc
+    for label, schema_id in ids.items():
+        click.echo(f"{label:<48} id {schema_id}")
+    click.echo(f"ok: {len(ids)} schema versions registered at {registry.url}, FULL_TRANSITIVE")
+
+
 @schemas.command("list")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per schema version")
 def schemas_list(as_json: bool) -> None:

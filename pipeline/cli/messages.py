@@ -123,11 +123,13 @@ def tail(
     reader_version: int | None,
 ) -> None:
     """Print TOPIC's messages, one JSON line each: key, headers, partition, offset and the decoded value."""
+    from common.encoding import registry_codec
     from consumers.toolkit import ConsumeError, EventConsumer
     from pipeline.cli.reach import kafka_at, require
     from schemas.catalog import SchemaCatalog
-    from schemas.codec import AvroCodec, to_json_compatible
+    from schemas.codec import to_json_compatible
     from schemas.errors import DecodeError
+    from schemas.registry import RegistryUnavailable
     from schemas.topics import UnknownTopic, dead_letter_topics
     from schemas.topics import topic as find_topic
 
@@ -137,7 +139,7 @@ def tail(
         spec = dlq.get(topic) or find_topic(topic)
     except UnknownTopic as exc:
         raise CliError(str(exc)) from exc
-    codec = AvroCodec(SchemaCatalog.load())
+    codec = registry_codec(SchemaCatalog.load(), settings)
     require(kafka_at(settings))
     try:
         with EventConsumer.reader(settings) as consumer:
@@ -169,5 +171,7 @@ def tail(
                 click.echo(json.dumps(line, ensure_ascii=False))
     except ConsumeError as exc:
         raise CliError(f"{exc} (Kafka at {settings.kafka_bootstrap})") from exc
+    except RegistryUnavailable as exc:
+        raise CliError(str(exc)) from exc
     except KeyboardInterrupt:
         pass

@@ -14,6 +14,7 @@ import pytest
 
 import streams.bootstrap
 from common.settings import Settings
+from schemas.registry import MEMORY_URL
 from tests.agents.harness import FaustService, FaustServiceFactory, Recorder
 
 ASYNC_TEST_TIMEOUT_S = 10.0
@@ -32,8 +33,11 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 
 def agent_settings(data_dir: Path, bootstrap: str = UNREACHABLE_BROKER) -> Settings:
-    """Settings of a service under test: in-memory tables, local data in ``data_dir``, no broker."""
-    return Settings(kafka_bootstrap=bootstrap, table_store="memory://", data_dir=str(data_dir))
+    """Settings of a service under test: in-memory tables, local data in ``data_dir``, no broker, the process's
+    own schema registry."""
+    return Settings(
+        kafka_bootstrap=bootstrap, table_store="memory://", data_dir=str(data_dir), schema_registry_url=MEMORY_URL
+    )
 
 
 @pytest.fixture

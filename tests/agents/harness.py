@@ -47,7 +47,7 @@ Headers = tuple[tuple[str, bytes], ...]
 
 
 def encoded(message: Message) -> bytes:
-    """The message as it travels: the latest schema version, single-object encoded."""
+    """The message as it travels: the latest schema version, Confluent-framed (this process's registry)."""
     return CODEC.encode(message.record_name, to_record(message))
 
 

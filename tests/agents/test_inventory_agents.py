@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from schemas.codec import MAGIC
+from schemas.codec import HEADER_SIZE, frame
 from streams.domain.messages import AddStock, OrderPlaced, ReserveStock, from_jsonable, from_record
 from streams.domain.stock import REMEMBERED_ADDITIONS, HoldStatus, OrderHold, Stock
 from streams.incoming import Incoming
@@ -149,21 +149,19 @@ async def test_a_redelivered_input_is_stored_once_and_re_emits_the_same_events(
         assert again.same_message(first), f"{again.topic}: the re-emitted message differs from the first"
 
 
-def _wrong_magic() -> bytes:
-    return b"\xc3\x02" + encoded(ADD)[2:]
+def _single_object() -> bytes:
+    """The wire format before the registry: ``C3 01`` + fingerprint + body."""
+    return b"\xc3\x01" + CATALOG.latest("AddStock").fingerprint + encoded(ADD)[HEADER_SIZE:]
 
 
-def _unknown_fingerprint() -> bytes:
-    fingerprints = {v.fingerprint for v in CATALOG}
-    unknown = b"\x00" * 8
-    assert unknown not in fingerprints
-    return MAGIC + unknown + encoded(ADD)[10:]
+def _unknown_schema_id() -> bytes:
+    return frame(2**31 - 1) + encoded(ADD)[HEADER_SIZE:]
 
 
 BAD_VALUES: dict[str, tuple[Callable[[], bytes | None], str]] = {
-    "garbage": (lambda: b"not avro at all\n", "NotSingleObjectEncoded: not Avro single-object encoded: wrong marker"),
-    "wrong-magic": (_wrong_magic, "NotSingleObjectEncoded: not Avro single-object encoded: wrong marker"),
-    "unknown-fingerprint": (_unknown_fingerprint, "UnknownFingerprint:"),
+    "garbage": (lambda: b"not avro at all\n", "NotConfluentFramed: not Confluent-framed Avro: wrong magic byte"),
+    "single-object": (_single_object, "NotConfluentFramed: not Confluent-framed Avro: Avro single-object encoding"),
+    "unknown-schema-id": (_unknown_schema_id, "UnknownSchemaId: schema id 2147483647 is not registered"),
     "truncated": (lambda: encoded(ADD)[:-2], "CorruptPayload: AddStock v1: body does not decode"),
     "wrong-record": (
         lambda: encoded(
@@ -173,7 +171,7 @@ BAD_VALUES: dict[str, tuple[Callable[[], bytes | None], str]] = {
         ),
         "UnexpectedRecord: unexpected record OrderPlaced",
     ),
-    "tombstone": (lambda: None, "NotSingleObjectEncoded: not Avro single-object encoded: too short (0 bytes)"),
+    "tombstone": (lambda: None, "NotConfluentFramed: not Confluent-framed Avro: too short (0 bytes)"),
 }
 
 

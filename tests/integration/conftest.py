@@ -7,9 +7,12 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
+from common.encoding import registry_codec
 from common.settings import Settings
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
+from schemas.codec import AvroCodec
+from schemas.registry import HttpRegistry, apply_catalog
 from tests.forensics import describe_failure
 from tests.stack import (
     CLUSTER_MIN_INSYNC_REPLICAS,
@@ -17,9 +20,11 @@ from tests.stack import (
     KafkaCluster,
     KafkaNode,
     RedisNode,
+    RegistryNode,
     kafka_cluster,
     kafka_node,
     redis_node,
+    registry_node,
     remove_stale_containers,
 )
 from tests.workers import Pipeline
@@ -61,8 +66,24 @@ def redis_server() -> Iterator[RedisNode]:
 
 
 @pytest.fixture(scope="session")
-def settings(kafka: KafkaNode, redis_server: RedisNode) -> Settings:
-    return Settings(kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url)
+def schema_registry() -> Iterator[RegistryNode]:
+    """One registry for the session (it starts in about 8 s), the whole catalog registered as ``make run`` does."""
+    with registry_node() as node:
+        apply_catalog(HttpRegistry(node.url), SchemaCatalog.load())
+        yield node
+
+
+@pytest.fixture(scope="session")
+def settings(kafka: KafkaNode, redis_server: RedisNode, schema_registry: RegistryNode) -> Settings:
+    return Settings(
+        kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url, schema_registry_url=schema_registry.url
+    )
+
+
+@pytest.fixture(scope="session")
+def codec(settings: Settings) -> AvroCodec:
+    """The codec the pipeline's processes use: ids from the session's registry."""
+    return registry_codec(SchemaCatalog.load(), settings)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +100,9 @@ back)."""
 
 
 @pytest.fixture(scope="module")
-def cluster_settings(cluster: KafkaCluster, redis_server: RedisNode) -> Iterator[Settings]:
+def cluster_settings(
+    cluster: KafkaCluster, redis_server: RedisNode, schema_registry: RegistryNode
+) -> Iterator[Settings]:
     """Settings pointing at the module's cluster, with its replication (3 replicas, 2 in sync), and a Redis
     database of the module's own, empty at its start and at its end."""
     url = urlunsplit(urlsplit(redis_server.url)._replace(path=f"/{CLUSTER_VIEWS_DB}"))
@@ -87,6 +110,7 @@ def cluster_settings(cluster: KafkaCluster, redis_server: RedisNode) -> Iterator
     yield Settings(
         kafka_bootstrap=cluster.bootstrap,
         redis_url=url,
+        schema_registry_url=schema_registry.url,
         topic_replication_factor=CLUSTER_REPLICATION_FACTOR,
         topic_min_insync_replicas=CLUSTER_MIN_INSYNC_REPLICAS,
     )
@@ -99,6 +123,7 @@ def cli_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env["PIPELINE_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
     env["PIPELINE_REDIS_URL"] = settings.redis_url
+    env["PIPELINE_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
     return env
 
 

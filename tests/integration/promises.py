@@ -22,12 +22,12 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
+from common.encoding import registry_codec
 from common.settings import LIBRDKAFKA_LOGGER, Settings
 from consumers.toolkit import EventConsumer
 from consumers.view_log import PROJECTED_TOPICS
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
-from schemas.codec import AvroCodec
 from schemas.topics import (
     INVENTORY_COMMANDS,
     INVENTORY_EVENTS,
@@ -319,7 +319,7 @@ class OrderLoad:
     def _messages_by_order(self, extra: tuple[str, ...] = ()) -> dict[str, list[_Logged]]:
         """Every message on the inventory and order topics (and ``extra``) by order id (its correlation id), in
         time order."""
-        codec = AvroCodec(SchemaCatalog.load())
+        codec = registry_codec(SchemaCatalog.load(), self.settings)
         found: dict[str, list[_Logged]] = {}
         with EventConsumer.reader(self.settings) as consumer:
             for m in consumer.read_log([INVENTORY_COMMANDS.name, INVENTORY_EVENTS.name, ORDER_EVENTS.name, *extra]):

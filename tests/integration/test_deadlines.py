@@ -23,10 +23,10 @@ import pytest
 import redis
 
 from common.admin import admin_client, apply_topics
+from common.encoding import registry_codec
 from common.settings import Settings
 from consumers.toolkit import EventConsumer
 from schemas.catalog import SchemaCatalog
-from schemas.codec import AvroCodec
 from schemas.topics import ORDER_EVENTS, PAYMENT_EVENTS
 from tests.integration.promises import OrderLoad
 from tests.workers import Pipeline, running_pipeline
@@ -62,7 +62,7 @@ def _at(value: Any) -> datetime:
 
 def saga_facts(settings: Settings, order_ids: set[str]) -> dict[str, dict[str, Any]]:
     """Per order, what the log says: its deadline, its charge's time, how it ended, whether it was refunded."""
-    codec = AvroCodec(SchemaCatalog.load())
+    codec = registry_codec(SchemaCatalog.load(), settings)
     facts: dict[str, dict[str, Any]] = {o: {} for o in order_ids}
     with EventConsumer.reader(settings) as consumer:
         for message in consumer.read_log([ORDER_EVENTS.name, PAYMENT_EVENTS.name]):

@@ -30,18 +30,18 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 
 from common.admin import admin_client, apply_topics
+from common.encoding import registry_codec
 from common.settings import Settings
 from consumers.toolkit import Consumed, EventConsumer
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
-from schemas.codec import AvroCodec
 from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
 from streams.domain.emails import EMAIL_IN_USE
 from streams.payment_provider import OUTAGE
 from streams.views import read as views
 from tests.gateway_support import random_secret, token_for
 from tests.seeding import register_users, uid
-from tests.stack import KafkaNode, RedisNode, free_port, kafka_node, redis_node, wait_until
+from tests.stack import KafkaNode, RedisNode, RegistryNode, free_port, kafka_node, redis_node, wait_until
 from tests.workers import PIPELINE, Pipeline, Process, running_pipeline
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -124,10 +124,15 @@ def stop_gateway(gateway: Gateway) -> None:
 
 
 @pytest.fixture(scope="module")
-def settings(kafka: KafkaNode, redis_server: RedisNode) -> Settings:
+def settings(kafka: KafkaNode, redis_server: RedisNode, schema_registry: RegistryNode) -> Settings:
     """The session's broker and Redis, with a JWT secret of this module's own (there is none in the repository)."""
     secret = random_secret()
-    return Settings(kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url, jwt_secret=secret)  # type: ignore[arg-type]
+    return Settings(  # type: ignore[arg-type]
+        kafka_bootstrap=kafka.bootstrap,
+        redis_url=redis_server.url,
+        schema_registry_url=schema_registry.url,
+        jwt_secret=secret,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +175,7 @@ def store(settings: Settings) -> redis.Redis:
 
 def commands(settings: Settings, topic: str, key: str) -> list[tuple[Consumed, dict[str, Any]]]:
     """Every message of ``topic`` with ``key`` so far, decoded."""
-    codec = AvroCodec(SchemaCatalog.load())
+    codec = registry_codec(SchemaCatalog.load(), settings)
     with EventConsumer.reader(settings) as consumer:
         found = [m for m in consumer.read_log([topic], idle_timeout=10) if m.key == key]
     return [(m, codec.decode(m.value or b"").value) for m in found]

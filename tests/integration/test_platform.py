@@ -16,10 +16,10 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from common.admin import admin_client, all_topics, apply_topics
+from common.encoding import registry_codec
 from common.settings import Settings
 from consumers.toolkit import EventConsumer
 from schemas.catalog import SchemaCatalog
-from schemas.codec import AvroCodec
 from schemas.topics import ORDER_EVENTS, USER_SNAPSHOTS
 from tests.stack import kafka_node
 from tests.workers import run_cli
@@ -215,7 +215,7 @@ def test_garbage_from_kcat_is_reported_not_fatal(
     assert run_cli(cli_env, "publish", ORDER_EVENTS.name, "OrderPlaced", "--key", ok_id,
                    "--data", json.dumps(order_placed(ok_id))).returncode == 0  # fmt: skip
     lines = {line["key"]: line for line in tail_lines(cli_env, ORDER_EVENTS.name)}
-    assert lines[key]["error"].startswith("NotSingleObjectEncoded")
+    assert lines[key]["error"].startswith("NotConfluentFramed")
     assert lines[key]["value_hex"] == b"this is not avro".hex()
     assert lines[ok_id]["record"] == "OrderPlaced"
 
@@ -230,7 +230,7 @@ def test_consumer_toolkit_reads_what_the_publisher_wrote(settings: Settings, top
         delivered = publisher.flush()
     assert [d.key for d in delivered] == [order_id]
 
-    codec = AvroCodec(catalog)
+    codec = registry_codec(catalog, settings)
     with EventConsumer.from_settings(settings, f"kit-{uuid.uuid4().hex[:6]}") as consumer:
         consumer.subscribe([ORDER_EVENTS.name])
         found = None

@@ -18,6 +18,7 @@ import redis
 from confluent_kafka import Producer
 
 from common.admin import admin_client, apply_topics
+from common.encoding import registry_codec
 from common.envelope import dead_letter_headers
 from common.settings import Settings
 from producers.toolkit import EventPublisher, producer_config
@@ -152,13 +153,14 @@ def kcat_produce(bootstrap: str, topic: str, key: str, payload: bytes, workdir: 
 
 
 def poison(codec: AvroCodec) -> dict[str, tuple[bytes, tuple[str, ...]]]:
-    """Three kinds of bad bytes, each with the decode errors it may be parked with (a truncated AddStock on a
+    """Four kinds of bad bytes, each with the decode errors it may be parked with (a truncated AddStock on a
     topic that does not carry AddStock is refused for its record before its body is read)."""
     good = codec.encode("AddStock", {"sku": "s", "quantity": 1, "reason": "x"})
     return {
-        "garbage": (b"\x00\xffnot avro at all", ("NotSingleObjectEncoded",)),
+        "garbage": (b"\xffnot avro at all", ("NotConfluentFramed",)),
         "truncated": (good[: len(good) - 3], ("CorruptPayload", "UnexpectedRecord")),
-        "unknown-fingerprint": (b"\xc3\x01" + bytes(range(8)) + good[10:], ("UnknownFingerprint",)),
+        "single-object": (b"\xc3\x01" + bytes(range(8)) + good[5:], ("NotConfluentFramed",)),
+        "unknown-schema-id": (b"\x00\x7f\xff\xff\xff" + good[5:], ("UnknownSchemaId",)),
     }
 
 
@@ -171,7 +173,7 @@ def test_poison_in_every_consumed_topic_is_dead_lettered_and_orders_still_comple
     tmp_path: Path,
 ) -> None:
     run = uuid.uuid4().hex[:6]
-    codec = AvroCodec(SchemaCatalog.load())
+    codec = registry_codec(SchemaCatalog.load(), settings)
     kinds = poison(codec)
     for topic_name in CONSUMED_TOPICS:
         for kind, (payload, _) in kinds.items():
@@ -219,7 +221,7 @@ def test_a_dead_letter_is_replayed_to_its_source_once_asked(
     pipeline: Pipeline, settings: Settings, store: redis.Redis, cli_env: dict[str, str]
 ) -> None:
     sku = uid("sku")
-    codec = AvroCodec(SchemaCatalog.load())
+    codec = registry_codec(SchemaCatalog.load(), settings)
     parked_value = codec.encode("AddStock", {"sku": sku, "quantity": 7, "reason": "restock"})
     # a message parked earlier (say while a bug was being fixed), with the headers an agent writes
     partition = key_partition(sku.encode(), INVENTORY_COMMANDS.partitions)  # where an agent would have read it
@@ -363,7 +365,7 @@ def test_records_without_their_key_or_off_their_key_s_partition_are_dead_lettere
     publisher.flush()
     wait_until(lambda: views.stock(store, sku) is not None, timeout=60, what=f"stock of {sku}")
 
-    codec = AvroCodec(SchemaCatalog.load())
+    codec = registry_codec(SchemaCatalog.load(), settings)
     home = key_partition(user.encode(), ORDER_COMMANDS.partitions)
     wrong = (home + 1) % ORDER_COMMANDS.partitions
 

@@ -7,22 +7,30 @@ the outcome where a person would: the Redis views, the provider's ledger and the
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from confluent_kafka import Producer
 
 from common.admin import admin_client, apply_topics
+from common.encoding import registry_codec
 from common.settings import Settings
-from producers.toolkit import EventPublisher
-from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
+from consumers.toolkit import EventConsumer
+from producers.toolkit import EventPublisher, producer_config
+from schemas.catalog import SCHEMA_ROOT, SchemaCatalog
+from schemas.errors import DecodeError
+from schemas.registry import HttpRegistry, RegistryError, apply_catalog
+from schemas.topics import INVENTORY_COMMANDS, INVENTORY_EVENTS, ORDER_COMMANDS, ORDER_EVENTS, USER_COMMANDS
 from streams.domain.orders import TERMINAL_STATUSES
 from streams.payment_provider import LEDGER
 from streams.views import read as views
 from tests.seeding import register_users, uid
-from tests.stack import wait_until
+from tests.stack import RegistryNode, wait_until
 from tests.workers import Pipeline, running_pipeline
 
 SAGA_TIMEOUT_S = 8
@@ -276,3 +284,110 @@ def test_a_refund_that_keeps_failing_parks_the_saga_for_attention(
     entry = ledger_entry(pipeline.settings, order_id)
     assert entry is not None and entry["status"] == "charged"  # the money is still out: a person must act
     wait_for_stock(pipeline, store, sku, 2)  # the stock side of the compensation did complete
+
+
+# --- the schema registry: versions a worker was not shipped, and ids that outlive the registry ---------------
+
+
+def catalog_with_field(root: Path, record: str, field: dict[str, Any]) -> SchemaCatalog:
+    """The shipped catalog plus a next version of ``record`` with ``field`` added: a producer deployed before its
+    consumers."""
+    shipped = SchemaCatalog.load()
+    tree = root / "schemas"
+    shutil.copytree(SCHEMA_ROOT, tree, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    latest = shipped.latest(record)
+    definition = {**latest.definition, "fields": [*latest.definition["fields"], field]}
+    (tree / latest.context / f"{latest.name}.v{latest.version + 1}.avsc").write_text(json.dumps(definition))
+    return SchemaCatalog.load(tree)
+
+
+def test_a_version_the_workers_were_not_shipped_is_read_and_the_saga_completes(
+    pipeline: Pipeline, publisher: EventPublisher, store: redis.Redis, customer: str, settings: Settings, tmp_path: Path
+) -> None:
+    """A producer with a newer PlaceOrder (an added field with a default) publishes before any worker has that
+    schema: the orders worker fetches the writer schema by id from the registry, reads the command as its own
+    latest version, and the saga completes; nothing is dead-lettered. A consumer built with the newer catalog
+    sees the new field."""
+    shipped = SchemaCatalog.load()
+    newer = catalog_with_field(
+        tmp_path, "PlaceOrder", {"name": "gift_note", "type": ["null", "string"], "default": None}
+    )
+    version = newer.latest("PlaceOrder").version
+    assert version == shipped.latest("PlaceOrder").version + 1
+    sku = uid("sku")
+    add_stock(publisher, sku, 3)
+    wait_for_stock(pipeline, store, sku, 3)
+
+    order_id = uid("o")
+    value = {"order_id": order_id, "user_id": customer,
+             "lines": [{"sku": sku, "quantity": 2, "unit_price_cents": 1000}],
+             "payment": {"method": "card", "token": "tok_ok"}, "idempotency_key": order_id, "requested_at": now_ms(),
+             "user_version": None, "gift_note": "happy birthday"}  # fmt: skip
+    with EventPublisher(
+        Producer(producer_config(settings)), registry_codec(newer, settings), newer, source="/order-pipeline/test"
+    ) as newer_publisher:  # registers the new version on its first record (FULL_TRANSITIVE: accepted)
+        newer_publisher.publish(ORDER_COMMANDS, "PlaceOrder", customer, value, version=version)
+        newer_publisher.flush()
+
+    view = wait_for_order(pipeline, store, order_id, until=lambda v: "InventoryCommitted" in events_of(v))
+    assert view["status"] == "CONFIRMED" and view["total_cents"] == 2000
+
+    with EventConsumer.reader(settings) as consumer:
+        sent = [m for m in consumer.read_log([ORDER_COMMANDS.name]) if m.key == customer]
+        dead = [m for m in consumer.read_log([f"{ORDER_COMMANDS.name}.dlq"]) if m.key == customer]
+    assert dead == [], [m.headers for m in dead]
+    mine = [m.value or b"" for m in sent if m.headers.get("ce_type") == "pipeline.orders.PlaceOrder"]
+    as_newer = [d for d in map(registry_codec(newer, settings).decode, mine) if d.value["order_id"] == order_id]
+    assert [(d.writer_version, d.value["gift_note"]) for d in as_newer] == [(version, "happy birthday")]
+    as_shipped = [d for d in map(registry_codec(shipped, settings).decode, mine) if d.value["order_id"] == order_id]
+    assert [(d.writer_version, d.reader_version) for d in as_shipped] == [(version, version - 1)]
+    assert "gift_note" not in as_shipped[0].value
+
+
+def test_the_registry_refuses_an_incompatible_version(settings: Settings, tmp_path: Path) -> None:
+    """A new required field (no default) breaks FULL_TRANSITIVE: registering it fails with the registry's reason,
+    and nothing can be written with it."""
+    broken = catalog_with_field(tmp_path, "OrderConfirmed", {"name": "approved_by", "type": "string"})
+    with pytest.raises(RegistryError, match=r"OrderConfirmed v\d+ \(OrderConfirmed\.v\d+\.avsc\) refused: .*409"):
+        apply_catalog(HttpRegistry(settings.schema_registry_url), broken, ["OrderConfirmed"])
+    value = {"order_id": "o-x", "payment_id": "p-x", "confirmed_at": now_ms(), "approved_by": "ada"}
+    with pytest.raises(RegistryError, match="409"):
+        registry_codec(broken, settings).encode("OrderConfirmed", value)
+
+
+def test_every_record_still_decodes_after_the_registry_restarts(
+    pipeline: Pipeline,
+    publisher: EventPublisher,
+    store: redis.Redis,
+    customer: str,
+    settings: Settings,
+    schema_registry: RegistryNode,
+) -> None:
+    """The registry's ids are on disk: after a restart, a reader with an empty cache asks for every id again and
+    decodes every record as before; the running workers, whose ids are cached, go on meanwhile."""
+    sku = uid("sku")
+    add_stock(publisher, sku, 2)
+    wait_for_stock(pipeline, store, sku, 2)
+    before_order = place_order(publisher, customer, [(sku, 1)])
+    assert wait_for_order(pipeline, store, before_order)["status"] == "CONFIRMED"
+    topics = [ORDER_COMMANDS.name, ORDER_EVENTS.name, INVENTORY_EVENTS.name]
+
+    def decoded_log() -> dict[tuple[str, int, int], Any]:
+        codec = registry_codec(SchemaCatalog.load(), settings)  # a new cache: every id is asked of the registry
+        out: dict[tuple[str, int, int], Any] = {}
+        with EventConsumer.reader(settings) as consumer:
+            for m in consumer.read_log(topics):
+                try:
+                    out[(m.topic, m.partition, m.offset)] = codec.decode(m.value or b"")
+                except DecodeError as exc:  # another module's poison on the shared broker
+                    out[(m.topic, m.partition, m.offset)] = type(exc).__name__
+        return out
+
+    before = decoded_log()
+    assert sum(1 for d in before.values() if not isinstance(d, str)) > 5
+    schema_registry.stop()
+    during = place_order(publisher, customer, [(sku, 1)])  # cached ids: the pipeline does not need the registry
+    assert wait_for_order(pipeline, store, during)["status"] == "CONFIRMED"
+    schema_registry.start()
+    after = decoded_log()
+    assert {k: after[k] for k in before} == before

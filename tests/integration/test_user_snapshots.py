@@ -17,13 +17,13 @@ import redis
 from confluent_kafka import TopicPartition
 
 from common.admin import admin_client, apply_topics
+from common.encoding import registry_codec
 from common.settings import Settings
 from consumers.toolkit import EventConsumer
 from consumers.user_log import load_user, partition_of
 from consumers.view_log import fold_log
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
-from schemas.codec import AvroCodec
 from schemas.topics import USER_COMMANDS, USER_EVENTS
 from streams.domain import user_aggregate
 from streams.domain.messages import from_record
@@ -33,7 +33,7 @@ from streams.views.tables import USER_VIEWS, VIEW_TABLES
 from streams.views.users import AGGREGATE_FIELDS
 from tests.integration.promises import wait_fully_projected
 from tests.seeding import uid
-from tests.stack import RedisNode, kafka_node, wait_until
+from tests.stack import RedisNode, RegistryNode, kafka_node, wait_until
 from tests.workers import Pipeline, run_cli, running_pipeline
 
 SNAPSHOT_EVERY = 4
@@ -42,12 +42,12 @@ VIEWS_DB = 7
 
 
 @pytest.fixture(scope="module")
-def own(redis_server: RedisNode) -> Iterator[Settings]:
+def own(redis_server: RedisNode, schema_registry: RegistryNode) -> Iterator[Settings]:
     """A broker of this module's own, its topics created, and an empty Redis database for its views."""
     url = urlunsplit(urlsplit(redis_server.url)._replace(path=f"/{VIEWS_DB}"))
     redis.Redis.from_url(url).flushdb()
     with kafka_node() as node:
-        settings = Settings(kafka_bootstrap=node.bootstrap, redis_url=url)
+        settings = Settings(kafka_bootstrap=node.bootstrap, redis_url=url, schema_registry_url=schema_registry.url)
         apply_topics(admin_client(settings), settings)
         yield settings
     redis.Redis.from_url(url).flushdb()
@@ -114,7 +114,7 @@ def wait_view(pipeline: Pipeline, store: redis.Redis, user_id: str, until: Any, 
 def whole_history(settings: Settings, user_id: str) -> tuple[list[Any], dict[int, int], int]:
     """The user's aggregate events as read from the start of its partition, the offset of each version's first
     copy, and the partition's record count."""
-    codec = AvroCodec(SchemaCatalog.load())
+    codec = registry_codec(SchemaCatalog.load(), settings)
     with EventConsumer.reader(settings) as consumer:
         read = list(consumer.read_from({(USER_EVENTS.name, partition_of(user_id)): None}))
     mine = [(m.offset, codec.decode(m.value or b"")) for m in read if m.key == user_id]

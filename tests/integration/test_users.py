@@ -12,11 +12,11 @@ import pytest
 import redis
 
 from common.admin import admin_client, apply_topics
+from common.encoding import registry_codec
 from common.settings import Settings
 from consumers.toolkit import EventConsumer
 from producers.toolkit import EventPublisher
 from schemas.catalog import SchemaCatalog
-from schemas.codec import AvroCodec
 from schemas.topics import ORDER_COMMANDS, USER_COMMANDS, USER_EVENTS, USER_SNAPSHOTS
 from streams.domain import user_aggregate
 from streams.domain.messages import UserSnapshot, from_record
@@ -210,7 +210,7 @@ def test_snapshots_resume_to_the_same_user_as_the_full_history(
     view = wait_user(pipeline, store, user_id, lambda v: v["email"].endswith("@new.example.com"), "e-mail changed")
     assert view["version"] >= 2 * SNAPSHOT_EVERY
 
-    codec = AvroCodec(SchemaCatalog.load())
+    codec = registry_codec(SchemaCatalog.load(), settings)
     with EventConsumer.reader(settings) as consumer:
         log = [m for m in consumer.read_log([USER_EVENTS.name, USER_SNAPSHOTS.name]) if m.key == user_id]
     decoded = [(m.topic, codec.decode(m.value or b"")) for m in log]

@@ -16,13 +16,13 @@ import redis.asyncio as aioredis
 from confluent_kafka import Producer
 
 from common.admin import admin_client, apply_topics, groups_not_ready
+from common.encoding import registry_codec
 from common.envelope import Envelope
 from common.settings import Settings
 from consumers.toolkit import EventConsumer
 from consumers.view_log import fold_log, write_views
 from producers.toolkit import EventPublisher, producer_config
 from schemas.catalog import SchemaCatalog
-from schemas.codec import AvroCodec
 from schemas.topics import (
     INVENTORY_EVENTS,
     INVENTORY_STOCK,
@@ -57,7 +57,7 @@ class Scenario:
 
     def __init__(self, settings: Settings) -> None:
         self.catalog = SchemaCatalog.load()
-        self.codec = AvroCodec(self.catalog)
+        self.codec = registry_codec(self.catalog, settings)
         self.settings = settings
         self.publishers = {
             service: EventPublisher(
@@ -477,7 +477,7 @@ def test_the_view_service_folds_mirrors_dead_letters_re_mirrors_and_rebuilds_the
     parked = dead_letters(settings, ORDER_EVENTS.dead_letter_name, garbage_key)
     assert len(parked) == 1
     headers = parked[0].headers
-    assert "NotSingleObjectEncoded" in headers["dlq_error"]
+    assert "NotConfluentFramed" in headers["dlq_error"]
     assert headers["dlq_agent"] == "fold_order_views"
     assert headers["dlq_attempts"] == "1"
     assert headers["dlq_source_topic"] == ORDER_EVENTS.name

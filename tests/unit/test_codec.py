@@ -1,4 +1,5 @@
-"""The single-object codec: round trips, evolution, encode validation, and decoding hostile bytes."""
+"""The codec (Confluent wire format): round trips, evolution, writer schemas from the registry, encode validation,
+and decoding hostile bytes."""
 
 from __future__ import annotations
 
@@ -21,22 +22,26 @@ from schemas import (
     DecodeError,
     IncompatibleReader,
     InvalidRecord,
-    NotSingleObjectEncoded,
+    MemoryRegistry,
+    NotConfluentFramed,
+    RegistryUnavailable,
     SchemaCatalog,
     SchemaError,
     SchemaVersion,
     UnexpectedRecord,
-    UnknownFingerprint,
     UnknownRecord,
+    UnknownSchemaId,
     UnknownVersion,
     to_json_compatible,
 )
-from schemas.codec import HEADER_SIZE, MAGIC
+from schemas.codec import HEADER_SIZE, MAGIC, frame
+from schemas.registry import RegisteredSchema, schema_text, subject_of
 
 pytestmark = pytest.mark.unit
 
 CATALOG = SchemaCatalog.load()
 CODEC = AvroCodec(CATALOG)
+CODEC.warm()
 WHEN = datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=UTC)
 
 
@@ -97,15 +102,16 @@ def test_round_trip_every_record(sv: SchemaVersion, nulls: bool) -> None:
     )
 
 
-def test_wire_format_is_magic_fingerprint_body() -> None:
+def test_wire_format_is_magic_schema_id_body() -> None:
     sv = CATALOG.latest("PlaceOrder")
     value = sample_of(sv)
     data = CODEC.encode("PlaceOrder", value)
     body = io.BytesIO()
     schemaless_writer(body, sv.parsed, value)
-    assert data[:2] == MAGIC == bytes.fromhex("c301")
-    assert data[2:HEADER_SIZE] == sv.fingerprint
+    assert data[:1] == MAGIC == b"\x00"
+    assert data[1:HEADER_SIZE] == CODEC.schema_id(sv).to_bytes(4, "big")
     assert data[HEADER_SIZE:] == body.getvalue()
+    assert CODEC.registry.lookup(CODEC.schema_id(sv)).subject == "pipeline.orders.PlaceOrder"
 
 
 def test_encode_uses_latest_version_unless_told() -> None:
@@ -274,31 +280,38 @@ def test_unknown_record_or_version_on_encode() -> None:
 GOOD = CODEC.encode("PlaceOrder", place_order())
 
 
-@pytest.mark.parametrize("data", [b"", b"\xc3", b"\xc3\x01", GOOD[: HEADER_SIZE - 1]], ids=["0", "1", "2", "9"])
+@pytest.mark.parametrize("data", [b"\x00", b"\x00\x00", GOOD[: HEADER_SIZE - 1]], ids=["1", "2", "4"])
 def test_too_short(data: bytes) -> None:
     error = decode_error(data)
-    assert isinstance(error, NotSingleObjectEncoded)
+    assert isinstance(error, NotConfluentFramed)
     assert f"too short ({len(data)} bytes)" in str(error)
 
 
 def test_wrong_magic_shows_the_bytes() -> None:
     error = decode_error(b'{"order_id": "o1"}')
-    assert isinstance(error, NotSingleObjectEncoded)
-    assert "wrong marker" in str(error) and "7b 22 6f 72" in str(error)
-    assert isinstance(decode_error(b"\x00"), NotSingleObjectEncoded)
-    assert isinstance(decode_error(b"\xc3\x02" + GOOD[2:]), NotSingleObjectEncoded)
+    assert isinstance(error, NotConfluentFramed)
+    assert "wrong magic byte" in str(error) and "7b 22 6f 72" in str(error)
+    assert isinstance(decode_error(b""), NotConfluentFramed)
+    assert isinstance(decode_error(b"\x01" + GOOD[1:]), NotConfluentFramed)
 
 
-def test_unknown_fingerprint() -> None:
-    error = decode_error(MAGIC + bytes.fromhex("00112233445566ff") + GOOD[HEADER_SIZE:])
-    assert isinstance(error, UnknownFingerprint)
-    assert "00112233445566ff" in str(error)
+def test_single_object_encoding_says_what_it_is() -> None:
+    """What this pipeline wrote before the registry: refused, with a reason that names it."""
+    error = decode_error(b"\xc3\x01" + bytes.fromhex("eefe1675e8aa8fa0") + b"\x02o")
+    assert isinstance(error, NotConfluentFramed)
+    assert "single-object encoding (C3 01 + fingerprint)" in str(error) and "c3 01 ee fe 16" in str(error)
+
+
+def test_unknown_schema_id() -> None:
+    error = decode_error(frame(999_999) + GOOD[HEADER_SIZE:])
+    assert isinstance(error, UnknownSchemaId)
+    assert "999999" in str(error)
 
 
 def test_every_truncation_is_a_decode_error() -> None:
     for size in range(len(GOOD)):
         error = decode_error(GOOD[:size])
-        assert isinstance(error, CorruptPayload if size >= HEADER_SIZE else NotSingleObjectEncoded), size
+        assert isinstance(error, CorruptPayload if size >= HEADER_SIZE else NotConfluentFramed), size
     assert "PlaceOrder v2: body does not decode (corrupt or truncated): " in str(decode_error(GOOD[:-1]))
 
 
@@ -326,10 +339,10 @@ def zigzag(n: int) -> bytes:
 @pytest.mark.parametrize("length", [2**62, 2**63 - 1, -(2**63), -5, 2**31])
 def test_huge_declared_lengths_fail_fast(length: int) -> None:
     """A string length or array block count from garbage must neither allocate nor loop."""
-    fp = CATALOG.latest("RecordLogin").fingerprint
-    assert isinstance(decode_error(MAGIC + fp + zigzag(length) + b"abc"), CorruptPayload)
-    fp = CATALOG.latest("InventoryReserved").fingerprint
-    assert isinstance(decode_error(MAGIC + fp + b"\x02o" + zigzag(length) + b"\x02s\x02" * 3), CorruptPayload)
+    head = frame(CODEC.schema_id(CATALOG.latest("RecordLogin")))
+    assert isinstance(decode_error(head + zigzag(length) + b"abc"), CorruptPayload)
+    head = frame(CODEC.schema_id(CATALOG.latest("InventoryReserved")))
+    assert isinstance(decode_error(head + b"\x02o" + zigzag(length) + b"\x02s\x02" * 3), CorruptPayload)
 
 
 def test_unexpected_record_is_checked_before_the_body() -> None:
@@ -343,7 +356,7 @@ def test_bytearray_and_memoryview_input() -> None:
     assert CODEC.decode(bytearray(GOOD)).value == CODEC.decode(memoryview(GOOD)).value == place_order()
 
 
-FINGERPRINTS = [sv.fingerprint for sv in ALL]
+HEADERS = [frame(CODEC.schema_id(sv)) for sv in ALL]
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -359,12 +372,13 @@ def decode_or_decode_error(data: bytes, **kwargs: Any) -> None:
 def test_fuzz_arbitrary_bytes(data: bytes) -> None:
     decode_or_decode_error(data)
     decode_or_decode_error(MAGIC + data)
+    decode_or_decode_error(b"\xc3\x01" + data)
 
 
 @FUZZ
-@given(st.sampled_from(FINGERPRINTS), st.binary(max_size=120), st.sampled_from([None, 1, 2]))
-def test_fuzz_body_after_valid_header(fp: bytes, body: bytes, reader_version: int | None) -> None:
-    decode_or_decode_error(MAGIC + fp + body, reader_version=reader_version)
+@given(st.sampled_from(HEADERS), st.binary(max_size=120), st.sampled_from([None, 1, 2]))
+def test_fuzz_body_after_valid_header(header: bytes, body: bytes, reader_version: int | None) -> None:
+    decode_or_decode_error(header + body, reader_version=reader_version)
 
 
 @FUZZ
@@ -384,6 +398,7 @@ def test_fuzz_mutated_valid_messages(sv: SchemaVersion, data: st.DataObject) -> 
 def test_no_json_parsing_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
     """Schemas are parsed once by the catalog; encode and decode never touch JSON."""
     codec = AvroCodec(CATALOG)
+    codec.warm(["OrderPlaced"])
 
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("JSON parsed per call")
@@ -411,5 +426,106 @@ def test_to_json_compatible() -> None:
 
 
 def test_error_hierarchy() -> None:
-    for error in (NotSingleObjectEncoded, UnknownFingerprint, CorruptPayload, UnexpectedRecord, IncompatibleReader):
+    for error in (NotConfluentFramed, UnknownSchemaId, CorruptPayload, UnexpectedRecord, IncompatibleReader):
         assert issubclass(error, DecodeError) and issubclass(error, SchemaError)
+    assert not issubclass(RegistryUnavailable, DecodeError)  # a registry down is never a dead letter
+
+
+# --- the registry -------------------------------------------------------------------------------------------
+
+
+class CountingRegistry(MemoryRegistry):
+    """An in-memory registry that counts the calls made to it, and can be taken down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.down = False
+
+    def register(self, subject: str, schema: str) -> int:
+        self.calls += 1
+        if self.down:
+            raise RegistryUnavailable("down")
+        return super().register(subject, schema)
+
+    def lookup(self, schema_id: int) -> RegisteredSchema:
+        self.calls += 1
+        if self.down:
+            raise RegistryUnavailable("down")
+        return super().lookup(schema_id)
+
+
+def newer_order_placed() -> dict[str, Any]:
+    """A version of OrderPlaced this catalog was not shipped: the latest plus a defaulted field."""
+    latest = CATALOG.latest("OrderPlaced").definition
+    return {**latest, "fields": [*latest["fields"], {"name": "gift_wrap", "type": "boolean", "default": False}]}
+
+
+def test_a_reader_resolves_a_writer_schema_it_was_not_shipped() -> None:
+    """The writer's schema comes from the registry by id, once; the value is read as the reader's latest."""
+    registry = CountingRegistry()
+    reader = AvroCodec(CATALOG, registry)
+    newer = newer_order_placed()
+    schema_id = registry.register(subject_of("pipeline.orders.OrderPlaced"), json.dumps(newer))
+    value = {**sample_of(CATALOG.latest("OrderPlaced")), "gift_wrap": True}
+    body = io.BytesIO()
+    from fastavro import parse_schema
+
+    schemaless_writer(body, parse_schema(newer), value)
+    data = frame(schema_id) + body.getvalue()
+    registry.calls = 0
+    decoded = reader.decode(data, expected=("OrderPlaced",))
+    latest = CATALOG.latest("OrderPlaced").version
+    assert decoded.name == "OrderPlaced" and decoded.reader_version == latest
+    assert decoded.writer_version == 1  # its version under the subject of this registry
+    assert decoded.value == {k: v for k, v in value.items() if k != "gift_wrap"}
+    assert reader.record_name(data) == "OrderPlaced"
+    looked_up = registry.calls
+    registry.down = True  # cached: neither the id nor the pair is asked again
+    for _ in range(3):
+        assert reader.decode(data).value == decoded.value
+    assert registry.calls == looked_up == 1
+
+
+def test_a_known_writer_schema_is_the_catalogs_version() -> None:
+    """Another process registered the catalog's schema: this reader maps its id to its own catalog version."""
+    registry = MemoryRegistry()
+    writer, reader = AvroCodec(CATALOG, registry), AvroCodec(CATALOG, registry)
+    data = writer.encode("OrderPlaced", ORDER_PLACED_V1, version=1)
+    decoded = reader.decode(data, reader_version=2)
+    assert (decoded.writer_version, decoded.reader_version) == (1, 2)
+    assert decoded.value == {**ORDER_PLACED_V1, "channel": "api", "note": None}
+
+
+def test_no_registry_call_after_warm_up() -> None:
+    registry = CountingRegistry()
+    codec = AvroCodec(CATALOG, registry)
+    codec.warm()
+    assert registry.calls == len(CATALOG)
+    registry.down = True
+    for sv in ALL:
+        data = codec.encode(sv.name, sample_of(sv), version=sv.version)
+        assert codec.decode(data).writer_version == sv.version
+        assert codec.record_name(data) == sv.name
+    assert registry.calls == len(CATALOG)
+
+
+def test_registry_down_is_not_a_decode_error() -> None:
+    """An id not cached yet while the registry is down: RegistryUnavailable, which no consumer dead-letters."""
+    registry = CountingRegistry()
+    writer = AvroCodec(CATALOG, registry)
+    data = writer.encode("OrderPlaced", ORDER_PLACED_V1, version=1)
+    reader = AvroCodec(CATALOG, registry)
+    registry.down = True
+    with pytest.raises(RegistryUnavailable):
+        reader.decode(data)
+    assert reader.record_name(data) is None  # never asks the registry
+    registry.down = False
+    assert reader.decode(data).value["order_id"] == ORDER_PLACED_V1["order_id"]
+
+
+def test_registered_text_is_the_whole_definition() -> None:
+    """Defaults and docs are registered (the registry's compatibility check needs the defaults)."""
+    sv = CATALOG.get("OrderPlaced", 2)
+    assert json.loads(schema_text(sv)) == sv.definition
+    assert '"default"' in schema_text(sv)

@@ -488,7 +488,7 @@ def test_garbage_cannot_be_folded_and_a_redelivery_changes_nothing() -> None:
     from schemas.errors import DecodeError
 
     codec = AvroCodec(SchemaCatalog.load())
-    with pytest.raises(DecodeError, match="NotSingleObjectEncoded|single-object"):
+    with pytest.raises(DecodeError, match="Confluent-framed"):
         event_of(consumed(b"not avro"), codec)
     good = codec.encode("OrderConfirmed", {"order_id": "o-1", "payment_id": "p-1", "confirmed_at": T0})
     headers = (("ce_id", b"e-1"), ("ce_source", b"/order-pipeline/orders"), ("ce_specversion", b"1.0"),
