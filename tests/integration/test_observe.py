@@ -27,7 +27,7 @@ from streams.views import read as views
 from tests.gateway_support import random_secret
 from tests.integration.test_gateway import Gateway, http, order_body, start_gateway, stop_gateway
 from tests.seeding import register_users, uid
-from tests.stack import LABEL, ROOT, KafkaNode, RedisNode, free_port, wait_until
+from tests.stack import LABEL, ROOT, KafkaNode, RedisNode, RegistryNode, free_port, wait_until
 from tests.workers import Pipeline, running_pipeline
 
 pytestmark = pytest.mark.timeout(1500)  # a first run on a fresh machine builds the two images
@@ -57,8 +57,13 @@ def image(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def settings(kafka: KafkaNode, redis_server: RedisNode) -> Settings:
-    return Settings(kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url, jwt_secret=random_secret())  # type: ignore[arg-type]
+def settings(kafka: KafkaNode, redis_server: RedisNode, schema_registry: RegistryNode) -> Settings:
+    return Settings(
+        kafka_bootstrap=kafka.bootstrap,
+        redis_url=redis_server.url,
+        schema_registry_url=schema_registry.url,
+        jwt_secret=random_secret(),  # type: ignore[arg-type]
+    )
 
 
 @pytest.fixture(scope="module")
