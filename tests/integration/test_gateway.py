@@ -96,6 +96,7 @@ def gateway_environment(settings: Settings, **env: str) -> dict[str, str]:
         **os.environ,
         "PIPELINE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "PIPELINE_REDIS_URL": settings.redis_url,
+        "PIPELINE_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
         "PIPELINE_JWT_SECRET": settings.jwt_secret.get_secret_value(),
         "PYTHONUNBUFFERED": "1",
         **env,
