@@ -150,3 +150,24 @@ def schemas_list(as_json: bool) -> None:
             }))  # fmt: skip
             continue
         click.echo(f"{schema.full_name:<44} v{schema.version}  {schema.fingerprint.hex()}  {schema.path.name}")
+
+
+@schemas.command("asyncapi")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write the document to this file (default: print it)",
+)
+def schemas_asyncapi(out: Path | None) -> None:
+    """The AsyncAPI 3.0 document of every topic (records, Avro schemas, keys, headers, senders and receivers),
+    generated from schemas/; docs/asyncapi.yaml is its committed output."""
+    from pipeline.asyncapi import document, render
+    from schemas.catalog import SchemaCatalog
+
+    text = render(document(SchemaCatalog.load()))
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {out}")
