@@ -28,7 +28,7 @@ from common.settings import Settings
 from common.telemetry import setup_tracing
 from gateway.auth import TokenPolicy
 from gateway.clientaddr import parse_networks
-from gateway.handlers import commands, dashboard, health, orders, users
+from gateway.handlers import commands, dashboard, docs, health, orders, users
 from gateway.idempotency import IdempotencyStore
 from gateway.middleware import (
     SERVER,
@@ -69,6 +69,8 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
     ("GET", "/ready", health.ready),
     ("GET", "/live", health.live),
     ("GET", "/openapi.json", health.openapi),
+    ("GET", "/docs", docs.page),
+    ("GET", "/docs/{asset}", docs.asset),
     ("POST", "/api/users", users.register_user),
     ("GET", "/api/users", users.search_users),
     ("GET", "/api/users/{user_id}", users.get_user),

@@ -41,8 +41,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/live", "/openapi.json", "/metrics"})
-"""Routes anyone may call without a token, and which are never rate limited (probes, the document, metrics)."""
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/live", "/openapi.json", "/docs", "/docs/{asset}", "/metrics"})
+"""Routes anyone may call without a token, and which are never rate limited (probes, the document and its
+interactive docs, metrics)."""
 
 
 SERVER = "order-pipeline-gateway"

@@ -163,6 +163,13 @@ _IDEMPOTENT_WRITE: dict[int, tuple[str, Body]] = {
     **_WRITE,
     409: ("A request with this Idempotency-Key is still in progress", _E),
 }
+
+
+def _not_json(*media_types: str) -> dict[str, Any]:
+    """A body that is not JSON, under each of these media types."""
+    return {"content": {media_type: {"schema": {"type": "string"}} for media_type in media_types}}
+
+
 _HEALTH = Media(HealthDocument, HEALTH_CONTENT_TYPE)
 """The health routes' body: the draft's media type, not plain JSON."""
 _READ: dict[int, tuple[str, Body]] = {
@@ -214,6 +221,28 @@ OPERATIONS: tuple[Operation, ...] = (
         "meta",
         {200: ("OpenAPI 3.1 document", {"type": "object"})},
         public=True,
+    ),
+    Operation(
+        "get",
+        "/docs",
+        "docs",
+        "This document, interactive (Swagger UI, served by the gateway: no CDN)",
+        "meta",
+        {200: ("The page", _not_json("text/html"))},
+        public=True,
+    ),
+    Operation(
+        "get",
+        "/docs/{asset}",
+        "docsAsset",
+        "A file of the docs page (Swagger UI's script and stylesheet, its icon, the page's start script)",
+        "meta",
+        {
+            200: ("The file (JavaScript, CSS or PNG)", _not_json("text/javascript", "text/css", "image/png")),
+            404: ("Not a file of the docs page", _E),
+        },
+        public=True,
+        parameters=({"name": "asset", "in": "path", "required": True, "schema": {"type": "string"}},),
     ),
     Operation(
         "post",

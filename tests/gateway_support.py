@@ -1,5 +1,5 @@
-"""Helpers for the gateway's tests: secrets and tokens, a server on a loopback port, a bounded wait, and (unit
-tests only) stand-ins.
+"""Helpers for the gateway's tests: secrets and tokens, a server on a loopback port, a bounded wait, what a page
+references, and (unit tests only) stand-ins.
 
 :class:`MemoryPublisher` and :class:`DictRedis` replace the broker and Redis **in unit tests only**; the
 integration tests run the same app against the real ones.
@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from typing import Any
 
 import redis
@@ -300,3 +301,39 @@ class Env:
     def put_order(self, order_id: str, user_id: str | None, status: str = "PLACED") -> None:
         view = {"order_id": order_id, "user_id": user_id, "status": status, "timeline": []}
         self.redis.strings[f"view:order:{order_id}"] = json.dumps(view)
+
+
+@dataclass
+class PageReferences:
+    """What an HTML page loads (``src`` and ``href`` values), and whether it carries any inline script or style."""
+
+    urls: list[str] = field(default_factory=list)
+    inline: list[str] = field(default_factory=list)
+
+
+def page_references(html: str) -> PageReferences:
+    """The URLs ``html`` references and its inline code (script bodies, ``<style>``, ``style=`` and ``on*=``)."""
+    found = PageReferences()
+
+    class Collect(HTMLParser):
+        tag = ""
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            self.tag = tag
+            for name, value in attrs:
+                if name in ("src", "href") and value is not None:
+                    found.urls.append(value)
+                if name == "style" or name.startswith("on"):
+                    found.inline.append(f"<{tag} {name}=...>")
+            if tag == "style":
+                found.inline.append("<style>")
+
+        def handle_data(self, data: str) -> None:
+            if self.tag == "script" and data.strip():
+                found.inline.append(f"<script>{data.strip()[:40]}")
+
+        def handle_endtag(self, tag: str) -> None:
+            self.tag = ""
+
+    Collect().feed(html)
+    return found

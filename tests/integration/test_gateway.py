@@ -39,7 +39,7 @@ from schemas.topics import INVENTORY_COMMANDS, ORDER_COMMANDS, USER_COMMANDS
 from streams.domain.emails import EMAIL_IN_USE
 from streams.payment_provider import OUTAGE
 from streams.views import read as views
-from tests.gateway_support import random_secret, token_for
+from tests.gateway_support import page_references, random_secret, token_for
 from tests.seeding import register_users, uid
 from tests.stack import KafkaNode, RedisNode, RegistryNode, free_port, kafka_node, redis_node, wait_until
 from tests.workers import PIPELINE, Pipeline, Process, running_pipeline
@@ -224,6 +224,32 @@ def test_health_ready_live_and_openapi_need_no_token(gateway: Gateway) -> None:
     assert live.body["status"] == "pass" and live.body["checks"]["uptime"][0]["observedValue"] > 0
     document = gateway.get("/openapi.json").body
     assert document["openapi"] == "3.1.0" and "/api/orders" in document["paths"]
+
+
+def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
+    """A GET answered whole, whatever its type (``http`` decodes JSON)."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def test_the_api_docs_page_and_every_file_it_loads_come_from_the_gateway(gateway: Gateway) -> None:
+    status, headers, body = fetch(gateway.url + "/docs")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    found = page_references(body.decode())
+    assert found.inline == [] and len(found.urls) >= 3
+    types = set()
+    for url in found.urls:
+        assert url.startswith("/") and not url.startswith("//"), url
+        status, headers, body = fetch(gateway.url + url)
+        assert status == 200 and len(body) > 100, url
+        assert headers["X-Content-Type-Options"] == "nosniff", url
+        types.add(headers["Content-Type"].split(";")[0])
+    assert types == {"text/css", "text/javascript", "image/png"}
+    assert fetch(gateway.url + "/docs/index.html")[0] == 404
 
 
 def test_requests_without_a_valid_token_are_401(gateway: Gateway) -> None:

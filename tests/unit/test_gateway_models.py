@@ -123,7 +123,7 @@ def test_the_document_is_openapi_3_1_with_bearer_security_and_resolvable_refs() 
     }
     assert document["security"] == [{"bearerAuth": []}]
     public = {path for path, item in document["paths"].items() if item.get("get", {}).get("security") == []}
-    assert public == {"/health", "/ready", "/live", "/openapi.json", "/metrics"}
+    assert public == {"/health", "/ready", "/live", "/openapi.json", "/docs", "/docs/{asset}", "/metrics"}
 
     schemas = document["components"]["schemas"]
 
